@@ -1,0 +1,195 @@
+//! Wires the reporter together: sampler → newest-sample slot → one stream per proxy, with the
+//! model list and the probe feeding the sampler from their own tasks.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use wes_proto::{ProbeResult, Sample};
+
+use crate::config::ReporterConfig;
+use crate::ollama::OllamaClient;
+use crate::sample::{OllamaView, build_sample, unix_ms_now};
+use crate::sensor::Sensor;
+use crate::stream::{self, StreamTarget};
+
+/// Runs the reporter until `shutdown` turns true.
+pub async fn run(
+    config: ReporterConfig,
+    sensor: Box<dyn Sensor>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let (sample_tx, sample_rx) = watch::channel::<Option<Sample>>(None);
+    let view = Arc::new(Mutex::new(OllamaView::default()));
+    let mut tasks = JoinSet::new();
+
+    for url in &config.proxies {
+        let target = StreamTarget {
+            url: url.clone(),
+            token: config.token.clone(),
+            node_id: config.node_id.clone(),
+        };
+        tasks.spawn(stream::run(target, sample_rx.clone(), shutdown.clone()));
+    }
+    if let Some(base) = &config.ollama {
+        let client = OllamaClient::new(base.clone())?;
+        tasks.spawn(poll_models(
+            client.clone(),
+            config.models_interval,
+            view.clone(),
+            shutdown.clone(),
+        ));
+        if let Some(model) = &config.probe_model {
+            tasks.spawn(probe_loop(
+                client,
+                model.clone(),
+                config.probe_interval,
+                config.probe_idle_below_pct,
+                view.clone(),
+                sample_rx.clone(),
+                shutdown.clone(),
+            ));
+        }
+    }
+    sample_loop(config, sensor, view, sample_tx, shutdown).await;
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn sample_loop(
+    config: ReporterConfig,
+    mut sensor: Box<dyn Sensor>,
+    view: Arc<Mutex<OllamaView>>,
+    samples: watch::Sender<Option<Sample>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(config.interval);
+    // A slow sensor read must not be followed by a burst of catch-up samples.
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let kind = sensor.kind();
+    let mut seq = 0u64;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let reading = sensor.read().await;
+        seq += 1;
+        let ollama = lock(&view).clone();
+        let sample = build_sample(&config.node_id, seq, kind, reading, &ollama, unix_ms_now());
+        tracing::debug!(seq, watts = ?sample.power_watts, thermal = sample.thermal_state, "sample");
+        samples.send_replace(Some(sample));
+    }
+}
+
+async fn poll_models(
+    client: OllamaClient,
+    every: Duration,
+    view: Arc<Mutex<OllamaView>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_ok: Option<bool> = None;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let models = client.models().await;
+        // Log transitions only: a node whose Ollama is down should not flood the log.
+        match (&models, last_ok) {
+            (Err(e), Some(true) | None) => tracing::warn!("{e}"),
+            (Ok(m), Some(false) | None) => tracing::info!(count = m.len(), "ollama model list read"),
+            _ => {}
+        }
+        last_ok = Some(models.is_ok());
+        lock(&view).models = Some(models);
+    }
+}
+
+async fn probe_loop(
+    client: OllamaClient,
+    model: String,
+    every: Duration,
+    idle_below_pct: f64,
+    view: Arc<Mutex<OllamaView>>,
+    samples: watch::Receiver<Option<Sample>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let busy = samples
+            .borrow()
+            .as_ref()
+            .and_then(|s| s.utilization_pct)
+            .is_some_and(|u| u >= idle_below_pct);
+        if busy {
+            tracing::debug!("node busy; probe skipped");
+            continue;
+        }
+        let mut power = PowerDuring::new(samples.clone());
+        let outcome = tokio::select! {
+            r = client.probe(&model, Duration::from_secs(120)) => r,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        let mut view = lock(&view);
+        match outcome {
+            Ok(mut result) => {
+                result.watts = power.mean();
+                tracing::info!(model = %result.model, tok_s = result.tok_s, watts = ?result.watts, "probe done");
+                upsert_probe(&mut view.probes, result);
+                view.probe_error = None;
+            }
+            Err(e) => {
+                tracing::warn!("{e}");
+                view.probe_error = Some(e);
+            }
+        }
+    }
+}
+
+/// Keeps one result per model, the newest.
+fn upsert_probe(probes: &mut Vec<ProbeResult>, result: ProbeResult) {
+    probes.retain(|p| p.model != result.model);
+    probes.push(result);
+}
+
+/// Power while a probe runs: from the energy counter between the samples around it when the
+/// sensor has one (a true mean), else the power of the newest sample at its end.
+struct PowerDuring {
+    samples: watch::Receiver<Option<Sample>>,
+    start: Option<(f64, i64)>,
+}
+
+impl PowerDuring {
+    fn new(samples: watch::Receiver<Option<Sample>>) -> Self {
+        let start = energy_at(samples.borrow().as_ref());
+        PowerDuring { samples, start }
+    }
+
+    fn mean(&mut self) -> Option<f64> {
+        let latest = self.samples.borrow().clone()?;
+        if let (Some((e0, t0)), Some((e1, t1))) = (self.start, energy_at(Some(&latest))) {
+            if t1 > t0 && e1 >= e0 {
+                return Some((e1 - e0) / ((t1 - t0) as f64 / 1000.0));
+            }
+        }
+        latest.power_watts
+    }
+}
+
+fn energy_at(sample: Option<&Sample>) -> Option<(f64, i64)> {
+    sample.and_then(|s| s.energy_joules.map(|e| (e, s.timestamp_unix_ms)))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panicked holder cannot leave an OllamaView half-written in a way that matters here.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

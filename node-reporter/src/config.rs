@@ -1,0 +1,245 @@
+//! Reporter settings: a TOML file, flags, or both (flags win), validated once at start.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+use crate::sensor::sim::SimParams;
+use crate::thermal::ThermalThresholds;
+
+/// Which sensor backend to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SensorChoice {
+    #[default]
+    Auto,
+    Nvml,
+    Apple,
+    Linux,
+    Command,
+    Sim,
+}
+
+/// The flags of CONTRACT.md. Every one is optional here so that a config file can supply it.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ReporterFlags {
+    /// TOML file with the same settings; flags given on the command line override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// This node's id, as the proxy's `[[nodes]] id`.
+    #[arg(long)]
+    pub node_id: Option<String>,
+    /// A proxy's telemetry URL, e.g. http://10.0.0.5:50051; repeat for one stream per proxy.
+    #[arg(long = "proxy")]
+    pub proxies: Vec<String>,
+    /// Bearer token the proxy binds to this node id.
+    #[arg(long, env = "WES_REPORTER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// This node's Ollama base URL.
+    #[arg(long)]
+    pub ollama: Option<String>,
+    /// Time between samples, e.g. "1s", "500ms".
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub interval: Option<Duration>,
+    #[arg(long, value_enum)]
+    pub sensor: Option<SensorChoice>,
+    /// For `--sensor command`: run with `sh -c` once per interval; prints one JSON object.
+    #[arg(long)]
+    pub sensor_command: Option<String>,
+    /// Model for the optional decode-rate probe; no probe without it.
+    #[arg(long)]
+    pub probe_model: Option<String>,
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub probe_interval: Option<Duration>,
+    /// Root of the sysfs tree the `linux` sensor reads (tests point it at a fixture).
+    #[arg(long)]
+    pub sysfs_root: Option<PathBuf>,
+}
+
+/// The file form. Unknown keys are an error so that a typo is not silently ignored.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReporterFile {
+    pub node_id: Option<String>,
+    #[serde(default)]
+    pub proxies: Vec<String>,
+    pub token: Option<String>,
+    pub ollama: Option<String>,
+    #[serde(default, with = "humantime_serde::option")]
+    pub interval: Option<Duration>,
+    pub sensor: Option<SensorChoice>,
+    pub sensor_command: Option<String>,
+    #[serde(default, with = "humantime_serde::option")]
+    pub sensor_command_timeout: Option<Duration>,
+    pub probe_model: Option<String>,
+    #[serde(default, with = "humantime_serde::option")]
+    pub probe_interval: Option<Duration>,
+    /// The probe runs only while utilization (when known) is below this share, in percent.
+    pub probe_idle_below_pct: Option<f64>,
+    #[serde(default, with = "humantime_serde::option")]
+    pub models_interval: Option<Duration>,
+    pub sysfs_root: Option<PathBuf>,
+    #[serde(default)]
+    pub thermal: Option<ThermalThresholds>,
+    #[serde(default)]
+    pub sim: Option<SimParams>,
+    /// Seed of the `sim` sensor's load pattern; defaults to a hash of the node id.
+    pub sim_seed: Option<u64>,
+}
+
+/// Settings after merging the file and the flags, with defaults applied.
+#[derive(Debug, Clone)]
+pub struct ReporterConfig {
+    pub node_id: String,
+    pub proxies: Vec<String>,
+    pub token: String,
+    pub ollama: Option<String>,
+    pub interval: Duration,
+    pub sensor: SensorChoice,
+    pub sensor_command: Option<String>,
+    pub sensor_command_timeout: Duration,
+    pub probe_model: Option<String>,
+    pub probe_interval: Duration,
+    pub probe_idle_below_pct: f64,
+    pub models_interval: Duration,
+    pub sysfs_root: PathBuf,
+    pub thermal: ThermalThresholds,
+    pub sim: SimParams,
+    pub sim_seed: u64,
+}
+
+impl ReporterConfig {
+    /// Reads `flags.config` if given, merges the flags over it and checks the result.
+    pub fn load(flags: ReporterFlags) -> anyhow::Result<Self> {
+        let file = match &flags.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+                toml::from_str::<ReporterFile>(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            }
+            None => ReporterFile::default(),
+        };
+        Self::merge(file, flags)
+    }
+
+    fn merge(file: ReporterFile, flags: ReporterFlags) -> anyhow::Result<Self> {
+        let node_id = flags
+            .node_id
+            .or(file.node_id)
+            .filter(|id| !id.trim().is_empty())
+            .ok_or_else(|| anyhow::anyhow!("a node id is required (--node-id or node_id)"))?;
+        let proxies = if flags.proxies.is_empty() {
+            file.proxies
+        } else {
+            flags.proxies
+        };
+        if proxies.is_empty() {
+            anyhow::bail!("at least one proxy is required (--proxy URL or proxies = [...])");
+        }
+        for url in &proxies {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                anyhow::bail!("proxy URL {url:?} must start with http:// or https://");
+            }
+        }
+        let token = flags
+            .token
+            .or(file.token)
+            .ok_or_else(|| anyhow::anyhow!("a token is required (--token, WES_REPORTER_TOKEN or token)"))?;
+        let interval = flags.interval.or(file.interval).unwrap_or(Duration::from_secs(1));
+        if interval < Duration::from_millis(50) {
+            anyhow::bail!("interval {interval:?} is below the 50ms minimum");
+        }
+        let sensor = flags.sensor.or(file.sensor).unwrap_or_default();
+        let sensor_command = flags.sensor_command.or(file.sensor_command);
+        if sensor == SensorChoice::Command && sensor_command.is_none() {
+            anyhow::bail!("--sensor command needs --sensor-command CMD");
+        }
+        let sim_seed = file.sim_seed.unwrap_or_else(|| fnv1a(node_id.as_bytes()));
+        Ok(ReporterConfig {
+            node_id,
+            proxies,
+            token,
+            ollama: flags.ollama.or(file.ollama).map(|u| u.trim_end_matches('/').to_owned()),
+            interval,
+            sensor,
+            sensor_command,
+            // A command slower than the interval would pile up readings; cap it there.
+            sensor_command_timeout: file.sensor_command_timeout.unwrap_or(interval.max(Duration::from_millis(500))),
+            probe_model: flags.probe_model.or(file.probe_model),
+            probe_interval: flags
+                .probe_interval
+                .or(file.probe_interval)
+                .unwrap_or(Duration::from_secs(300)),
+            probe_idle_below_pct: file.probe_idle_below_pct.unwrap_or(20.0),
+            models_interval: file.models_interval.unwrap_or(Duration::from_secs(5)),
+            sysfs_root: flags
+                .sysfs_root
+                .or(file.sysfs_root)
+                .unwrap_or_else(|| PathBuf::from("/sys")),
+            thermal: file.thermal.unwrap_or_default(),
+            sim: file.sim.unwrap_or_default(),
+            sim_seed,
+        })
+    }
+}
+
+/// A stable seed from the node id, so each simulated node gets its own load pattern.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn flags() -> ReporterFlags {
+        ReporterFlags {
+            node_id: Some("n1".into()),
+            proxies: vec!["http://127.0.0.1:50051".into()],
+            token: Some("t".into()),
+            ..ReporterFlags::default()
+        }
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let file: ReporterFile = toml::from_str(
+            r#"
+            node_id = "from-file"
+            proxies = ["http://a:1"]
+            token = "ft"
+            interval = "2s"
+            "#,
+        )
+        .unwrap();
+        let cfg = ReporterConfig::merge(file, flags()).unwrap();
+        assert_eq!(cfg.node_id, "n1");
+        assert_eq!(cfg.proxies, vec!["http://127.0.0.1:50051"]);
+        assert_eq!(cfg.interval, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn missing_and_bad_settings_are_refused() {
+        let mut f = flags();
+        f.node_id = None;
+        assert!(ReporterConfig::merge(ReporterFile::default(), f).is_err());
+        let mut f = flags();
+        f.proxies = vec!["127.0.0.1:50051".into()];
+        let err = ReporterConfig::merge(ReporterFile::default(), f).unwrap_err();
+        assert!(err.to_string().contains("http://"), "{err}");
+        let mut f = flags();
+        f.sensor = Some(SensorChoice::Command);
+        assert!(ReporterConfig::merge(ReporterFile::default(), f).is_err());
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        assert!(toml::from_str::<ReporterFile>("nod_id = \"x\"").is_err());
+    }
+}

@@ -1,0 +1,11 @@
+//! WES node reporter: reads this node's power and thermal state, lists the models its Ollama
+//! holds, optionally probes its decode rate, and streams samples to every configured proxy.
+
+pub mod agent;
+pub mod config;
+pub mod ollama;
+pub mod sample;
+pub mod select;
+pub mod sensor;
+pub mod stream;
+pub mod thermal;

@@ -1,0 +1,230 @@
+//! The node's own Ollama: the models it holds, and the optional decode-rate probe.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde::Deserialize;
+use wes_proto::{Model, ProbeResult};
+
+/// The prompt is fixed so that probes of the same model compare over time.
+pub const PROBE_PROMPT: &str = "Count from one to twenty in words, separated by commas.";
+/// Enough tokens for a stable rate, few enough to cost the node little.
+pub const PROBE_TOKENS: u32 = 32;
+
+#[derive(Clone)]
+pub struct OllamaClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+#[derive(Deserialize)]
+struct TagsResponse {
+    #[serde(default)]
+    models: Vec<TagModel>,
+}
+
+#[derive(Deserialize)]
+struct TagModel {
+    name: String,
+    #[serde(default)]
+    size: u64,
+    #[serde(default)]
+    digest: String,
+}
+
+impl OllamaClient {
+    pub fn new(base: impl Into<String>) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .pool_max_idle_per_host(1)
+            .build()?;
+        Ok(OllamaClient {
+            base: base.into(),
+            http,
+        })
+    }
+
+    /// `GET /api/tags`: the models this node can serve.
+    pub async fn models(&self) -> Result<Vec<Model>, String> {
+        let url = format!("{}/api/tags", self.base);
+        let response = self
+            .http
+            .get(&url)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .map_err(|e| format!("ollama model list from {url}: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!("ollama model list from {url}: HTTP {}", response.status()));
+        }
+        let tags: TagsResponse = response
+            .json()
+            .await
+            .map_err(|e| format!("ollama model list from {url}: not the /api/tags shape: {e}"))?;
+        Ok(tags
+            .models
+            .into_iter()
+            .map(|m| Model {
+                name: m.name,
+                size_bytes: m.size,
+                digest: m.digest,
+            })
+            .collect())
+    }
+
+    /// Runs one small fixed streamed generation and measures its decode rate from the stream.
+    pub async fn probe(&self, model: &str, timeout: Duration) -> Result<ProbeResult, String> {
+        let url = format!("{}/api/generate", self.base);
+        let body = serde_json::json!({
+            "model": model,
+            "prompt": PROBE_PROMPT,
+            "stream": true,
+            "options": { "num_predict": PROBE_TOKENS, "temperature": 0, "seed": 1 },
+        });
+        let run = async {
+            let response = self
+                .http
+                .post(&url)
+                .json(&body)
+                .send()
+                .await
+                .map_err(|e| format!("probe {model} at {url}: {e}"))?;
+            if !response.status().is_success() {
+                let status = response.status();
+                let text = response.text().await.unwrap_or_default();
+                return Err(format!("probe {model} at {url}: HTTP {status}: {}", snippet(&text)));
+            }
+            let mut meter = ProbeMeter::default();
+            let mut chunks = response.bytes_stream();
+            while let Some(chunk) = chunks.next().await {
+                let chunk = chunk.map_err(|e| format!("probe {model}: stream broke: {e}"))?;
+                meter.feed(&chunk, Instant::now());
+            }
+            meter.finish(model)
+        };
+        tokio::time::timeout(timeout, run)
+            .await
+            .map_err(|_| format!("probe {model} at {url}: no answer within {timeout:?}"))?
+    }
+}
+
+/// Counts Ollama NDJSON generate chunks as they arrive; lines may be split across chunks.
+#[derive(Default)]
+struct ProbeMeter {
+    pending: Vec<u8>,
+    tokens: u64,
+    first_token: Option<Instant>,
+    last_token: Option<Instant>,
+    claimed_tok_s: Option<f64>,
+    error: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct GenerateChunk {
+    #[serde(default)]
+    response: String,
+    #[serde(default)]
+    done: bool,
+    eval_count: Option<u64>,
+    eval_duration: Option<u64>,
+    error: Option<String>,
+}
+
+impl ProbeMeter {
+    fn feed(&mut self, bytes: &[u8], at: Instant) {
+        self.pending.extend_from_slice(bytes);
+        while let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=end).collect();
+            self.line(&line, at);
+        }
+    }
+
+    fn line(&mut self, line: &[u8], at: Instant) {
+        let Ok(chunk) = serde_json::from_slice::<GenerateChunk>(line) else {
+            return;
+        };
+        if let Some(e) = chunk.error {
+            self.error = Some(e);
+        }
+        if !chunk.response.is_empty() {
+            self.tokens += 1;
+            self.first_token.get_or_insert(at);
+            self.last_token = Some(at);
+        }
+        if chunk.done {
+            if let (Some(count), Some(ns)) = (chunk.eval_count, chunk.eval_duration) {
+                if ns > 0 {
+                    self.claimed_tok_s = Some(count as f64 / (ns as f64 / 1e9));
+                }
+            }
+        }
+    }
+
+    fn finish(mut self, model: &str) -> Result<ProbeResult, String> {
+        let rest = std::mem::take(&mut self.pending);
+        if let (Some(t), false) = (self.last_token, rest.is_empty()) {
+            self.line(&rest, t);
+        }
+        if let Some(e) = self.error {
+            return Err(format!("probe {model}: ollama said: {e}"));
+        }
+        let (Some(first), Some(last)) = (self.first_token, self.last_token) else {
+            return Err(format!("probe {model}: no tokens in the answer"));
+        };
+        // The rate is over the gaps between tokens: the first token marks the start of decode.
+        let seconds = last.duration_since(first).as_secs_f64();
+        if self.tokens < 2 || seconds <= 0.0 {
+            return Err(format!("probe {model}: too few tokens ({}) to time", self.tokens));
+        }
+        Ok(ProbeResult {
+            model: model.to_owned(),
+            tokens: self.tokens,
+            seconds,
+            tok_s: (self.tokens - 1) as f64 / seconds,
+            watts: None,
+            claimed_tok_s: self.claimed_tok_s,
+            finished_unix_ms: crate::sample::unix_ms_now(),
+        })
+    }
+}
+
+fn snippet(text: &str) -> &str {
+    let end = text.char_indices().nth(200).map_or(text.len(), |(i, _)| i);
+    &text[..end]
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meter_counts_tokens_across_split_lines() {
+        let stream = concat!(
+            "{\"response\":\"one\",\"done\":false}\n",
+            "{\"response\":\", two\",\"done\":false}\n",
+            "{\"response\":\", three\",\"done\":false}\n",
+            "{\"response\":\"\",\"done\":true,\"eval_count\":3,\"eval_duration\":30000000}\n",
+        )
+        .as_bytes();
+        let t0 = Instant::now();
+        let mut meter = ProbeMeter::default();
+        // Split at every byte boundary class: mid-key, mid-value, exactly at newlines.
+        for (i, piece) in stream.chunks(7).enumerate() {
+            meter.feed(piece, t0 + Duration::from_millis(10 * i as u64));
+        }
+        let result = meter.finish("m").unwrap();
+        assert_eq!(result.tokens, 3);
+        assert!(result.tok_s > 0.0);
+        let claimed = result.claimed_tok_s.unwrap();
+        assert!((claimed - 100.0).abs() < 1e-9, "{claimed}");
+    }
+
+    #[test]
+    fn meter_reports_engine_errors() {
+        let mut meter = ProbeMeter::default();
+        meter.feed(b"{\"error\":\"model 'x' not found\"}\n", Instant::now());
+        let err = meter.finish("x").unwrap_err();
+        assert!(err.contains("not found"), "{err}");
+    }
+}

@@ -1,0 +1,201 @@
+//! One gRPC stream per proxy: connect, send the newest sample whenever it changes, reconnect
+//! with jittered backoff. Nothing is queued while disconnected: the `watch` channel holds only
+//! the newest sample, so a reporter cut off for an hour sends one fresh sample on reconnect,
+//! not an hour of stale ones.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use rand::Rng;
+use tokio::sync::watch;
+use tokio_stream::wrappers::WatchStream;
+use tonic::transport::Endpoint;
+use tonic::{Code, Request};
+use wes_proto::Sample;
+use wes_proto::telemetry_client::TelemetryClient;
+
+/// Exponential backoff with full jitter, so that many reporters cut off by one proxy restart
+/// do not reconnect in lockstep.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Backoff {
+            min,
+            max,
+            attempt: 0,
+        }
+    }
+
+    /// The ceiling of the next delay; the delay itself is drawn uniformly below it.
+    pub fn ceiling(&self) -> Duration {
+        let factor = 1u32.checked_shl(self.attempt.min(16)).unwrap_or(u32::MAX);
+        self.min.saturating_mul(factor).min(self.max)
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = self.ceiling();
+        self.attempt = self.attempt.saturating_add(1);
+        let low = self.min.min(ceiling).as_millis() as u64 / 2;
+        let high = ceiling.as_millis() as u64;
+        Duration::from_millis(rand::rng().random_range(low..=high.max(low)))
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+pub struct StreamTarget {
+    pub url: String,
+    pub token: String,
+    pub node_id: String,
+}
+
+/// Runs until `shutdown` turns true; never returns early on errors.
+pub async fn run(
+    target: StreamTarget,
+    samples: watch::Receiver<Option<Sample>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        match session(&target, samples.clone(), shutdown.clone()).await {
+            Ok(acked) => {
+                if acked > 0 {
+                    backoff.reset();
+                }
+                if *shutdown.borrow() {
+                    return;
+                }
+                tracing::warn!(proxy = %target.url, "proxy closed the telemetry stream; reconnecting");
+            }
+            Err(SessionError::Refused(status)) => {
+                tracing::error!(
+                    proxy = %target.url,
+                    node = %target.node_id,
+                    code = ?status.code(),
+                    "proxy refused this reporter: {} (check the node id and token in both configs)",
+                    status.message()
+                );
+            }
+            Err(SessionError::Transient(reason)) => {
+                tracing::warn!(proxy = %target.url, "telemetry stream down: {reason}");
+            }
+        }
+        let delay = backoff.next_delay();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+enum SessionError {
+    Refused(tonic::Status),
+    Transient(String),
+}
+
+impl From<tonic::Status> for SessionError {
+    fn from(status: tonic::Status) -> Self {
+        match status.code() {
+            Code::Unauthenticated | Code::PermissionDenied | Code::InvalidArgument => {
+                SessionError::Refused(status)
+            }
+            _ => SessionError::Transient(format!("{:?}: {}", status.code(), status.message())),
+        }
+    }
+}
+
+/// One connected stream. Returns the number of samples the proxy acknowledged.
+async fn session(
+    target: &StreamTarget,
+    samples: watch::Receiver<Option<Sample>>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<u64, SessionError> {
+    let endpoint = Endpoint::from_shared(target.url.clone())
+        .map_err(|e| SessionError::Transient(format!("bad proxy URL: {e}")))?
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true)
+        // A proxy host that vanishes without closing TCP is noticed within seconds.
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true);
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| SessionError::Transient(format!("connect: {}", error_chain(&e))))?;
+    let mut client = TelemetryClient::new(channel);
+
+    // Ending the outbound half on shutdown lets the proxy close the stream cleanly.
+    let mut stop = shutdown.clone();
+    let outbound = WatchStream::new(samples)
+        .filter_map(|s| async move { s })
+        .take_until(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        });
+    let mut request = Request::new(outbound);
+    let bearer = format!("Bearer {}", target.token)
+        .parse()
+        .map_err(|_| SessionError::Transient("token holds characters not allowed in a header".into()))?;
+    request.metadata_mut().insert("authorization", bearer);
+
+    let mut acks = client.report(request).await?.into_inner();
+    let mut acked = 0u64;
+    loop {
+        let next = tokio::select! {
+            m = acks.message() => m,
+            // After shutdown, wait briefly for the proxy's clean close, then give up.
+            _ = async { let _ = shutdown.wait_for(|s| *s).await; tokio::time::sleep(Duration::from_secs(2)).await } => return Ok(acked),
+        };
+        match next? {
+            Some(_ack) => {
+                if acked == 0 {
+                    tracing::info!(proxy = %target.url, "telemetry stream up");
+                }
+                acked += 1;
+            }
+            None => return Ok(acked),
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let mut ceilings = vec![];
+        for _ in 0..8 {
+            ceilings.push(b.ceiling());
+            let d = b.next_delay();
+            assert!(d <= Duration::from_secs(2));
+        }
+        assert_eq!(ceilings[0], Duration::from_millis(100));
+        assert_eq!(ceilings[1], Duration::from_millis(200));
+        assert_eq!(*ceilings.last().unwrap_or(&Duration::ZERO), Duration::from_secs(2));
+        b.reset();
+        assert_eq!(b.ceiling(), Duration::from_millis(100));
+    }
+}

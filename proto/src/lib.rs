@@ -1,0 +1,57 @@
+//! The gRPC telemetry contract (`wes.telemetry.v1`) shared by `wes-reporter` and `wes-proxy`.
+
+#![allow(clippy::derive_partial_eq_without_eq)]
+
+pub mod telemetry {
+    pub mod v1 {
+        tonic::include_proto!("wes.telemetry.v1");
+    }
+}
+
+pub use telemetry::v1::*;
+
+impl ThermalState {
+    /// The name operators see in `/ranking` and write in config and the command sensor.
+    pub fn display_name(self) -> &'static str {
+        match self {
+            ThermalState::Unknown => "Unknown",
+            ThermalState::Normal => "Normal",
+            ThermalState::Fair => "Fair",
+            ThermalState::Serious => "Serious",
+            ThermalState::Critical => "Critical",
+        }
+    }
+
+    /// Parses one of the five names of CONTRACT.md (case-insensitive).
+    pub fn from_display_name(name: &str) -> Option<Self> {
+        [
+            ThermalState::Unknown,
+            ThermalState::Normal,
+            ThermalState::Fair,
+            ThermalState::Serious,
+            ThermalState::Critical,
+        ]
+        .into_iter()
+        .find(|s| s.display_name().eq_ignore_ascii_case(name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thermal_names_round_trip() {
+        for s in [
+            ThermalState::Unknown,
+            ThermalState::Normal,
+            ThermalState::Fair,
+            ThermalState::Serious,
+            ThermalState::Critical,
+        ] {
+            assert_eq!(ThermalState::from_display_name(s.display_name()), Some(s));
+        }
+        assert_eq!(ThermalState::from_display_name("critical"), Some(ThermalState::Critical));
+        assert_eq!(ThermalState::from_display_name("hot"), None);
+    }
+}

@@ -1,0 +1,141 @@
+//! The gRPC telemetry endpoint: authenticates each stream, validates each sample, and hands the
+//! accepted ones to fleet state. A refused sample ends its stream and changes nothing.
+
+mod validate;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status, Streaming};
+use wes_proto::telemetry_server::{Telemetry, TelemetryServer};
+use wes_proto::{Ack, Sample};
+
+pub use validate::{Refusal, validate};
+
+use crate::state::AppState;
+
+pub struct TelemetryService {
+    state: Arc<AppState>,
+}
+
+impl TelemetryService {
+    pub fn server(state: Arc<AppState>) -> TelemetryServer<Self> {
+        TelemetryServer::new(TelemetryService { state })
+    }
+}
+
+type AckStream = Pin<Box<dyn Stream<Item = Result<Ack, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Telemetry for TelemetryService {
+    type ReportStream = AckStream;
+
+    async fn report(&self, request: Request<Streaming<Sample>>) -> Result<Response<AckStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map_or_else(|| "unknown peer".to_owned(), |a| a.to_string());
+        let counters = &self.state.counters;
+        let token = match bearer_token(request.metadata()) {
+            Ok(t) => t.to_owned(),
+            Err(status) => {
+                counters.streams_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%peer, "telemetry stream refused: {}", status.message());
+                return Err(status);
+            }
+        };
+        let Some(node_id) = self.state.fleet.authenticate(&token) else {
+            counters.streams_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, "telemetry stream refused: token matches no configured node");
+            return Err(Status::unauthenticated("the token matches no configured node"));
+        };
+        tracing::info!(%peer, node = %node_id, "telemetry stream opened");
+
+        let mut inbound = request.into_inner();
+        let (acks, acks_rx) = mpsc::channel(8);
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let outcome = pump(&state, &node_id, &token, &mut inbound, &acks).await;
+            match outcome {
+                Ok(()) => tracing::info!(%peer, node = %node_id, "telemetry stream closed"),
+                Err(status) => {
+                    tracing::warn!(%peer, node = %node_id, code = ?status.code(), "telemetry stream ended: {}", status.message());
+                    // The client may already be gone; the refusal is logged either way.
+                    let _ = acks.send(Err(status)).await;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(acks_rx))))
+    }
+}
+
+/// Reads samples until the reporter closes its half or a sample is refused.
+async fn pump(
+    state: &AppState,
+    node_id: &str,
+    token: &str,
+    inbound: &mut Streaming<Sample>,
+    acks: &mpsc::Sender<Result<Ack, Status>>,
+) -> Result<(), Status> {
+    let counters = &state.counters;
+    loop {
+        let sample = match inbound.message().await {
+            Ok(Some(sample)) => sample,
+            Ok(None) => return Ok(()),
+            // The reporter went away mid-stream: nothing to answer.
+            Err(status) => {
+                tracing::debug!(node = %node_id, "telemetry stream broke: {status}");
+                return Ok(());
+            }
+        };
+        // A reload may have revoked or rebound the token since the stream opened.
+        if !state.fleet.token_matches(node_id, token) {
+            counters.samples_refused.fetch_add(1, Ordering::Relaxed);
+            return Err(Status::unauthenticated(format!(
+                "node {node_id:?} is no longer configured with this token"
+            )));
+        }
+        let limits = state.config.load().telemetry.clone();
+        match validate(&sample, node_id, unix_ms_now(), Instant::now(), &limits) {
+            Ok((telemetry, probes)) => {
+                state.fleet.record(node_id, telemetry, probes);
+                counters.samples_accepted.fetch_add(1, Ordering::Relaxed);
+                if acks.send(Ok(Ack { seq: sample.seq })).await.is_err() {
+                    return Ok(());
+                }
+            }
+            Err(Refusal::PermissionDenied(message)) => {
+                counters.samples_refused.fetch_add(1, Ordering::Relaxed);
+                return Err(Status::permission_denied(message));
+            }
+            Err(Refusal::InvalidArgument(message)) => {
+                counters.samples_refused.fetch_add(1, Ordering::Relaxed);
+                return Err(Status::invalid_argument(message));
+            }
+        }
+    }
+}
+
+fn bearer_token(metadata: &MetadataMap) -> Result<&str, Status> {
+    let value = metadata
+        .get("authorization")
+        .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <token>` metadata"))?;
+    let text = value
+        .to_str()
+        .map_err(|_| Status::unauthenticated("authorization metadata is not text"))?;
+    let token = text
+        .strip_prefix("Bearer ")
+        .ok_or_else(|| Status::unauthenticated("authorization metadata must be `Bearer <token>`"))?;
+    Ok(token.trim())
+}
+
+fn unix_ms_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

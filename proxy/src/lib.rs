@@ -1,0 +1,13 @@
+//! WES proxy: routes Ollama-compatible traffic to the node that turns watts into tokens best.
+//!
+//! Data flows one way: reporter samples (`ingest`) → per-node state (`fleet`) → a published
+//! ranking (`ranking`, scored by `score`) → peer choice → relay → meter → back into `fleet`.
+
+pub mod admin;
+pub mod config;
+pub mod fleet;
+pub mod ingest;
+pub mod ranking;
+pub mod score;
+pub mod server;
+pub mod state;

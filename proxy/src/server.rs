@@ -1,0 +1,143 @@
+//! Assembles the proxy process: one Pingora server whose services are the telemetry ingest,
+//! the admin listener and the ranking rebuilder (and the client API relay).
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{BackgroundService, background_service};
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::Config;
+use crate::ingest::TelemetryService;
+use crate::state::AppState;
+
+/// How often the ranking is rebuilt even without new samples, so staleness shows.
+const REBUILD_EVERY: Duration = Duration::from_millis(250);
+/// Bursts of samples coalesce into at most one rebuild per this interval.
+const REBUILD_SPACING: Duration = Duration::from_millis(10);
+
+/// Binds the listeners this process owns (so a busy port fails at start, loudly), then runs
+/// until SIGTERM or SIGINT.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let telemetry = bind("telemetry", config.listen.telemetry)?;
+    let admin = bind("admin", config.listen.admin)?;
+    // Scripts and tests read these lines to learn the ports when the config says port 0.
+    println!("wes-proxy telemetry listening on {}", telemetry.local_addr()?);
+    println!("wes-proxy admin listening on {}", admin.local_addr()?);
+
+    let state = AppState::new(config);
+    let pid = std::process::id();
+    let conf = ServerConf {
+        // Pingora's default waits 300 s before an idle shutdown even starts.
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(5),
+        threads: 2,
+        pid_file: std::env::temp_dir().join(format!("wes-proxy-{pid}.pid")).display().to_string(),
+        upgrade_sock: std::env::temp_dir().join(format!("wes-proxy-{pid}.sock")).display().to_string(),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    server.add_service(background_service(
+        "telemetry ingest",
+        IngestService {
+            state: state.clone(),
+            listener: Mutex::new(Some(telemetry)),
+        },
+    ));
+    server.add_service(background_service(
+        "admin",
+        AdminService {
+            state: state.clone(),
+            listener: Mutex::new(Some(admin)),
+        },
+    ));
+    server.add_service(background_service("ranking", RankingService { state }));
+    server.run_forever();
+}
+
+fn bind(name: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("cannot listen for {name} on {addr}: {e}"))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Takes the pre-bound listener into this service's runtime (once).
+fn take_listener(slot: &Mutex<Option<TcpListener>>) -> Option<tokio::net::TcpListener> {
+    let std_listener = slot.lock().ok()?.take()?;
+    match tokio::net::TcpListener::from_std(std_listener) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::error!("cannot adopt listener: {e}");
+            None
+        }
+    }
+}
+
+async fn shutdown_signal(mut shutdown: ShutdownWatch) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+struct IngestService {
+    state: Arc<AppState>,
+    listener: Mutex<Option<TcpListener>>,
+}
+
+#[async_trait]
+impl BackgroundService for IngestService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let Some(listener) = take_listener(&self.listener) else { return };
+        let outcome = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+            .add_service(TelemetryService::server(self.state.clone()))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal(shutdown))
+            .await;
+        if let Err(e) = outcome {
+            tracing::error!("telemetry ingest stopped: {e}");
+        }
+    }
+}
+
+struct AdminService {
+    state: Arc<AppState>,
+    listener: Mutex<Option<TcpListener>>,
+}
+
+#[async_trait]
+impl BackgroundService for AdminService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let Some(listener) = take_listener(&self.listener) else { return };
+        let app = crate::admin::router(self.state.clone());
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal(shutdown))
+            .await
+        {
+            tracing::error!("admin listener stopped: {e}");
+        }
+    }
+}
+
+struct RankingService {
+    state: Arc<AppState>,
+}
+
+#[async_trait]
+impl BackgroundService for RankingService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            tokio::select! {
+                _ = self.state.fleet.changed() => {}
+                _ = tokio::time::sleep(REBUILD_EVERY) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            self.state.rebuild_ranking();
+            tokio::time::sleep(REBUILD_SPACING).await;
+        }
+    }
+}
