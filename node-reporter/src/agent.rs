@@ -101,7 +101,9 @@ async fn poll_models(
         // Log transitions only: a node whose Ollama is down should not flood the log.
         match (&models, last_ok) {
             (Err(e), Some(true) | None) => tracing::warn!("{e}"),
-            (Ok(m), Some(false) | None) => tracing::info!(count = m.len(), "ollama model list read"),
+            (Ok(m), Some(false) | None) => {
+                tracing::info!(count = m.len(), "ollama model list read")
+            }
             _ => {}
         }
         last_ok = Some(models.is_ok());

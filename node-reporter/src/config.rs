@@ -144,11 +144,13 @@ impl ReporterConfig {
                 anyhow::bail!("proxy URL {url:?} must start with http:// or https://");
             }
         }
-        let token = flags
-            .token
-            .or(file.token)
-            .ok_or_else(|| anyhow::anyhow!("a token is required (--token, WES_REPORTER_TOKEN or token)"))?;
-        let interval = flags.interval.or(file.interval).unwrap_or(Duration::from_secs(1));
+        let token = flags.token.or(file.token).ok_or_else(|| {
+            anyhow::anyhow!("a token is required (--token, WES_REPORTER_TOKEN or token)")
+        })?;
+        let interval = flags
+            .interval
+            .or(file.interval)
+            .unwrap_or(Duration::from_secs(1));
         if interval < Duration::from_millis(50) {
             anyhow::bail!("interval {interval:?} is below the 50ms minimum");
         }
@@ -162,12 +164,17 @@ impl ReporterConfig {
             node_id,
             proxies,
             token,
-            ollama: flags.ollama.or(file.ollama).map(|u| u.trim_end_matches('/').to_owned()),
+            ollama: flags
+                .ollama
+                .or(file.ollama)
+                .map(|u| u.trim_end_matches('/').to_owned()),
             interval,
             sensor,
             sensor_command,
             // A command slower than the interval would pile up readings; cap it there.
-            sensor_command_timeout: file.sensor_command_timeout.unwrap_or(interval.max(Duration::from_millis(500))),
+            sensor_command_timeout: file
+                .sensor_command_timeout
+                .unwrap_or(interval.max(Duration::from_millis(500))),
             probe_model: flags.probe_model.or(file.probe_model),
             probe_interval: flags
                 .probe_interval

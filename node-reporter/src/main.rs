@@ -9,7 +9,11 @@ use wes_reporter::config::{ReporterConfig, ReporterFlags};
 use wes_reporter::{agent, select};
 
 #[derive(Parser)]
-#[command(name = "wes-reporter", version, about = "Streams this node's power, thermal state and models to WES proxies")]
+#[command(
+    name = "wes-reporter",
+    version,
+    about = "Streams this node's power, thermal state and models to WES proxies"
+)]
 struct Cli {
     #[command(flatten)]
     flags: ReporterFlags,

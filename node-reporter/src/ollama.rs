@@ -55,7 +55,10 @@ impl OllamaClient {
             .await
             .map_err(|e| format!("ollama model list from {url}: {e}"))?;
         if !response.status().is_success() {
-            return Err(format!("ollama model list from {url}: HTTP {}", response.status()));
+            return Err(format!(
+                "ollama model list from {url}: HTTP {}",
+                response.status()
+            ));
         }
         let tags: TagsResponse = response
             .json()
@@ -92,7 +95,10 @@ impl OllamaClient {
             if !response.status().is_success() {
                 let status = response.status();
                 let text = response.text().await.unwrap_or_default();
-                return Err(format!("probe {model} at {url}: HTTP {status}: {}", snippet(&text)));
+                return Err(format!(
+                    "probe {model} at {url}: HTTP {status}: {}",
+                    snippet(&text)
+                ));
             }
             let mut meter = ProbeMeter::default();
             let mut chunks = response.bytes_stream();
@@ -174,7 +180,10 @@ impl ProbeMeter {
         // The rate is over the gaps between tokens: the first token marks the start of decode.
         let seconds = last.duration_since(first).as_secs_f64();
         if self.tokens < 2 || seconds <= 0.0 {
-            return Err(format!("probe {model}: too few tokens ({}) to time", self.tokens));
+            return Err(format!(
+                "probe {model}: too few tokens ({}) to time",
+                self.tokens
+            ));
         }
         Ok(ProbeResult {
             model: model.to_owned(),

@@ -105,7 +105,14 @@ mod tests {
             thermal: ThermalState::Fair,
             ..Reading::default()
         };
-        let s = build_sample("n", 1, SensorKind::Linux, reading, &OllamaView::default(), 5);
+        let s = build_sample(
+            "n",
+            1,
+            SensorKind::Linux,
+            reading,
+            &OllamaView::default(),
+            5,
+        );
         assert_eq!(s.power_watts, None);
         assert_eq!(s.energy_joules, None);
         assert_eq!(s.utilization_pct, Some(100.0));

@@ -50,7 +50,10 @@ impl SensorSettings {
             choice,
             command: flags.sensor_command.clone(),
             command_timeout: interval.max(Duration::from_millis(500)),
-            sysfs_root: flags.sysfs_root.clone().unwrap_or_else(|| PathBuf::from("/sys")),
+            sysfs_root: flags
+                .sysfs_root
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/sys")),
             thermal: ThermalThresholds::default(),
             sim: SimParams::default(),
             sim_seed: 1,
@@ -82,7 +85,10 @@ pub fn open(settings: &SensorSettings) -> anyhow::Result<(Box<dyn Sensor>, Strin
                 settings.sysfs_root.clone(),
                 settings.thermal.clone(),
             )),
-            format!("linux (asked for), sysfs at {}", settings.sysfs_root.display()),
+            format!(
+                "linux (asked for), sysfs at {}",
+                settings.sysfs_root.display()
+            ),
         ),
         SensorChoice::Command => {
             let cmd = settings
@@ -90,7 +96,10 @@ pub fn open(settings: &SensorSettings) -> anyhow::Result<(Box<dyn Sensor>, Strin
                 .clone()
                 .ok_or_else(|| anyhow::anyhow!("--sensor command needs --sensor-command CMD"))?;
             (
-                Box::new(command::CommandSensor::new(cmd.clone(), settings.command_timeout)),
+                Box::new(command::CommandSensor::new(
+                    cmd.clone(),
+                    settings.command_timeout,
+                )),
                 format!("command (asked for): sh -c {cmd:?}"),
             )
         }

@@ -143,9 +143,9 @@ async fn session(
             let _ = stop.wait_for(|s| *s).await;
         });
     let mut request = Request::new(outbound);
-    let bearer = format!("Bearer {}", target.token)
-        .parse()
-        .map_err(|_| SessionError::Transient("token holds characters not allowed in a header".into()))?;
+    let bearer = format!("Bearer {}", target.token).parse().map_err(|_| {
+        SessionError::Transient("token holds characters not allowed in a header".into())
+    })?;
     request.metadata_mut().insert("authorization", bearer);
 
     let mut acks = client.report(request).await?.into_inner();
@@ -194,7 +194,10 @@ mod tests {
         }
         assert_eq!(ceilings[0], Duration::from_millis(100));
         assert_eq!(ceilings[1], Duration::from_millis(200));
-        assert_eq!(*ceilings.last().unwrap_or(&Duration::ZERO), Duration::from_secs(2));
+        assert_eq!(
+            *ceilings.last().unwrap_or(&Duration::ZERO),
+            Duration::from_secs(2)
+        );
         b.reset();
         assert_eq!(b.ceiling(), Duration::from_millis(100));
     }

@@ -51,7 +51,10 @@ mod tests {
         ] {
             assert_eq!(ThermalState::from_display_name(s.display_name()), Some(s));
         }
-        assert_eq!(ThermalState::from_display_name("critical"), Some(ThermalState::Critical));
+        assert_eq!(
+            ThermalState::from_display_name("critical"),
+            Some(ThermalState::Critical)
+        );
         assert_eq!(ThermalState::from_display_name("hot"), None);
     }
 }

@@ -145,7 +145,11 @@ struct Checker<'a> {
 impl Checker<'_> {
     fn line_of(&self, span: Range<usize>) -> usize {
         let end = span.start.min(self.text.len());
-        self.text.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1
     }
 
     fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
@@ -160,13 +164,24 @@ impl Checker<'_> {
         match value.get_ref().parse::<SocketAddr>() {
             Ok(a) => a,
             Err(e) => {
-                self.error(value.span(), format!("listen.{field}: {:?} is not HOST:PORT ({e})", value.get_ref()));
+                self.error(
+                    value.span(),
+                    format!(
+                        "listen.{field}: {:?} is not HOST:PORT ({e})",
+                        value.get_ref()
+                    ),
+                );
                 SocketAddr::from(([127, 0, 0, 1], 0))
             }
         }
     }
 
-    fn duration(&mut self, field: &str, value: Option<&Spanned<String>>, default: Duration) -> Duration {
+    fn duration(
+        &mut self,
+        field: &str,
+        value: Option<&Spanned<String>>,
+        default: Duration,
+    ) -> Duration {
         let Some(value) = value else { return default };
         match humantime::parse_duration(value.get_ref()) {
             Ok(d) if !d.is_zero() => d,
@@ -175,7 +190,13 @@ impl Checker<'_> {
                 default
             }
             Err(e) => {
-                self.error(value.span(), format!("{field}: {:?} is not a duration like \"500ms\", \"3s\", \"2m\" ({e})", value.get_ref()));
+                self.error(
+                    value.span(),
+                    format!(
+                        "{field}: {:?} is not a duration like \"500ms\", \"3s\", \"2m\" ({e})",
+                        value.get_ref()
+                    ),
+                );
                 default
             }
         }
@@ -188,7 +209,11 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| {
-                text.as_bytes()[..s.start.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1
+                text.as_bytes()[..s.start.min(text.len())]
+                    .iter()
+                    .filter(|b| **b == b'\n')
+                    .count()
+                    + 1
             });
             ConfigErrors(vec![ConfigError {
                 line,
@@ -207,21 +232,39 @@ impl Config {
             admin: c.addr("admin", &listen_raw.admin),
         };
         let mut ports = HashSet::new();
-        for (name, addr) in [("api", listen.api), ("telemetry", listen.telemetry), ("admin", listen.admin)] {
+        for (name, addr) in [
+            ("api", listen.api),
+            ("telemetry", listen.telemetry),
+            ("admin", listen.admin),
+        ] {
             if addr.port() != 0 && !ports.insert(addr) {
-                c.error(raw.listen.span(), format!("listen.{name}: {addr} is used by another listener"));
+                c.error(
+                    raw.listen.span(),
+                    format!("listen.{name}: {addr} is used by another listener"),
+                );
             }
         }
 
         let policy = match &raw.routing.policy {
             Some(p) if !POLICIES.contains(&p.get_ref().as_str()) => {
-                c.error(p.span(), format!("routing.policy: unknown policy {:?}; known: {}", p.get_ref(), POLICIES.join(", ")));
+                c.error(
+                    p.span(),
+                    format!(
+                        "routing.policy: unknown policy {:?}; known: {}",
+                        p.get_ref(),
+                        POLICIES.join(", ")
+                    ),
+                );
                 "top".to_owned()
             }
             Some(p) => p.get_ref().clone(),
             None => "top".to_owned(),
         };
-        let stale_after = c.duration("routing.stale_after", raw.routing.stale_after.as_ref(), Duration::from_secs(3));
+        let stale_after = c.duration(
+            "routing.stale_after",
+            raw.routing.stale_after.as_ref(),
+            Duration::from_secs(3),
+        );
         let exclude_thermal = match &raw.routing.exclude_thermal {
             None => vec![ThermalState::Critical],
             Some(list) => {
@@ -236,7 +279,11 @@ impl Config {
             }
         };
 
-        let max_clock_skew = c.duration("telemetry.max_clock_skew", raw.telemetry.max_clock_skew.as_ref(), Duration::from_secs(30));
+        let max_clock_skew = c.duration(
+            "telemetry.max_clock_skew",
+            raw.telemetry.max_clock_skew.as_ref(),
+            Duration::from_secs(30),
+        );
         let max_watts = match &raw.telemetry.max_watts {
             Some(w) if !(w.get_ref().is_finite() && *w.get_ref() > 0.0) => {
                 c.error(w.span(), "telemetry.max_watts must be a positive number");
@@ -252,25 +299,54 @@ impl Config {
         for spanned in &raw.nodes {
             let n = spanned.get_ref();
             let id = n.id.get_ref().trim().to_owned();
-            if id.is_empty() || !id.chars().all(|ch| ch.is_ascii_alphanumeric() || "._-:".contains(ch)) {
-                c.error(n.id.span(), format!("nodes.id {:?}: use letters, digits, '.', '_', '-', ':' only", n.id.get_ref()));
+            if id.is_empty()
+                || !id
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "._-:".contains(ch))
+            {
+                c.error(
+                    n.id.span(),
+                    format!(
+                        "nodes.id {:?}: use letters, digits, '.', '_', '-', ':' only",
+                        n.id.get_ref()
+                    ),
+                );
             } else if !ids.insert(id.clone()) {
                 c.error(n.id.span(), format!("nodes.id {id:?} appears twice"));
             }
             let url = n.url.get_ref().trim_end_matches('/').to_owned();
             if let Err(why) = check_node_url(&url) {
-                c.error(n.url.span(), format!("node {id:?}: url {:?} {why}", n.url.get_ref()));
+                c.error(
+                    n.url.span(),
+                    format!("node {id:?}: url {:?} {why}", n.url.get_ref()),
+                );
             }
             let token = n.token.get_ref().clone();
-            if token.is_empty() || token.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
-                c.error(n.token.span(), format!("node {id:?}: token must be non-empty, without spaces"));
+            if token.is_empty()
+                || token
+                    .chars()
+                    .any(|ch| ch.is_whitespace() || ch.is_control())
+            {
+                c.error(
+                    n.token.span(),
+                    format!("node {id:?}: token must be non-empty, without spaces"),
+                );
             } else if !tokens.insert(token.clone()) {
                 // A token shared by two nodes could not say which node a stream speaks for.
-                c.error(n.token.span(), format!("node {id:?}: token is also another node's; each node needs its own"));
+                c.error(
+                    n.token.span(),
+                    format!("node {id:?}: token is also another node's; each node needs its own"),
+                );
             }
             let pue = match &n.pue {
                 Some(p) if !(p.get_ref().is_finite() && (1.0..=10.0).contains(p.get_ref())) => {
-                    c.error(p.span(), format!("node {id:?}: pue {} must be between 1.0 and 10.0", p.get_ref()));
+                    c.error(
+                        p.span(),
+                        format!(
+                            "node {id:?}: pue {} must be between 1.0 and 10.0",
+                            p.get_ref()
+                        ),
+                    );
                     1.0
                 }
                 Some(p) => *p.get_ref(),
@@ -278,7 +354,13 @@ impl Config {
             };
             let max_concurrency = match &n.max_concurrency {
                 Some(m) if !(1..=100_000).contains(m.get_ref()) => {
-                    c.error(m.span(), format!("node {id:?}: max_concurrency {} must be between 1 and 100000", m.get_ref()));
+                    c.error(
+                        m.span(),
+                        format!(
+                            "node {id:?}: max_concurrency {} must be between 1 and 100000",
+                            m.get_ref()
+                        ),
+                    );
                     1
                 }
                 Some(m) => u32::try_from(*m.get_ref()).unwrap_or(1),
@@ -341,7 +423,10 @@ fn check_node_url(url: &str) -> Result<(), &'static str> {
     if authority.is_empty() {
         return Err("has no host");
     }
-    if !authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok_and(|p| p > 0)) {
+    if !authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok_and(|p| p > 0))
+    {
         return Err("needs an explicit port, e.g. http://10.0.0.7:11434");
     }
     Ok(())
@@ -395,7 +480,9 @@ max_concurrency = 4
 
     #[test]
     fn duplicate_ids_and_tokens_are_refused() {
-        let twice = format!("{GOOD}\n[[nodes]]\nid = \"m2-studio\"\nurl = \"http://127.0.0.1:1\"\ntoken = \"change-me\"\n");
+        let twice = format!(
+            "{GOOD}\n[[nodes]]\nid = \"m2-studio\"\nurl = \"http://127.0.0.1:1\"\ntoken = \"change-me\"\n"
+        );
         let errs = Config::parse(&twice).unwrap_err().0;
         assert_eq!(errs.len(), 2, "{errs:?}");
         assert!(errs.iter().all(|e| e.line.is_some()));

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use wes_proxy::config::Config;
 
 #[derive(Parser)]
-#[command(name = "wes-proxy", version, about = "Routes Ollama traffic to the most efficient healthy node")]
+#[command(
+    name = "wes-proxy",
+    version,
+    about = "Routes Ollama traffic to the most efficient healthy node"
+)]
 struct Cli {
     /// The proxy's TOML config.
     #[arg(long)]
@@ -39,7 +43,12 @@ fn main() -> ExitCode {
 fn check_config(path: &std::path::Path) -> ExitCode {
     match Config::load(path) {
         Ok(config) => {
-            println!("{}: ok ({} nodes, policy {})", path.display(), config.nodes.len(), config.routing.policy);
+            println!(
+                "{}: ok ({} nodes, policy {})",
+                path.display(),
+                config.nodes.len(),
+                config.routing.policy
+            );
             ExitCode::SUCCESS
         }
         Err(errors) => {

@@ -46,7 +46,8 @@ pub struct RankEntry {
 
 impl RankEntry {
     pub fn last_sample_age(&self, now: Instant) -> Option<Duration> {
-        self.sample_received_at.map(|t| now.saturating_duration_since(t))
+        self.sample_received_at
+            .map(|t| now.saturating_duration_since(t))
     }
 }
 
@@ -57,11 +58,21 @@ impl RankingSnapshot {
     }
 
     /// The ranking for one model: only nodes that hold it, scored on that model's tok/s.
-    pub fn build_for_model(fleet: &FleetView, routing: &RoutingConfig, now: Instant, model: &str) -> Self {
+    pub fn build_for_model(
+        fleet: &FleetView,
+        routing: &RoutingConfig,
+        now: Instant,
+        model: &str,
+    ) -> Self {
         Self::build_inner(fleet, routing, now, Some(model))
     }
 
-    fn build_inner(fleet: &FleetView, routing: &RoutingConfig, now: Instant, model: Option<&str>) -> Self {
+    fn build_inner(
+        fleet: &FleetView,
+        routing: &RoutingConfig,
+        now: Instant,
+        model: Option<&str>,
+    ) -> Self {
         let mut models = BTreeSet::new();
         let mut nodes: Vec<RankEntry> = fleet
             .nodes
@@ -86,15 +97,23 @@ impl RankingSnapshot {
                     .max_by_key(|p| p.finished_unix_ms);
                 let tok_s = probe.as_ref().map(|p| p.tok_s);
                 let watts = telemetry.as_ref().and_then(|t| t.watts);
-                let thermal = telemetry.as_ref().map_or(ThermalState::Unknown, |t| t.thermal);
+                let thermal = telemetry
+                    .as_ref()
+                    .map_or(ThermalState::Unknown, |t| t.thermal);
                 let unhealthy_reason = match &telemetry {
                     None => Some("no telemetry yet".to_owned()),
-                    Some(t) if now.saturating_duration_since(t.received_at) > routing.stale_after => {
-                        Some(format!("telemetry older than {}", humantime::format_duration(routing.stale_after)))
+                    Some(t)
+                        if now.saturating_duration_since(t.received_at) > routing.stale_after =>
+                    {
+                        Some(format!(
+                            "telemetry older than {}",
+                            humantime::format_duration(routing.stale_after)
+                        ))
                     }
-                    Some(t) if routing.exclude_thermal.contains(&t.thermal) => {
-                        Some(format!("thermal state {} is excluded", t.thermal.display_name()))
-                    }
+                    Some(t) if routing.exclude_thermal.contains(&t.thermal) => Some(format!(
+                        "thermal state {} is excluded",
+                        t.thermal.display_name()
+                    )),
                     Some(_) => None,
                 };
                 if let Some(list) = telemetry.as_ref().and_then(|t| t.models.as_ref()) {
@@ -114,7 +133,10 @@ impl RankingSnapshot {
                     unhealthy_reason,
                     sample_received_at: telemetry.as_ref().map(|t| t.received_at),
                     models: telemetry.as_ref().and_then(|t| t.models.clone()),
-                    sensor_errors: telemetry.as_ref().map(|t| t.sensor_errors.clone()).unwrap_or_default(),
+                    sensor_errors: telemetry
+                        .as_ref()
+                        .map(|t| t.sensor_errors.clone())
+                        .unwrap_or_default(),
                     power_capped: telemetry.as_ref().is_some_and(|t| t.power_capped),
                     state: node.state.clone(),
                 })
@@ -143,7 +165,10 @@ fn rank_order(a: &RankEntry, b: &RankEntry) -> Ordering {
     rankable(b)
         .cmp(&rankable(a))
         .then_with(|| {
-            let (pa, pb) = (a.wes.penalized.unwrap_or(f64::MIN), b.wes.penalized.unwrap_or(f64::MIN));
+            let (pa, pb) = (
+                a.wes.penalized.unwrap_or(f64::MIN),
+                b.wes.penalized.unwrap_or(f64::MIN),
+            );
             pb.total_cmp(&pa)
         })
         .then_with(|| a.state.in_flight().cmp(&b.state.in_flight()))

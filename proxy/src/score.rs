@@ -63,11 +63,21 @@ pub struct JoulesPerToken {
     pub net: Option<f64>,
 }
 
-pub fn joules_per_token(joules: Option<f64>, seconds: f64, idle_watts: Option<f64>, tokens: u64) -> JoulesPerToken {
+pub fn joules_per_token(
+    joules: Option<f64>,
+    seconds: f64,
+    idle_watts: Option<f64>,
+    tokens: u64,
+) -> JoulesPerToken {
     if tokens == 0 || !seconds.is_finite() || seconds < 0.0 {
-        return JoulesPerToken { gross: None, net: None };
+        return JoulesPerToken {
+            gross: None,
+            net: None,
+        };
     }
-    let gross = joules.filter(|j| j.is_finite() && *j >= 0.0).map(|j| j / tokens as f64);
+    let gross = joules
+        .filter(|j| j.is_finite() && *j >= 0.0)
+        .map(|j| j / tokens as f64);
     let net = match (joules, idle_watts) {
         (Some(j), Some(idle)) if j.is_finite() && idle.is_finite() && idle >= 0.0 => {
             Some((j - idle * seconds).max(0.0) / tokens as f64)

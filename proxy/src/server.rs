@@ -26,7 +26,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let telemetry = bind("telemetry", config.listen.telemetry)?;
     let admin = bind("admin", config.listen.admin)?;
     // Scripts and tests read these lines to learn the ports when the config says port 0.
-    println!("wes-proxy telemetry listening on {}", telemetry.local_addr()?);
+    println!(
+        "wes-proxy telemetry listening on {}",
+        telemetry.local_addr()?
+    );
     println!("wes-proxy admin listening on {}", admin.local_addr()?);
 
     let state = AppState::new(config);
@@ -36,8 +39,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(5),
         threads: 2,
-        pid_file: std::env::temp_dir().join(format!("wes-proxy-{pid}.pid")).display().to_string(),
-        upgrade_sock: std::env::temp_dir().join(format!("wes-proxy-{pid}.sock")).display().to_string(),
+        pid_file: std::env::temp_dir()
+            .join(format!("wes-proxy-{pid}.pid"))
+            .display()
+            .to_string(),
+        upgrade_sock: std::env::temp_dir()
+            .join(format!("wes-proxy-{pid}.sock"))
+            .display()
+            .to_string(),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
@@ -61,7 +70,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 }
 
 fn bind(name: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    let listener = TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("cannot listen for {name} on {addr}: {e}"))?;
+    let listener = TcpListener::bind(addr)
+        .map_err(|e| anyhow::anyhow!("cannot listen for {name} on {addr}: {e}"))?;
     listener.set_nonblocking(true)?;
     Ok(listener)
 }
@@ -90,13 +100,18 @@ struct IngestService {
 #[async_trait]
 impl BackgroundService for IngestService {
     async fn start(&self, shutdown: ShutdownWatch) {
-        let Some(listener) = take_listener(&self.listener) else { return };
+        let Some(listener) = take_listener(&self.listener) else {
+            return;
+        };
         let outcome = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(5)))
             .add_service(TelemetryService::server(self.state.clone()))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal(shutdown))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                shutdown_signal(shutdown),
+            )
             .await;
         if let Err(e) = outcome {
             tracing::error!("telemetry ingest stopped: {e}");
@@ -112,7 +127,9 @@ struct AdminService {
 #[async_trait]
 impl BackgroundService for AdminService {
     async fn start(&self, shutdown: ShutdownWatch) {
-        let Some(listener) = take_listener(&self.listener) else { return };
+        let Some(listener) = take_listener(&self.listener) else {
+            return;
+        };
         let app = crate::admin::router(self.state.clone());
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown_signal(shutdown))

@@ -40,7 +40,11 @@ impl AppState {
     /// Builds and publishes a fresh ranking from the current fleet state.
     pub fn rebuild_ranking(&self) {
         let config = self.config.load();
-        let snapshot = RankingSnapshot::build(&self.fleet.view(), &config.routing, std::time::Instant::now());
+        let snapshot = RankingSnapshot::build(
+            &self.fleet.view(),
+            &config.routing,
+            std::time::Instant::now(),
+        );
         self.ranking.store(Arc::new(snapshot));
     }
 }

@@ -28,7 +28,10 @@ struct RankingQuery {
     model: Option<String>,
 }
 
-async fn ranking(State(state): State<Arc<AppState>>, Query(query): Query<RankingQuery>) -> Response {
+async fn ranking(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<RankingQuery>,
+) -> Response {
     let now = std::time::Instant::now();
     let body = match query.model {
         None => ranking_json::render(&state.ranking.load(), now),

@@ -116,7 +116,12 @@ impl Fleet {
     }
 
     /// Stores a validated sample. Returns false if the node left the config meanwhile.
-    pub fn record(&self, node_id: &str, telemetry: Telemetry, probes: Vec<ProbeObservation>) -> bool {
+    pub fn record(
+        &self,
+        node_id: &str,
+        telemetry: Telemetry,
+        probes: Vec<ProbeObservation>,
+    ) -> bool {
         let view = self.view.load();
         let Some(node) = view.get(node_id) else {
             return false;

@@ -36,7 +36,10 @@ type AckStream = Pin<Box<dyn Stream<Item = Result<Ack, Status>> + Send>>;
 impl Telemetry for TelemetryService {
     type ReportStream = AckStream;
 
-    async fn report(&self, request: Request<Streaming<Sample>>) -> Result<Response<AckStream>, Status> {
+    async fn report(
+        &self,
+        request: Request<Streaming<Sample>>,
+    ) -> Result<Response<AckStream>, Status> {
         let peer = request
             .remote_addr()
             .map_or_else(|| "unknown peer".to_owned(), |a| a.to_string());
@@ -52,7 +55,9 @@ impl Telemetry for TelemetryService {
         let Some(node_id) = self.state.fleet.authenticate(&token) else {
             counters.streams_refused.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%peer, "telemetry stream refused: token matches no configured node");
-            return Err(Status::unauthenticated("the token matches no configured node"));
+            return Err(Status::unauthenticated(
+                "the token matches no configured node",
+            ));
         };
         tracing::info!(%peer, node = %node_id, "telemetry stream opened");
 
@@ -122,15 +127,15 @@ async fn pump(
 }
 
 fn bearer_token(metadata: &MetadataMap) -> Result<&str, Status> {
-    let value = metadata
-        .get("authorization")
-        .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <token>` metadata"))?;
+    let value = metadata.get("authorization").ok_or_else(|| {
+        Status::unauthenticated("missing `authorization: Bearer <token>` metadata")
+    })?;
     let text = value
         .to_str()
         .map_err(|_| Status::unauthenticated("authorization metadata is not text"))?;
-    let token = text
-        .strip_prefix("Bearer ")
-        .ok_or_else(|| Status::unauthenticated("authorization metadata must be `Bearer <token>`"))?;
+    let token = text.strip_prefix("Bearer ").ok_or_else(|| {
+        Status::unauthenticated("authorization metadata must be `Bearer <token>`")
+    })?;
     Ok(token.trim())
 }
 

@@ -38,7 +38,10 @@ pub fn validate(
             sample.node_id
         )));
     }
-    let skew_ms = sample.timestamp_unix_ms.saturating_sub(now_unix_ms).unsigned_abs();
+    let skew_ms = sample
+        .timestamp_unix_ms
+        .saturating_sub(now_unix_ms)
+        .unsigned_abs();
     let max_skew_ms = limits.max_clock_skew.as_millis() as u64;
     if skew_ms > max_skew_ms {
         return Err(invalid(format!(
@@ -48,18 +51,34 @@ pub fn validate(
     }
     let watts = bounded("power_watts", sample.power_watts, 0.0, limits.max_watts)?;
     let energy_joules = bounded("energy_joules", sample.energy_joules, 0.0, f64::MAX)?;
-    let temperature_c = bounded("temperature_c", sample.temperature_c, MIN_TEMPERATURE_C, MAX_TEMPERATURE_C)?;
+    let temperature_c = bounded(
+        "temperature_c",
+        sample.temperature_c,
+        MIN_TEMPERATURE_C,
+        MAX_TEMPERATURE_C,
+    )?;
     let utilization_pct = bounded("utilization_pct", sample.utilization_pct, 0.0, 100.0)?;
-    let thermal = ThermalState::try_from(sample.thermal_state)
-        .map_err(|_| invalid(format!("thermal_state {} is not a known state", sample.thermal_state)))?;
-    let sensor = SensorKind::try_from(sample.sensor)
-        .map_err(|_| invalid(format!("sensor {} is not a known sensor kind", sample.sensor)))?;
+    let thermal = ThermalState::try_from(sample.thermal_state).map_err(|_| {
+        invalid(format!(
+            "thermal_state {} is not a known state",
+            sample.thermal_state
+        ))
+    })?;
+    let sensor = SensorKind::try_from(sample.sensor).map_err(|_| {
+        invalid(format!(
+            "sensor {} is not a known sensor kind",
+            sample.sensor
+        ))
+    })?;
 
     let models = match &sample.models {
         None => None,
         Some(list) => {
             if list.models.len() > MAX_MODELS {
-                return Err(invalid(format!("{} models is more than the {MAX_MODELS} allowed", list.models.len())));
+                return Err(invalid(format!(
+                    "{} models is more than the {MAX_MODELS} allowed",
+                    list.models.len()
+                )));
             }
             let mut names = Vec::with_capacity(list.models.len());
             for m in &list.models {
@@ -79,7 +98,8 @@ pub fn validate(
             return Err(invalid("a probe's model name is empty or too long".into()));
         }
         let tok_s = bounded(&field("tok_s"), Some(p.tok_s), 0.0, MAX_TOK_S)?.unwrap_or_default();
-        let seconds = bounded(&field("seconds"), Some(p.seconds), 0.0, 86_400.0)?.unwrap_or_default();
+        let seconds =
+            bounded(&field("seconds"), Some(p.seconds), 0.0, 86_400.0)?.unwrap_or_default();
         probes.push(ProbeObservation {
             model: p.model.clone(),
             tokens: p.tokens,
@@ -91,8 +111,12 @@ pub fn validate(
         });
     }
 
-    if sample.sensor_errors.len() > MAX_ERRORS || sample.sensor_errors.iter().any(|e| e.len() > MAX_TEXT) {
-        return Err(invalid(format!("at most {MAX_ERRORS} sensor errors of {MAX_TEXT} bytes each")));
+    if sample.sensor_errors.len() > MAX_ERRORS
+        || sample.sensor_errors.iter().any(|e| e.len() > MAX_TEXT)
+    {
+        return Err(invalid(format!(
+            "at most {MAX_ERRORS} sensor errors of {MAX_TEXT} bytes each"
+        )));
     }
     let flags = sample.flags.unwrap_or_default();
 
@@ -188,18 +212,69 @@ mod tests {
     fn refusals() {
         let cases: Vec<(&str, Box<dyn Fn(&mut Sample)>, bool)> = vec![
             ("other node", Box::new(|s| s.node_id = "b".into()), true),
-            ("NaN watts", Box::new(|s| s.power_watts = Some(f64::NAN)), false),
-            ("negative watts", Box::new(|s| s.power_watts = Some(-1.0)), false),
-            ("absurd watts", Box::new(|s| s.power_watts = Some(1.0e9)), false),
-            ("infinite energy", Box::new(|s| s.energy_joules = Some(f64::INFINITY)), false),
-            ("negative energy", Box::new(|s| s.energy_joules = Some(-5.0)), false),
+            (
+                "NaN watts",
+                Box::new(|s| s.power_watts = Some(f64::NAN)),
+                false,
+            ),
+            (
+                "negative watts",
+                Box::new(|s| s.power_watts = Some(-1.0)),
+                false,
+            ),
+            (
+                "absurd watts",
+                Box::new(|s| s.power_watts = Some(1.0e9)),
+                false,
+            ),
+            (
+                "infinite energy",
+                Box::new(|s| s.energy_joules = Some(f64::INFINITY)),
+                false,
+            ),
+            (
+                "negative energy",
+                Box::new(|s| s.energy_joules = Some(-5.0)),
+                false,
+            ),
             ("hot", Box::new(|s| s.temperature_c = Some(900.0)), false),
-            ("utilization", Box::new(|s| s.utilization_pct = Some(101.0)), false),
-            ("future", Box::new(|s| s.timestamp_unix_ms = NOW + 31_000), false),
-            ("past", Box::new(|s| s.timestamp_unix_ms = NOW - 31_000), false),
+            (
+                "utilization",
+                Box::new(|s| s.utilization_pct = Some(101.0)),
+                false,
+            ),
+            (
+                "future",
+                Box::new(|s| s.timestamp_unix_ms = NOW + 31_000),
+                false,
+            ),
+            (
+                "past",
+                Box::new(|s| s.timestamp_unix_ms = NOW - 31_000),
+                false,
+            ),
             ("thermal enum", Box::new(|s| s.thermal_state = 99), false),
-            ("probe NaN", Box::new(|s| s.probes.push(ProbeResult { model: "m".into(), tok_s: f64::NAN, ..ProbeResult::default() })), false),
-            ("probe no model", Box::new(|s| s.probes.push(ProbeResult { tok_s: 3.0, ..ProbeResult::default() })), false),
+            (
+                "probe NaN",
+                Box::new(|s| {
+                    s.probes.push(ProbeResult {
+                        model: "m".into(),
+                        tok_s: f64::NAN,
+                        ..ProbeResult::default()
+                    })
+                }),
+                false,
+            ),
+            (
+                "probe no model",
+                Box::new(|s| {
+                    s.probes.push(ProbeResult {
+                        tok_s: 3.0,
+                        ..ProbeResult::default()
+                    })
+                }),
+                false,
+            ),
         ];
         for (name, mutate, denied) in cases {
             let mut s = good();

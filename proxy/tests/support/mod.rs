@@ -1,0 +1,245 @@
+//! Runs the real `wes-proxy` and `wes-reporter` binaries for end-to-end tests: free ports, bounded
+//! waits, child processes killed on drop, their logs kept for failure messages.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn proxy_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_wes-proxy"))
+}
+
+/// The reporter is another package's binary; `cargo test --workspace` builds it beside ours.
+pub fn reporter_bin() -> PathBuf {
+    let path = proxy_bin().with_file_name("wes-reporter");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` (or `cargo test --workspace`)",
+        path.display()
+    );
+    path
+}
+
+/// A port free right now. Only for listeners we cannot bind on port 0 ourselves.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics after `limit` with `what`.
+pub async fn wait_for<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A child process that is killed when dropped.
+pub struct Running {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Running {
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends `signal` and waits (bounded) for the exit status.
+    pub fn signal_and_wait(
+        &mut self,
+        signal: i32,
+        limit: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        unsafe { libc::kill(self.pid(), signal) };
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Proxy {
+    pub process: Running,
+    pub admin: SocketAddr,
+    pub telemetry: SocketAddr,
+    pub api: SocketAddr,
+    pub config_path: PathBuf,
+}
+
+/// One `[[nodes]]` entry.
+pub struct NodeSpec<'a> {
+    pub id: &'a str,
+    pub url: &'a str,
+    pub token: &'a str,
+}
+
+pub fn node<'a>(id: &'a str, token: &'a str) -> NodeSpec<'a> {
+    NodeSpec {
+        id,
+        url: "http://127.0.0.1:9",
+        token,
+    }
+}
+
+/// A config with the given telemetry port (0: any) and nodes, plus extra TOML appended.
+pub fn proxy_config(telemetry_port: u16, nodes: &[NodeSpec<'_>], routing_extra: &str) -> String {
+    let mut text = format!(
+        "[listen]\napi = \"127.0.0.1:{}\"\ntelemetry = \"127.0.0.1:{telemetry_port}\"\nadmin = \"127.0.0.1:0\"\n\n[routing]\npolicy = \"top\"\nstale_after = \"3s\"\n{routing_extra}\n",
+        free_port()
+    );
+    for n in nodes {
+        text.push_str(&format!(
+            "\n[[nodes]]\nid = \"{}\"\nurl = \"{}\"\ntoken = \"{}\"\npue = 1.0\nmax_concurrency = 4\n",
+            n.id, n.url, n.token
+        ));
+    }
+    text
+}
+
+impl Proxy {
+    pub fn start(dir: &Path, config: &str) -> Proxy {
+        let config_path = dir.join(format!("proxy-{}.toml", free_port()));
+        std::fs::write(&config_path, config).unwrap();
+        let log = config_path.with_extension("log");
+        let mut child = Command::new(proxy_bin())
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut process = Running { child, log };
+        let (mut admin, mut telemetry) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while admin.is_none() || telemetry.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).unwrap_or_else(|_| {
+                panic!(
+                    "wes-proxy did not report its listeners; log:\n{}",
+                    process.log_text()
+                )
+            });
+            let addr = |l: &str| l.rsplit(' ').next().unwrap().parse::<SocketAddr>().unwrap();
+            if line.contains("admin listening on") {
+                admin = Some(addr(&line));
+            } else if line.contains("telemetry listening on") {
+                telemetry = Some(addr(&line));
+            }
+        }
+        assert!(
+            process.is_running(),
+            "wes-proxy exited; log:\n{}",
+            process.log_text()
+        );
+        let api = config
+            .lines()
+            .find_map(|l| l.strip_prefix("api = \""))
+            .and_then(|l| l.trim_end_matches('"').parse().ok())
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        Proxy {
+            process,
+            admin: admin.unwrap(),
+            telemetry: telemetry.unwrap(),
+            api,
+            config_path,
+        }
+    }
+
+    pub fn telemetry_url(&self) -> String {
+        format!("http://{}", self.telemetry)
+    }
+
+    pub async fn ranking(&self) -> Value {
+        let url = format!("http://{}/ranking", self.admin);
+        reqwest::get(&url).await.unwrap().json().await.unwrap()
+    }
+
+    /// The `/ranking` entry of one node.
+    pub async fn node(&self, id: &str) -> Value {
+        let ranking = self.ranking().await;
+        ranking["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("node {id} not in /ranking: {ranking}"))
+    }
+}
+
+pub struct Reporter {
+    pub process: Running,
+}
+
+impl Reporter {
+    pub fn start(dir: &Path, args: &[&str]) -> Reporter {
+        let log = dir.join(format!("reporter-{}.log", free_port()));
+        let child = Command::new(reporter_bin())
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Reporter {
+            process: Running { child, log },
+        }
+    }
+}
+
+/// Writes `text` so that a reader never sees a half-written file.
+pub fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
