@@ -178,10 +178,11 @@ impl PowerDuring {
 
     fn mean(&mut self) -> Option<f64> {
         let latest = self.samples.borrow().clone()?;
-        if let (Some((e0, t0)), Some((e1, t1))) = (self.start, energy_at(Some(&latest))) {
-            if t1 > t0 && e1 >= e0 {
-                return Some((e1 - e0) / ((t1 - t0) as f64 / 1000.0));
-            }
+        if let (Some((e0, t0)), Some((e1, t1))) = (self.start, energy_at(Some(&latest)))
+            && t1 > t0
+            && e1 >= e0
+        {
+            return Some((e1 - e0) / ((t1 - t0) as f64 / 1000.0));
         }
         latest.power_watts
     }

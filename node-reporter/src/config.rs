@@ -246,6 +246,14 @@ mod tests {
     }
 
     #[test]
+    fn shipped_example_is_valid() {
+        let file: ReporterFile =
+            toml::from_str(include_str!("../../config/reporter.example.toml")).unwrap();
+        let cfg = ReporterConfig::merge(file, ReporterFlags::default()).unwrap();
+        assert_eq!(cfg.node_id, "m2-studio");
+    }
+
+    #[test]
     fn unknown_file_keys_are_refused() {
         assert!(toml::from_str::<ReporterFile>("nod_id = \"x\"").is_err());
     }

@@ -157,12 +157,11 @@ impl ProbeMeter {
             self.first_token.get_or_insert(at);
             self.last_token = Some(at);
         }
-        if chunk.done {
-            if let (Some(count), Some(ns)) = (chunk.eval_count, chunk.eval_duration) {
-                if ns > 0 {
-                    self.claimed_tok_s = Some(count as f64 / (ns as f64 / 1e9));
-                }
-            }
+        if chunk.done
+            && let (Some(count), Some(ns)) = (chunk.eval_count, chunk.eval_duration)
+            && ns > 0
+        {
+            self.claimed_tok_s = Some(count as f64 / (ns as f64 / 1e9));
         }
     }
 

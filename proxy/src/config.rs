@@ -498,6 +498,24 @@ max_concurrency = 4
     }
 
     #[test]
+    fn shipped_example_configs_are_valid() {
+        for (name, text) in [
+            (
+                "proxy.example.toml",
+                include_str!("../../config/proxy.example.toml"),
+            ),
+            (
+                "demo-proxy.toml",
+                include_str!("../../config/demo-proxy.toml"),
+            ),
+        ] {
+            if let Err(e) = Config::parse(text) {
+                panic!("config/{name}:\n{e}");
+            }
+        }
+    }
+
+    #[test]
     fn node_url_needs_scheme_and_port() {
         assert!(check_node_url("http://10.0.0.1:11434").is_ok());
         assert!(check_node_url("10.0.0.1:11434").is_err());

@@ -187,36 +187,57 @@ fn entries(dir: &Path, prefix: &str) -> Vec<(String, PathBuf)> {
 }
 
 fn scan(sysfs: &Path, proc_root: Option<&Path>) -> Scan {
-    let mut s = Scan::default();
-
     let powercap = sysfs.join("class/powercap");
-    let zones = entries(&powercap, "intel-rapl");
-    s.powercap_present = !zones.is_empty();
+    let (powercap_present, rapl) = scan_rapl(&powercap);
+    let mut temp_error = None;
+    let hwmon = scan_hwmon(&sysfs.join("class/hwmon"), &mut temp_error);
+    let zones = scan_zones(&sysfs.join("class/thermal"), &mut temp_error);
+    Scan {
+        powercap_present,
+        rapl,
+        hwmon,
+        zones,
+        temp_error,
+        throttle_total: scan_throttle(&sysfs.join("devices/system/cpu")),
+        cpu_times: proc_root.map(|root| read_cpu_times(&root.join("stat"))),
+    }
+}
+
+fn scan_rapl(powercap: &Path) -> (bool, Vec<RaplRead>) {
+    let zones = entries(powercap, "intel-rapl");
     let named: Vec<(String, Option<String>)> = zones
         .iter()
         .map(|(dir, path)| (dir.clone(), read_trimmed(&path.join("name")).ok()))
         .collect();
-    for dir in select_rapl_zones(&named) {
-        let zone = powercap.join(&dir);
-        let path = zone.join("energy_uj");
-        let energy_uj = read_trimmed(&path)
-            .map_err(|e| rapl_error_text(&path, &e))
-            .and_then(|v| {
-                v.parse::<u64>()
-                    .map_err(|e| format!("{}: not a counter ({e}): {v:?}", path.display()))
-            });
-        let max_range_uj = read_trimmed(&zone.join("max_energy_range_uj"))
-            .ok()
-            .and_then(|v| v.parse().ok());
-        s.rapl.push(RaplRead {
-            dir,
-            energy_uj,
-            max_range_uj,
-        });
-    }
+    let reads = select_rapl_zones(&named)
+        .into_iter()
+        .map(|dir| {
+            let zone = powercap.join(&dir);
+            let path = zone.join("energy_uj");
+            let energy_uj = read_trimmed(&path)
+                .map_err(|e| rapl_error_text(&path, &e))
+                .and_then(|v| {
+                    v.parse::<u64>()
+                        .map_err(|e| format!("{}: not a counter ({e}): {v:?}", path.display()))
+                });
+            let max_range_uj = read_trimmed(&zone.join("max_energy_range_uj"))
+                .ok()
+                .and_then(|v| v.parse().ok());
+            RaplRead {
+                dir,
+                energy_uj,
+                max_range_uj,
+            }
+        })
+        .collect();
+    (!zones.is_empty(), reads)
+}
 
-    let mut last_temp_error = None;
-    for (_, dir) in entries(&sysfs.join("class/hwmon"), "hwmon") {
+/// A single unreadable input is normal (a sleeping device); it only matters, and is only
+/// reported, when no temperature at all could be read.
+fn scan_hwmon(class: &Path, last_error: &mut Option<String>) -> Vec<(String, HwmonTemp)> {
+    let mut out = Vec::new();
+    for (_, dir) in entries(class, "hwmon") {
         let name = read_trimmed(&dir.join("name")).unwrap_or_else(|_| "hwmon".to_string());
         for (file, path) in entries(&dir, "temp") {
             let Some(base) = file.strip_suffix("_input") else {
@@ -235,21 +256,25 @@ fn scan(sysfs: &Path, proc_root: Option<&Path>) -> Scan {
                             max_c: limit("max"),
                             crit_c: limit("crit"),
                         };
-                        s.hwmon.push((name.clone(), t));
+                        out.push((name.clone(), t));
                     }
                 }
-                Err(e) => last_temp_error = Some(format!("{}: {e}", path.display())),
+                Err(e) => *last_error = Some(format!("{}: {e}", path.display())),
             }
         }
     }
+    out
+}
 
-    for (_, dir) in entries(&sysfs.join("class/thermal"), "thermal_zone") {
+fn scan_zones(class: &Path, last_error: &mut Option<String>) -> Vec<(String, ZoneTemp)> {
+    let mut out = Vec::new();
+    for (_, dir) in entries(class, "thermal_zone") {
         let kind = read_trimmed(&dir.join("type")).unwrap_or_else(|_| "thermal_zone".to_string());
         let temp_path = dir.join("temp");
         let temp_c = match read_trimmed(&temp_path) {
             Ok(v) => parse_millidegrees(&v),
             Err(e) => {
-                last_temp_error = Some(format!("{}: {e}", temp_path.display()));
+                *last_error = Some(format!("{}: {e}", temp_path.display()));
                 None
             }
         };
@@ -267,31 +292,29 @@ fn scan(sysfs: &Path, proc_root: Option<&Path>) -> Scan {
                 trips.push((k, t));
             }
         }
-        s.zones.push((kind, ZoneTemp { temp_c, trips }));
+        out.push((kind, ZoneTemp { temp_c, trips }));
     }
-    s.temp_error = last_temp_error;
+    out
+}
 
-    let mut throttle: Option<u64> = None;
-    for (_, cpu) in entries(&sysfs.join("devices/system/cpu"), "cpu") {
+/// The sum of every CPU's throttle counters; only its growth matters. (Each CPU repeats its
+/// package's count, which inflates the sum but not whether it grew.)
+fn scan_throttle(cpus: &Path) -> Option<u64> {
+    let mut total: Option<u64> = None;
+    for (_, cpu) in entries(cpus, "cpu") {
         for counter in ["core_throttle_count", "package_throttle_count"] {
             let v = read_trimmed(&cpu.join("thermal_throttle").join(counter)).ok();
             if let Some(v) = v.and_then(|v| v.parse::<u64>().ok()) {
-                throttle = Some(throttle.unwrap_or(0).saturating_add(v));
+                total = Some(total.unwrap_or(0).saturating_add(v));
             }
         }
     }
-    s.throttle_total = throttle;
+    total
+}
 
-    s.cpu_times = proc_root.map(|root| {
-        let path = root.join("stat");
-        std::fs::read_to_string(&path)
-            .map_err(|e| format!("{}: {e}", path.display()))
-            .and_then(|t| {
-                parse_proc_stat(&t)
-                    .ok_or_else(|| format!("{}: no aggregate cpu line", path.display()))
-            })
-    });
-    s
+fn read_cpu_times(path: &Path) -> Result<CpuTimes, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    parse_proc_stat(&text).ok_or_else(|| format!("{}: no aggregate cpu line", path.display()))
 }
 
 /// What the sensor found under a sysfs root, for auto-detection: `Ok` says what will be

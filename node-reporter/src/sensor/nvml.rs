@@ -92,110 +92,124 @@ impl<S: NvmlSource> NvmlSensor<S> {
         }
 
         let mut r = Reading::default();
-        let mut watts = Some(0.0);
-        let mut energy_complete = true;
-        let mut node_thermal = ThermalState::Unknown;
-        let mut temps = Vec::new();
-        let mut utils = Vec::new();
-
-        for (index, gpu) in (0..count).zip(self.gpus.iter_mut()) {
-            let label = gpu_label(&mut self.source, index, &mut gpu.label);
-
-            match self.source.power_mw(index) {
-                Ok(mw) => watts = watts.map(|w| w + f64::from(mw) / 1000.0),
-                Err(e) => {
-                    // A sum that misses a GPU would look like a real, lower draw.
-                    watts = None;
-                    r.errors.push(format!("{label}: power: {e}"));
-                }
-            }
-
-            match self.source.total_energy_mj(index) {
-                Ok(mj) => {
-                    gpu.energy_total_mj = gpu
-                        .energy_total_mj
-                        .saturating_add(energy_counter_delta(gpu.last_energy_mj, mj));
-                    gpu.last_energy_mj = Some(mj);
-                }
-                Err(e) => {
-                    energy_complete = false;
-                    r.errors.push(format!("{label}: energy: {e}"));
-                }
-            }
-
-            let bits = match self.source.throttle_reasons(index) {
-                Ok(bits) => Some(bits),
-                Err(e) => {
-                    r.errors.push(format!("{label}: throttle reasons: {e}"));
-                    None
-                }
-            };
-            let temp = match self.source.temperature_c(index) {
-                Ok(c) => Some(f64::from(c)),
-                Err(e) => {
-                    r.errors.push(format!("{label}: temperature: {e}"));
-                    None
-                }
-            };
-            let src = &mut self.source;
-            let slowdown = gpu
-                .slowdown_c
-                .get_or_insert_with(|| src.slowdown_threshold_c(index));
-            let gpu_max = gpu
-                .gpu_max_c
-                .get_or_insert_with(|| src.gpu_max_threshold_c(index));
-            let signals = NvidiaSignals {
-                throttle_reasons: bits,
-                hw_slowdown_streak: gpu.debounce.observe(bits),
-                temperature_c: temp,
-                slowdown_c: slowdown.as_ref().ok().map(|c| f64::from(*c)),
-                gpu_max_c: gpu_max.as_ref().ok().map(|c| f64::from(*c)),
-            };
-            let state = nvidia_state(&signals, &self.thresholds);
-            if state == ThermalState::Unknown {
-                let why = [slowdown.as_ref().err(), gpu_max.as_ref().err()]
-                    .into_iter()
-                    .flatten()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                r.errors.push(format!(
-                    "{label}: thermal state unknown (no throttle reasons, and no temperature \
-                     with thresholds{})",
-                    if why.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {why}")
-                    }
-                ));
-            }
-            node_thermal = node_thermal.max(state);
-
-            if let Some(bits) = bits {
+        let gpus: Vec<GpuReading> = (0..count)
+            .zip(self.gpus.iter_mut())
+            .map(|(index, gpu)| read_gpu(&mut self.source, index, gpu, &self.thresholds))
+            .collect();
+        // A sum that misses a GPU would look like a real, lower draw: all or nothing.
+        r.watts = gpus.iter().map(|g| g.watts).sum::<Option<f64>>();
+        r.energy_joules = gpus.iter().all(|g| g.energy_ok).then(|| {
+            let mj: f64 = self.gpus.iter().map(|g| g.energy_total_mj as f64).sum();
+            mj / 1000.0
+        });
+        let utils: Vec<f64> = gpus.iter().filter_map(|g| g.utilization).collect();
+        r.utilization_pct =
+            (!utils.is_empty()).then(|| utils.iter().sum::<f64>() / utils.len() as f64);
+        r.temperature_c = gpus.iter().filter_map(|g| g.temperature_c).reduce(f64::max);
+        for g in gpus {
+            r.thermal = r.thermal.max(g.thermal);
+            if let Some(bits) = g.throttle_reasons {
                 r.throttle_reasons |= bits;
                 r.power_capped |= nvidia_power_capped(bits);
             }
-            temps.extend(temp);
-            match self.source.utilization_pct(index) {
-                Ok(u) => utils.push(f64::from(u.min(100))),
-                Err(e) => r.errors.push(format!("{label}: utilization: {e}")),
-            }
+            r.errors.extend(g.errors);
         }
-
-        r.watts = watts;
-        r.energy_joules = energy_complete.then(|| {
-            self.gpus
-                .iter()
-                .map(|g| g.energy_total_mj as f64)
-                .sum::<f64>()
-                / 1000.0
-        });
-        r.thermal = node_thermal;
-        r.temperature_c = temps.into_iter().reduce(f64::max);
-        r.utilization_pct =
-            (!utils.is_empty()).then(|| utils.iter().sum::<f64>() / utils.len() as f64);
         r
     }
+}
+
+/// One GPU's share of a reading.
+struct GpuReading {
+    watts: Option<f64>,
+    energy_ok: bool,
+    throttle_reasons: Option<u64>,
+    temperature_c: Option<f64>,
+    thermal: ThermalState,
+    utilization: Option<f64>,
+    errors: Vec<String>,
+}
+
+fn read_gpu<S: NvmlSource>(
+    src: &mut S,
+    index: u32,
+    gpu: &mut GpuState,
+    thresholds: &ThermalThresholds,
+) -> GpuReading {
+    let label = gpu_label(src, index, &mut gpu.label);
+    let mut errors = Vec::new();
+
+    let watts =
+        keep_ok(&mut errors, &label, "power", src.power_mw(index)).map(|mw| f64::from(mw) / 1000.0);
+    let energy = keep_ok(&mut errors, &label, "energy", src.total_energy_mj(index));
+    if let Some(mj) = energy {
+        let delta = energy_counter_delta(gpu.last_energy_mj, mj);
+        gpu.energy_total_mj = gpu.energy_total_mj.saturating_add(delta);
+        gpu.last_energy_mj = Some(mj);
+    }
+    let bits = keep_ok(
+        &mut errors,
+        &label,
+        "throttle reasons",
+        src.throttle_reasons(index),
+    );
+    let temperature_c =
+        keep_ok(&mut errors, &label, "temperature", src.temperature_c(index)).map(f64::from);
+    let utilization = keep_ok(
+        &mut errors,
+        &label,
+        "utilization",
+        src.utilization_pct(index),
+    )
+    .map(|u| f64::from(u.min(100)));
+
+    let slowdown = gpu
+        .slowdown_c
+        .get_or_insert_with(|| src.slowdown_threshold_c(index));
+    let gpu_max = gpu
+        .gpu_max_c
+        .get_or_insert_with(|| src.gpu_max_threshold_c(index));
+    let signals = NvidiaSignals {
+        throttle_reasons: bits,
+        hw_slowdown_streak: gpu.debounce.observe(bits),
+        temperature_c,
+        slowdown_c: slowdown.as_ref().ok().map(|c| f64::from(*c)),
+        gpu_max_c: gpu_max.as_ref().ok().map(|c| f64::from(*c)),
+    };
+    let thermal = nvidia_state(&signals, thresholds);
+    if thermal == ThermalState::Unknown {
+        // Threshold failures are cached and otherwise silent; they matter only here.
+        let why: Vec<&str> = [slowdown.as_ref().err(), gpu_max.as_ref().err()]
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        errors.push(format!(
+            "{label}: thermal state unknown: no throttle reasons, and no temperature with \
+             thresholds{}{}",
+            if why.is_empty() { "" } else { ": " },
+            why.join("; ")
+        ));
+    }
+    GpuReading {
+        watts,
+        energy_ok: energy.is_some(),
+        throttle_reasons: bits,
+        temperature_c,
+        thermal,
+        utilization,
+        errors,
+    }
+}
+
+/// The value, or `None` with the reason noted against this GPU.
+fn keep_ok<T>(
+    errors: &mut Vec<String>,
+    label: &str,
+    what: &str,
+    res: Result<T, String>,
+) -> Option<T> {
+    res.map_err(|e| errors.push(format!("{label}: {what}: {e}")))
+        .ok()
 }
 
 fn gpu_label<S: NvmlSource>(source: &mut S, index: u32, cache: &mut Option<String>) -> String {

@@ -210,7 +210,8 @@ mod tests {
 
     #[test]
     fn refusals() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Sample)>, bool)> = vec![
+        type Mutate = Box<dyn Fn(&mut Sample)>;
+        let cases: Vec<(&str, Mutate, bool)> = vec![
             ("other node", Box::new(|s| s.node_id = "b".into()), true),
             (
                 "NaN watts",
