@@ -11,3 +11,4 @@ pub mod ranking;
 pub mod score;
 pub mod server;
 pub mod state;
+pub mod meter;

@@ -318,3 +318,134 @@ async fn failing_or_garbage_sensor_command_shows_unknown_with_the_reason() {
     .await;
     assert!(reporter.process.is_running());
 }
+
+/// A stand-in for a node's Ollama: `/api/tags`, and `/api/generate` streaming one token per
+/// `gap` like the real one, so the reporter's probe has something to time.
+async fn fake_ollama(gap: Duration, tokens: usize) -> std::net::SocketAddr {
+    use axum::routing::{get, post};
+    let app = axum::Router::new()
+        .route(
+            "/api/tags",
+            get(|| async {
+                axum::Json(serde_json::json!({
+                    "models": [
+                        {"name": "llama3.2:3b", "size": 2019393189u64, "digest": "a80c4f17acd5"},
+                        {"name": "smollm2:135m", "size": 98000000u64, "digest": "9077fe9d2ae1"}
+                    ]
+                }))
+            }),
+        )
+        .route(
+            "/api/generate",
+            post(move || async move {
+                let lines = futures::stream::unfold(0usize, move |i| async move {
+                    if i > tokens {
+                        return None;
+                    }
+                    tokio::time::sleep(gap).await;
+                    let line = if i < tokens {
+                        format!("{{\"model\":\"llama3.2:3b\",\"response\":\"t{i}\",\"done\":false}}\n")
+                    } else {
+                        let ns = gap.as_nanos() as u64 * tokens as u64;
+                        format!("{{\"model\":\"llama3.2:3b\",\"response\":\"\",\"done\":true,\"eval_count\":{tokens},\"eval_duration\":{ns}}}\n")
+                    };
+                    Some((Ok::<_, std::convert::Infallible>(line), i + 1))
+                });
+                axum::body::Body::from_stream(lines)
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+#[tokio::test]
+async fn models_and_probe_reach_the_ranking_on_every_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let ollama = fake_ollama(Duration::from_millis(10), 20).await;
+    let first = Proxy::start(dir.path(), &proxy_config(0, &[node("n1", "tok-1")], ""));
+    let second = Proxy::start(dir.path(), &proxy_config(0, &[node("n1", "tok-1")], ""));
+    let sensor = dir.path().join("sensor.json");
+    write_atomically(&sensor, r#"{"watts": 20.0, "thermal_state": "Fair"}"#);
+    let cmd = format!("cat {}", sensor.display());
+    let ollama_url = format!("http://{ollama}");
+    let reporter = Reporter::start(
+        dir.path(),
+        &[
+            "--node-id",
+            "n1",
+            "--token",
+            "tok-1",
+            "--interval",
+            "300ms",
+            "--proxy",
+            &first.telemetry_url(),
+            "--proxy",
+            &second.telemetry_url(),
+            "--sensor",
+            "command",
+            "--sensor-command",
+            &cmd,
+            "--ollama",
+            &ollama_url,
+            "--probe-model",
+            "llama3.2:3b",
+            "--probe-interval",
+            "1h",
+        ],
+    );
+
+    for proxy in [&first, &second] {
+        let n = wait_for(
+            Duration::from_secs(20),
+            "models and a probe result",
+            || async {
+                let n = proxy.node("n1").await;
+                (n["tok_s"].is_f64() && n["models"].is_array()).then_some(n)
+            },
+        )
+        .await;
+        assert_eq!(
+            n["models"],
+            serde_json::json!(["llama3.2:3b", "smollm2:135m"]),
+            "{n}"
+        );
+        // 20 tokens 10 ms apart: about 100 tok/s measured from the stream.
+        let tok_s = n["tok_s"].as_f64().unwrap();
+        assert!(
+            (50.0..=110.0).contains(&tok_s),
+            "probe measured {tok_s} tok/s; log:\n{}",
+            reporter.process.log_text()
+        );
+        assert_eq!(n["tok_s_model"], "llama3.2:3b");
+        let raw = n["raw_wes"].as_f64().unwrap();
+        let penalized = n["penalized_wes"].as_f64().unwrap();
+        assert!((raw - tok_s / 20.0).abs() < 1e-9, "{n}");
+        assert!((penalized - tok_s / (20.0 * 1.25)).abs() < 1e-9, "{n}");
+        assert!(
+            (n["thermal_cost_pct"].as_f64().unwrap() - 20.0).abs() < 1e-9,
+            "{n}"
+        );
+        assert_eq!(n["rank"], 1);
+    }
+
+    let for_model = reqwest::get(format!("http://{}/ranking?model=smollm2:135m", first.admin))
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    let entry = &for_model["nodes"][0];
+    assert_eq!(entry["id"], "n1");
+    // Only llama3.2 was probed: for smollm2 the node holds the model but has no rate yet.
+    assert_eq!(entry["tok_s"], serde_json::Value::Null, "{for_model}");
+    assert_eq!(entry["rank"], serde_json::Value::Null, "{for_model}");
+    let absent = reqwest::get(format!("http://{}/ranking?model=nope", first.admin))
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    assert_eq!(absent["nodes"], serde_json::json!([]));
+}

@@ -1,0 +1,1 @@
+//! Token meters over relayed response bodies (pure; see ndjson.rs and sse.rs).
