@@ -18,7 +18,14 @@ pub struct Config {
     pub listen: ListenConfig,
     pub routing: RoutingConfig,
     pub telemetry: TelemetryConfig,
+    pub api: ApiConfig,
     pub nodes: Vec<NodeConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiConfig {
+    /// Larger request bodies are refused with 413 before any node sees them.
+    pub max_body_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -100,6 +107,8 @@ struct RawConfig {
     #[serde(default)]
     telemetry: RawTelemetry,
     #[serde(default)]
+    api: RawApi,
+    #[serde(default)]
     nodes: Vec<Spanned<RawNode>>,
 }
 
@@ -124,6 +133,12 @@ struct RawRouting {
 struct RawTelemetry {
     max_clock_skew: Option<Spanned<String>>,
     max_watts: Option<Spanned<f64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    max_body_bytes: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -293,6 +308,21 @@ impl Config {
             None => DEFAULT_MAX_WATTS,
         };
 
+        let max_body_bytes = match &raw.api.max_body_bytes {
+            Some(m) if !(1..=1 << 32).contains(m.get_ref()) => {
+                c.error(
+                    m.span(),
+                    format!(
+                        "api.max_body_bytes {} must be between 1 and 4294967296",
+                        m.get_ref()
+                    ),
+                );
+                DEFAULT_MAX_BODY_BYTES
+            }
+            Some(m) => usize::try_from(*m.get_ref()).unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            None => DEFAULT_MAX_BODY_BYTES,
+        };
+
         let mut nodes = Vec::new();
         let mut ids = HashSet::new();
         let mut tokens = HashSet::new();
@@ -396,6 +426,7 @@ impl Config {
                 max_clock_skew,
                 max_watts,
             },
+            api: ApiConfig { max_body_bytes },
             nodes,
         })
     }
@@ -414,6 +445,8 @@ impl Config {
 
 pub const DEFAULT_MAX_WATTS: f64 = 20_000.0;
 pub const DEFAULT_MAX_CONCURRENCY: u32 = 4;
+/// Bodies with images run to many MiB; 64 MiB fits them with room.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 
 fn check_node_url(url: &str) -> Result<(), &'static str> {
     let rest = url

@@ -1,5 +1,5 @@
 //! Assembles the proxy process: one Pingora server whose services are the telemetry ingest,
-//! the admin listener and the ranking rebuilder (and the client API relay).
+//! the admin listener, the ranking rebuilder, and the client API relay.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
@@ -13,6 +13,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::Config;
 use crate::ingest::TelemetryService;
+use crate::relay::Relay;
 use crate::state::AppState;
 
 /// How often the ranking is rebuilt even without new samples, so staleness shows.
@@ -32,6 +33,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     );
     println!("wes-proxy admin listening on {}", admin.local_addr()?);
 
+    let api_addr = config.listen.api;
     let state = AppState::new(config);
     let pid = std::process::id();
     let conf = ServerConf {
@@ -65,7 +67,21 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             listener: Mutex::new(Some(admin)),
         },
     ));
-    server.add_service(background_service("ranking", RankingService { state }));
+    server.add_service(background_service(
+        "ranking",
+        RankingService {
+            state: state.clone(),
+        },
+    ));
+
+    let mut api = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Relay::new(state)?,
+        "client API",
+    );
+    api.add_tcp(&api_addr.to_string());
+    server.add_service(api);
+    println!("wes-proxy api listening on {api_addr}");
     server.run_forever();
 }
 

@@ -122,10 +122,16 @@ pub fn node<'a>(id: &'a str, token: &'a str) -> NodeSpec<'a> {
     }
 }
 
-/// A config with the given telemetry port (0: any) and nodes, plus extra TOML appended.
-pub fn proxy_config(telemetry_port: u16, nodes: &[NodeSpec<'_>], routing_extra: &str) -> String {
+/// A config with the given telemetry port (0: any) and nodes; `stale_after` for routing, and
+/// `tables` (more TOML tables) placed before the nodes.
+pub fn proxy_config_with(
+    telemetry_port: u16,
+    nodes: &[NodeSpec<'_>],
+    stale_after: &str,
+    tables: &str,
+) -> String {
     let mut text = format!(
-        "[listen]\napi = \"127.0.0.1:{}\"\ntelemetry = \"127.0.0.1:{telemetry_port}\"\nadmin = \"127.0.0.1:0\"\n\n[routing]\npolicy = \"top\"\nstale_after = \"3s\"\n{routing_extra}\n",
+        "[listen]\napi = \"127.0.0.1:{}\"\ntelemetry = \"127.0.0.1:{telemetry_port}\"\nadmin = \"127.0.0.1:0\"\n\n[routing]\npolicy = \"top\"\nstale_after = \"{stale_after}\"\n\n{tables}\n",
         free_port()
     );
     for n in nodes {
@@ -135,6 +141,10 @@ pub fn proxy_config(telemetry_port: u16, nodes: &[NodeSpec<'_>], routing_extra: 
         ));
     }
     text
+}
+
+pub fn proxy_config(telemetry_port: u16, nodes: &[NodeSpec<'_>], tables: &str) -> String {
+    proxy_config_with(telemetry_port, nodes, "3s", tables)
 }
 
 impl Proxy {
@@ -242,4 +252,63 @@ pub fn write_atomically(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Sends one sample for `node_id` over a fresh stream and waits until the proxy has answered.
+pub async fn push_sample(telemetry_url: &str, token: &str, sample: wes_proto::Sample) {
+    let mut client =
+        wes_proto::telemetry_client::TelemetryClient::connect(telemetry_url.to_owned())
+            .await
+            .unwrap();
+    let mut request = tonic::Request::new(tokio_stream::iter(vec![sample]));
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let mut acks = client.report(request).await.unwrap().into_inner();
+    while let Some(_ack) = acks.message().await.unwrap() {}
+}
+
+pub fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// A sample saying the node holds `models` and decodes `model` at `tok_s` drawing `watts`.
+pub fn node_sample(
+    node_id: &str,
+    watts: f64,
+    thermal: wes_proto::ThermalState,
+    models: &[&str],
+    tok_s: f64,
+) -> wes_proto::Sample {
+    wes_proto::Sample {
+        node_id: node_id.into(),
+        timestamp_unix_ms: now_unix_ms(),
+        seq: 1,
+        power_watts: Some(watts),
+        thermal_state: thermal as i32,
+        models: Some(wes_proto::ModelList {
+            models: models
+                .iter()
+                .map(|m| wes_proto::Model {
+                    name: (*m).into(),
+                    ..wes_proto::Model::default()
+                })
+                .collect(),
+        }),
+        probes: models
+            .iter()
+            .map(|m| wes_proto::ProbeResult {
+                model: (*m).into(),
+                tokens: 32,
+                seconds: 31.0 / tok_s,
+                tok_s,
+                finished_unix_ms: now_unix_ms(),
+                ..wes_proto::ProbeResult::default()
+            })
+            .collect(),
+        ..wes_proto::Sample::default()
+    }
 }

@@ -1,0 +1,116 @@
+//! `/api/tags`, `/api/ps` and `/v1/models`: asked of every healthy node, merged, deduplicated.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use serde_json::{Value, json};
+
+use super::route::Listing;
+use crate::config::RoutingConfig;
+use crate::fleet::FleetView;
+
+impl Listing {
+    fn path(self) -> &'static str {
+        match self {
+            Listing::Tags => "/api/tags",
+            Listing::Running => "/api/ps",
+            Listing::OpenAiModels => "/v1/models",
+        }
+    }
+}
+
+/// Asks each healthy node (fresh telemetry, not thermally excluded) concurrently; a node that
+/// fails or is slow is left out of the answer, not allowed to fail it.
+pub async fn fetch_and_merge(
+    http: &reqwest::Client,
+    fleet: &FleetView,
+    routing: &RoutingConfig,
+    listing: Listing,
+) -> Value {
+    let now = Instant::now();
+    let urls: Vec<String> = fleet
+        .nodes
+        .iter()
+        .filter(|n| {
+            n.state.telemetry().is_some_and(|t| {
+                now.saturating_duration_since(t.received_at) <= routing.stale_after
+                    && !routing.exclude_thermal.contains(&t.thermal)
+            })
+        })
+        .map(|n| format!("{}{}", n.config.url, listing.path()))
+        .collect();
+    let answers = join_all(urls.iter().map(|url| async move {
+        let response = http
+            .get(url)
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await
+            .ok()?;
+        if !response.status().is_success() {
+            tracing::warn!(%url, status = %response.status(), "listing failed on a node");
+            return None;
+        }
+        response.json::<Value>().await.ok()
+    }))
+    .await;
+    merge(listing, answers.into_iter().flatten())
+}
+
+/// Merges node answers in order; the first node to list a name wins.
+pub fn merge(listing: Listing, answers: impl IntoIterator<Item = Value>) -> Value {
+    let (list_key, id_key) = match listing {
+        Listing::Tags | Listing::Running => ("models", "name"),
+        Listing::OpenAiModels => ("data", "id"),
+    };
+    let mut seen = HashSet::new();
+    let mut items = Vec::new();
+    for answer in answers {
+        let Some(list) = answer.get(list_key).and_then(Value::as_array) else {
+            continue;
+        };
+        for item in list {
+            let Some(id) = item.get(id_key).and_then(Value::as_str) else {
+                continue;
+            };
+            if seen.insert(id.to_owned()) {
+                items.push(item.clone());
+            }
+        }
+    }
+    match listing {
+        Listing::Tags | Listing::Running => json!({ "models": items }),
+        Listing::OpenAiModels => json!({ "object": "list", "data": items }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dedupes_by_name_first_wins() {
+        let a = json!({"models": [{"name": "m1", "size": 1}, {"name": "m2", "size": 2}]});
+        let b = json!({"models": [{"name": "m2", "size": 99}, {"name": "m3", "size": 3}]});
+        let merged = merge(Listing::Tags, [a, b, json!({"garbage": true})]);
+        let names: Vec<_> = merged["models"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| m["name"].clone())
+            .collect();
+        assert_eq!(names, vec![json!("m1"), json!("m2"), json!("m3")]);
+        assert_eq!(merged["models"][1]["size"], 2);
+    }
+
+    #[test]
+    fn openai_shape() {
+        let a = json!({"object": "list", "data": [{"id": "m1", "object": "model"}]});
+        let merged = merge(Listing::OpenAiModels, [a.clone(), a]);
+        assert_eq!(
+            merged,
+            json!({"object": "list", "data": [{"id": "m1", "object": "model"}]})
+        );
+        assert_eq!(merge(Listing::Running, []), json!({"models": []}));
+    }
+}

@@ -1,0 +1,310 @@
+//! The client API on Pingora. A model-routed request is read whole, then each attempt on a node
+//! runs as a Pingora subrequest fed the saved body: the parent picks the nodes and replays the
+//! body on the next one if an attempt fails before answering. (Pingora's own retry buffer stops
+//! at 64 KiB; request bodies with images are many MiB.)
+
+mod merge;
+mod request;
+pub mod respond;
+pub mod route;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::ErrorType;
+use pingora::http::ResponseHeader;
+use pingora::prelude::HttpPeer;
+use pingora::proxy::subrequest::pipe::{InputBody, InputBodyType, pipe_subrequest};
+use pingora::proxy::subrequest::{BodyMode, Ctx as SubrequestCtx};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use serde_json::json;
+
+use self::request::{BodyProblem, TooLarge};
+use self::route::{Endpoint, LocalAnswer, Route};
+use crate::fleet::InFlightGuard;
+use crate::policy::{self, NoCandidate, Policy};
+use crate::state::AppState;
+
+/// Attempts per request: the first choice and up to two replays.
+const MAX_ATTEMPTS: usize = 3;
+
+pub struct Relay {
+    state: Arc<AppState>,
+    http: reqwest::Client,
+    top: Box<dyn Policy>,
+    round_robin: Box<dyn Policy>,
+    least_connections: Box<dyn Policy>,
+}
+
+impl Relay {
+    pub fn new(state: Arc<AppState>) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .build()?;
+        let policy =
+            |name| policy::by_name(name).ok_or_else(|| anyhow::anyhow!("policy {name} missing"));
+        Ok(Relay {
+            state,
+            http,
+            top: policy("top")?,
+            round_robin: policy("round_robin")?,
+            least_connections: policy("least_connections")?,
+        })
+    }
+
+    fn policy(&self, name: &str) -> &dyn Policy {
+        match name {
+            "round_robin" => self.round_robin.as_ref(),
+            "least_connections" => self.least_connections.as_ref(),
+            _ => self.top.as_ref(),
+        }
+    }
+}
+
+/// One try of a request on one node; travels from the parent into the subrequest.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub node_id: String,
+    pub peer: String,
+    pub endpoint: Endpoint,
+    pub model: String,
+    pub stream: bool,
+}
+
+#[derive(Default)]
+pub struct RelayCtx {
+    /// Set only in a subrequest.
+    attempt: Option<Attempt>,
+}
+
+#[async_trait]
+impl ProxyHttp for Relay {
+    type CTX = RelayCtx;
+
+    fn new_ctx(&self) -> RelayCtx {
+        RelayCtx::default()
+    }
+
+    fn allow_spawning_subrequest(&self, _session: &Session, _ctx: &RelayCtx) -> bool {
+        true
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RelayCtx,
+    ) -> pingora::Result<bool> {
+        if let Some(sub) = session.subrequest_ctx.as_mut() {
+            ctx.attempt = sub
+                .user_ctx_mut()
+                .and_then(|u| u.downcast_mut::<Attempt>())
+                .map(|a| a.clone());
+            return Ok(false);
+        }
+        let route = route::classify(
+            session.req_header().method.as_str(),
+            session.req_header().uri.path(),
+        );
+        match route {
+            Route::ByModel(endpoint) => self.relay_by_model(session, endpoint).await?,
+            Route::Merged(listing) => {
+                let config = self.state.config.load();
+                let merged = merge::fetch_and_merge(
+                    &self.http,
+                    &self.state.fleet.view(),
+                    &config.routing,
+                    listing,
+                )
+                .await;
+                respond::json(session, 200, &merged, &[]).await?;
+            }
+            Route::Local(LocalAnswer::Banner) => {
+                respond::text(session, 200, "Ollama is running").await?
+            }
+            Route::Local(LocalAnswer::Version) => {
+                respond::json(
+                    session,
+                    200,
+                    &json!({ "version": respond::OLLAMA_API_VERSION }),
+                    &[],
+                )
+                .await?;
+            }
+            Route::Management => {
+                let message = "model management (pull, push, create, copy, delete) is not relayed: run it on the node's own Ollama";
+                respond::error(session, false, 403, message).await?;
+            }
+            Route::MethodNotAllowed => {
+                respond::error(session, false, 405, "method not allowed").await?
+            }
+            Route::NotFound => respond::error(session, false, 404, "404 page not found").await?,
+        }
+        Ok(true)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RelayCtx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let attempt = ctx.attempt.as_ref().ok_or_else(|| {
+            pingora::Error::explain(ErrorType::InternalError, "no node chosen for this request")
+        })?;
+        let mut peer = HttpPeer::new(attempt.peer.as_str(), false, String::new());
+        peer.options.connection_timeout = Some(Duration::from_secs(2));
+        peer.options.total_connection_timeout = Some(Duration::from_secs(3));
+        Ok(Box::new(peer))
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RelayCtx,
+    ) -> pingora::Result<()> {
+        if let Some(attempt) = &ctx.attempt {
+            response.insert_header("X-WES-Node", attempt.node_id.as_str())?;
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        _ctx: &mut RelayCtx,
+        mut e: Box<pingora::Error>,
+    ) -> Box<pingora::Error> {
+        // The parent replays on the next node; Pingora must not retry the same one.
+        e.set_retry(false);
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &pingora::Error,
+        _ctx: &mut RelayCtx,
+    ) -> FailToProxy {
+        if session.subrequest_ctx.is_some() {
+            // Stay silent: the error reaches the parent, which may still replay on another node.
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => 502,
+        };
+        let _ = respond::error(session, false, code, &e.to_string()).await;
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+}
+
+impl Relay {
+    async fn relay_by_model(
+        &self,
+        session: &mut Session,
+        endpoint: Endpoint,
+    ) -> pingora::Result<()> {
+        let openai = endpoint.is_openai();
+        let limit = self.state.config.load().api.max_body_bytes;
+        let body = match request::read_body(session, limit).await? {
+            Ok(body) => body,
+            Err(TooLarge) => {
+                let message =
+                    format!("request body is larger than the proxy's limit of {limit} bytes");
+                return respond::error(session, openai, 413, &message).await;
+            }
+        };
+        let facts = match request::facts(&body) {
+            Ok(f) => f,
+            Err(BodyProblem::Malformed(why)) => {
+                return respond::error(session, openai, 400, &why).await;
+            }
+            Err(BodyProblem::NoModel) => {
+                return respond::error(session, openai, 400, "model is required").await;
+            }
+        };
+        let config = self.state.config.load();
+        let fleet = self.state.fleet.view();
+        let mut candidates =
+            match policy::candidates(&fleet, &config.routing, &facts.model, Instant::now()) {
+                Ok(c) => c,
+                Err(NoCandidate::UnknownModel) => {
+                    let message = format!(
+                        "model \"{}\" not found on any node, try pulling it first",
+                        facts.model
+                    );
+                    return respond::error(session, openai, 404, &message).await;
+                }
+                Err(NoCandidate::Unavailable(reasons)) => {
+                    let message = format!(
+                        "no node can take model \"{}\" now: {}",
+                        facts.model,
+                        reasons.join("; ")
+                    );
+                    let body = respond::error_body(openai, 503, &message);
+                    return respond::json(session, 503, &body, &[("Retry-After", "1".into())])
+                        .await;
+                }
+            };
+        self.policy(&config.routing.policy).order(&mut candidates);
+        let stream = facts.stream.unwrap_or(endpoint.streams_by_default());
+
+        let mut failures = Vec::new();
+        for candidate in candidates.iter().take(MAX_ATTEMPTS) {
+            let _in_flight = InFlightGuard::new(candidate.state.clone());
+            let attempt = Attempt {
+                node_id: candidate.id.clone(),
+                peer: candidate.peer.clone(),
+                endpoint,
+                model: facts.model.clone(),
+                stream,
+            };
+            let sub_ctx = SubrequestCtx::builder()
+                .body_mode(BodyMode::ExpectBody)
+                .user_ctx(Box::new(attempt))
+                .build();
+            let Some(spawner) = session.subrequest_spawner.as_ref() else {
+                return respond::error(session, openai, 500, "subrequests are not enabled").await;
+            };
+            let (prepared, handle) =
+                spawner.create_subrequest(&session.downstream_session, sub_ctx);
+            let input = InputBodyType::Preset(InputBody::Bytes(vec![body.clone()]));
+            match pipe_subrequest(session, prepared, handle, |task| Ok(Some(task)), input).await {
+                Ok(state) => {
+                    if let Some(join) = state.join_handle {
+                        let _ = join.await;
+                    }
+                    return Ok(());
+                }
+                Err(e) if !e.state.header_received => {
+                    tracing::warn!(node = %candidate.id, "attempt failed before answering: {}", e.error);
+                    failures.push(format!("{}: {}", candidate.id, e.error.etype().as_str()));
+                }
+                Err(e) => {
+                    tracing::warn!(node = %candidate.id, "stream broke after it started: {}", e.error);
+                    let sse = openai && stream;
+                    let message = format!(
+                        "node {} failed mid-response: {}",
+                        candidate.id,
+                        e.error.etype().as_str()
+                    );
+                    let _ = session
+                        .write_response_body(Some(respond::mid_stream_error(sse, &message)), true)
+                        .await;
+                    return Ok(());
+                }
+            }
+        }
+        let message = format!("every node tried failed: {}", failures.join("; "));
+        let body = respond::error_body(openai, 502, &message);
+        respond::json(session, 502, &body, &[("Retry-After", "1".into())]).await
+    }
+}

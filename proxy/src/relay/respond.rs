@@ -1,0 +1,100 @@
+//! Answers the proxy writes itself: errors in the client protocol's own shape, local answers.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use serde_json::{Value, json};
+
+/// The version `/api/version` reports: the Ollama API level this proxy speaks.
+pub const OLLAMA_API_VERSION: &str = "0.6.0";
+
+/// An error body as the client's library expects it: Ollama's `{"error": "..."}`, or OpenAI's
+/// `{"error": {"message", "type", "code"}}` on `/v1/*`.
+pub fn error_body(openai: bool, status: u16, message: &str) -> Value {
+    if openai {
+        let kind = match status {
+            400 | 404 | 413 => "invalid_request_error",
+            401 | 403 => "authentication_error",
+            _ => "server_error",
+        };
+        json!({ "error": { "message": message, "type": kind, "param": null, "code": null } })
+    } else {
+        json!({ "error": message })
+    }
+}
+
+pub async fn json(
+    session: &mut Session,
+    status: u16,
+    body: &Value,
+    extra: &[(&str, String)],
+) -> pingora::Result<()> {
+    let bytes = Bytes::from(body.to_string());
+    let mut header = ResponseHeader::build(status, Some(3 + extra.len()))?;
+    header.insert_header("Content-Type", "application/json; charset=utf-8")?;
+    header.insert_header("Content-Length", bytes.len().to_string())?;
+    for (name, value) in extra {
+        header.insert_header(name.to_string(), value.as_str())?;
+    }
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session.write_response_body(Some(bytes), true).await?;
+    Ok(())
+}
+
+pub async fn error(
+    session: &mut Session,
+    openai: bool,
+    status: u16,
+    message: &str,
+) -> pingora::Result<()> {
+    json(session, status, &error_body(openai, status, message), &[]).await
+}
+
+pub async fn text(session: &mut Session, status: u16, text: &'static str) -> pingora::Result<()> {
+    let mut header = ResponseHeader::build(status, Some(2))?;
+    header.insert_header("Content-Type", "text/plain; charset=utf-8")?;
+    header.insert_header("Content-Length", text.len().to_string())?;
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(header), head_only)
+        .await?;
+    if !head_only {
+        session
+            .write_response_body(Some(Bytes::from_static(text.as_bytes())), true)
+            .await?;
+    }
+    Ok(())
+}
+
+/// What ends a stream that broke after its header went out, in the stream's own framing, so
+/// the client's library raises an error rather than hanging or taking a truncated answer.
+pub fn mid_stream_error(sse: bool, message: &str) -> Bytes {
+    if sse {
+        Bytes::from(format!("data: {}\n\n", error_body(true, 502, message)))
+    } else {
+        Bytes::from(format!("{}\n", error_body(false, 502, message)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes() {
+        assert_eq!(
+            error_body(false, 404, "model \"x\" not found"),
+            json!({"error": "model \"x\" not found"})
+        );
+        let openai = error_body(true, 404, "nope");
+        assert_eq!(openai["error"]["message"], "nope");
+        assert_eq!(openai["error"]["type"], "invalid_request_error");
+        assert_eq!(
+            &mid_stream_error(false, "gone")[..],
+            b"{\"error\":\"gone\"}\n"
+        );
+        assert!(mid_stream_error(true, "gone").starts_with(b"data: {\"error\":{"));
+    }
+}

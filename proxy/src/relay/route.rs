@@ -1,0 +1,136 @@
+//! Which kind of handling a client request gets, from its method and path alone.
+
+/// An endpoint routed by the model in its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Generate,
+    Chat,
+    Embed,
+    Show,
+    OpenAiChat,
+    OpenAiCompletion,
+    OpenAiEmbed,
+}
+
+impl Endpoint {
+    /// OpenAI endpoints answer in OpenAI's error shape; Ollama's in `{"error": "..."}`.
+    pub fn is_openai(self) -> bool {
+        matches!(
+            self,
+            Endpoint::OpenAiChat | Endpoint::OpenAiCompletion | Endpoint::OpenAiEmbed
+        )
+    }
+
+    /// Whether the response streams when the body does not say: Ollama streams by default.
+    pub fn streams_by_default(self) -> bool {
+        matches!(self, Endpoint::Generate | Endpoint::Chat)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Sent to one node, chosen by the model named in the JSON body.
+    ByModel(Endpoint),
+    /// Answered by merging every healthy node's answer.
+    Merged(Listing),
+    /// Answered by the proxy itself, as Ollama answers it.
+    Local(LocalAnswer),
+    /// Changes a node's model store (`pull`, `delete`, ...): refused unless configured.
+    Management,
+    /// A method the path does not take.
+    MethodNotAllowed,
+    NotFound,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listing {
+    /// `GET /api/tags`
+    Tags,
+    /// `GET /api/ps`
+    Running,
+    /// `GET /v1/models`
+    OpenAiModels,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalAnswer {
+    /// `GET|HEAD /`: "Ollama is running".
+    Banner,
+    /// `GET /api/version`
+    Version,
+}
+
+pub fn classify(method: &str, path: &str) -> Route {
+    let path = path.split('?').next().unwrap_or(path);
+    let path = if path.len() > 1 {
+        path.trim_end_matches('/')
+    } else {
+        path
+    };
+    let by_model = match path {
+        "/api/generate" => Some(Endpoint::Generate),
+        "/api/chat" => Some(Endpoint::Chat),
+        "/api/embed" | "/api/embeddings" => Some(Endpoint::Embed),
+        "/api/show" => Some(Endpoint::Show),
+        "/v1/chat/completions" => Some(Endpoint::OpenAiChat),
+        "/v1/completions" => Some(Endpoint::OpenAiCompletion),
+        "/v1/embeddings" => Some(Endpoint::OpenAiEmbed),
+        _ => None,
+    };
+    if let Some(endpoint) = by_model {
+        return if method == "POST" {
+            Route::ByModel(endpoint)
+        } else {
+            Route::MethodNotAllowed
+        };
+    }
+    let get_only = |route| {
+        if method == "GET" || method == "HEAD" {
+            route
+        } else {
+            Route::MethodNotAllowed
+        }
+    };
+    match path {
+        "/" => get_only(Route::Local(LocalAnswer::Banner)),
+        "/api/version" => get_only(Route::Local(LocalAnswer::Version)),
+        "/api/tags" => get_only(Route::Merged(Listing::Tags)),
+        "/api/ps" => get_only(Route::Merged(Listing::Running)),
+        "/v1/models" => get_only(Route::Merged(Listing::OpenAiModels)),
+        "/api/pull" | "/api/push" | "/api/create" | "/api/copy" | "/api/delete" => {
+            Route::Management
+        }
+        _ if path.starts_with("/api/blobs/") => Route::Management,
+        _ => Route::NotFound,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(
+            classify("POST", "/api/chat"),
+            Route::ByModel(Endpoint::Chat)
+        );
+        assert_eq!(
+            classify("POST", "/v1/chat/completions/"),
+            Route::ByModel(Endpoint::OpenAiChat)
+        );
+        assert_eq!(classify("GET", "/api/chat"), Route::MethodNotAllowed);
+        assert_eq!(classify("GET", "/api/tags"), Route::Merged(Listing::Tags));
+        assert_eq!(classify("HEAD", "/"), Route::Local(LocalAnswer::Banner));
+        assert_eq!(
+            classify("GET", "/api/version?x=1"),
+            Route::Local(LocalAnswer::Version)
+        );
+        assert_eq!(classify("DELETE", "/api/delete"), Route::Management);
+        assert_eq!(
+            classify("POST", "/api/embed"),
+            Route::ByModel(Endpoint::Embed)
+        );
+        assert_eq!(classify("GET", "/nope"), Route::NotFound);
+    }
+}

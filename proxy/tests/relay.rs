@@ -1,0 +1,360 @@
+//! End-to-end through the real proxy: routing by model, bodies, errors, failover.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use support::{NodeSpec, Proxy, node_sample, push_sample};
+use wes_proto::ThermalState;
+
+/// A stand-in Ollama node that says who it is, echoes what it received, and streams.
+async fn fake_node(name: &'static str) -> SocketAddr {
+    let app = axum::Router::new()
+        .route("/api/tags", get(move || async move { axum::Json(json!({"models": [{"name": "m1"}, {"name": format!("only-{name}")}]})) }))
+        .route(
+            "/api/generate",
+            post(move |body: axum::body::Bytes| async move {
+                // Non-streaming: report what arrived, so tests can check it byte for byte.
+                axum::Json(json!({"node": name, "len": body.len(), "fnv": fnv(&body), "done": true, "response": "ok"}))
+            }),
+        )
+        .route(
+            "/api/chat",
+            post(move || async move {
+                let lines = futures::stream::iter((0..5).map(move |i| {
+                    let done = i == 4;
+                    let line = format!("{{\"model\":\"m1\",\"message\":{{\"role\":\"assistant\",\"content\":\"{name}{i}\"}},\"done\":{done}}}\n");
+                    Ok::<_, std::convert::Infallible>(line)
+                }));
+                ([("content-type", "application/x-ndjson")], axum::body::Body::from_stream(lines))
+            }),
+        )
+        // Real nodes take image payloads of many MiB.
+        .layer(axum::extract::DefaultBodyLimit::disable());
+    serve(app).await
+}
+
+async fn serve(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+struct Fleet {
+    proxy: Proxy,
+    _dir: tempfile::TempDir,
+}
+
+/// A proxy over `nodes` (id, url, watts): each says it holds m1 at 100 tok/s, so lower watts
+/// ranks higher.
+async fn fleet(nodes: &[(&str, String, f64)], extra: &str) -> Fleet {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens: Vec<String> = nodes.iter().map(|(id, _, _)| format!("tok-{id}")).collect();
+    let specs: Vec<NodeSpec<'_>> = nodes
+        .iter()
+        .zip(&tokens)
+        .map(|((id, url, _), token)| NodeSpec { id, url, token })
+        .collect();
+    let proxy = Proxy::start(
+        dir.path(),
+        &support::proxy_config_with(0, &specs, "60s", extra),
+    );
+    for ((id, _, watts), token) in nodes.iter().zip(&tokens) {
+        push_sample(
+            &proxy.telemetry_url(),
+            token,
+            node_sample(
+                id,
+                *watts,
+                ThermalState::Normal,
+                &["m1", &format!("only-{id}")],
+                100.0,
+            ),
+        )
+        .await;
+    }
+    support::wait_for(
+        Duration::from_secs(10),
+        "telemetry in the ranking",
+        || async {
+            let r = proxy.ranking().await;
+            r["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|n| n["watts"].is_f64())
+                .then_some(())
+        },
+    )
+    .await;
+    Fleet { proxy, _dir: dir }
+}
+
+fn api(proxy: &Proxy, path: &str) -> String {
+    format!("http://{}{path}", proxy.api)
+}
+
+async fn wait_api_up(proxy: &Proxy) {
+    support::wait_for(Duration::from_secs(10), "the API listener", || async {
+        reqwest::get(api(proxy, "/")).await.ok().map(|_| ())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn streams_from_the_top_node_with_its_header() {
+    let a = fake_node("a").await;
+    let b = fake_node("b").await;
+    let f = fleet(
+        &[
+            ("a", format!("http://{a}"), 50.0),
+            ("b", format!("http://{b}"), 100.0),
+        ],
+        "",
+    )
+    .await;
+    wait_api_up(&f.proxy).await;
+    let http = reqwest::Client::new();
+    let response = http
+        .post(api(&f.proxy, "/api/chat"))
+        .json(&json!({"model": "m1", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-wes-node"], "a");
+    let text = response.text().await.unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5, "{text}");
+    assert_eq!(lines[0]["message"]["content"], "a0");
+    assert_eq!(lines[4]["done"], true);
+
+    // A model only b holds goes to b whatever the ranking says.
+    let response = http
+        .post(api(&f.proxy, "/api/generate"))
+        .json(&json!({"model": "only-b", "prompt": "x", "stream": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-wes-node"], "b");
+
+    let tags: Value = http
+        .get(api(&f.proxy, "/api/tags"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut names: Vec<String> = tags["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["m1", "only-a", "only-b"]);
+    let banner = http
+        .get(api(&f.proxy, "/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(banner, "Ollama is running");
+}
+
+#[tokio::test]
+async fn large_bodies_arrive_byte_for_byte_and_too_large_is_413() {
+    let a = fake_node("a").await;
+    let f = fleet(
+        &[("a", format!("http://{a}"), 50.0)],
+        "[api]\nmax_body_bytes = 25000000\n",
+    )
+    .await;
+    wait_api_up(&f.proxy).await;
+    let http = reqwest::Client::new();
+    for size in [1 << 20, 20 << 20] {
+        // An image-like payload after the model, so routing must read past 64 KiB.
+        let filler: String = (0..size).map(|i| (b'A' + (i % 26) as u8) as char).collect();
+        let body = format!(
+            "{{\"prompt\":\"describe\",\"images\":[\"{filler}\"],\"stream\":false,\"model\":\"m1\"}}"
+        );
+        let response = http
+            .post(api(&f.proxy, "/api/generate"))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "size {size}");
+        let echo: Value = response.json().await.unwrap();
+        assert_eq!(echo["len"], body.len(), "size {size}");
+        assert_eq!(echo["fnv"], fnv(body.as_bytes()), "size {size}");
+    }
+    let too_big = format!(
+        "{{\"model\":\"m1\",\"prompt\":\"{}\"}}",
+        "x".repeat(26_000_000)
+    );
+    let response = http
+        .post(api(&f.proxy, "/api/generate"))
+        .body(too_big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let error: Value = response.json().await.unwrap();
+    assert!(
+        error["error"].as_str().unwrap().contains("limit"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_get_ollama_shaped_errors() {
+    let a = fake_node("a").await;
+    let f = fleet(&[("a", format!("http://{a}"), 50.0)], "").await;
+    wait_api_up(&f.proxy).await;
+    let http = reqwest::Client::new();
+    let cases: [(&str, &str, u16); 4] = [
+        ("/api/chat", "{not json", 400),
+        ("/api/chat", r#"{"messages":[]}"#, 400),
+        (
+            "/api/chat",
+            r#"{"model":"nobody-has-it","messages":[]}"#,
+            404,
+        ),
+        ("/api/pull", r#"{"model":"m1"}"#, 403),
+    ];
+    for (path, body, status) in cases {
+        let response = http
+            .post(api(&f.proxy, path))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{path} {body}");
+        let error: Value = response.json().await.unwrap();
+        assert!(error["error"].is_string(), "{path} {body}: {error}");
+    }
+    let response = http
+        .post(api(&f.proxy, "/v1/chat/completions"))
+        .body(r#"{"model":"nobody-has-it","messages":[]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let error: Value = response.json().await.unwrap();
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nobody-has-it"),
+        "{error}"
+    );
+}
+
+/// Accepts connections and closes them at once: a node that resets before answering.
+async fn resetting_node() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_zero_linger();
+            drop(stream);
+        }
+    });
+    addr
+}
+
+/// Answers with a stream header and two chunks, then dies.
+async fn dying_node() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let _ = stream.read(&mut buf).await;
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n";
+                let _ = stream.write_all(head.as_bytes()).await;
+                for i in 0..2 {
+                    let line = format!(
+                        "{{\"message\":{{\"role\":\"assistant\",\"content\":\"t{i}\"}},\"done\":false}}\n"
+                    );
+                    let _ = stream
+                        .write_all(format!("{:x}\r\n{line}\r\n", line.len()).as_bytes())
+                        .await;
+                    let _ = stream.flush().await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let _ = stream.set_zero_linger();
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn failover_before_the_answer_and_error_line_after_it() {
+    let dead = format!("http://127.0.0.1:{}", support::free_port());
+    let reset = format!("http://{}", resetting_node().await);
+    let good = format!("http://{}", fake_node("good").await);
+    // The dead and resetting nodes rank first (fewer watts); the good one last.
+    let f = fleet(
+        &[
+            ("dead", dead, 10.0),
+            ("reset", reset, 20.0),
+            ("good", good, 90.0),
+        ],
+        "",
+    )
+    .await;
+    wait_api_up(&f.proxy).await;
+    let http = reqwest::Client::new();
+    let response = http
+        .post(api(&f.proxy, "/api/generate"))
+        .json(&json!({"model": "m1", "prompt": "x", "stream": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-wes-node"], "good");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["node"], "good");
+
+    let dying = format!("http://{}", dying_node().await);
+    let f = fleet(&[("dying", dying, 10.0)], "").await;
+    wait_api_up(&f.proxy).await;
+    let response = http
+        .post(api(&f.proxy, "/api/chat"))
+        .json(&json!({"model": "m1", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = tokio::time::timeout(Duration::from_secs(10), response.text())
+        .await
+        .expect("stream hung")
+        .unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 3, "{text}");
+    let last: Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    assert!(last["error"].as_str().unwrap().contains("dying"), "{text}");
+}
