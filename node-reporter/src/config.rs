@@ -26,35 +26,35 @@ pub enum SensorChoice {
 #[derive(Debug, Clone, Default, Args)]
 pub struct ReporterFlags {
     /// TOML file with the same settings; flags given on the command line override it.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub config: Option<PathBuf>,
     /// This node's id, as the proxy's `[[nodes]] id`.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub node_id: Option<String>,
     /// A proxy's telemetry URL, e.g. http://10.0.0.5:50051; repeat for one stream per proxy.
-    #[arg(long = "proxy")]
+    #[arg(long = "proxy", global = true)]
     pub proxies: Vec<String>,
     /// Bearer token the proxy binds to this node id.
-    #[arg(long, env = "WES_REPORTER_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "WES_REPORTER_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
     /// This node's Ollama base URL.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub ollama: Option<String>,
     /// Time between samples, e.g. "1s", "500ms".
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = humantime::parse_duration, global = true)]
     pub interval: Option<Duration>,
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, global = true)]
     pub sensor: Option<SensorChoice>,
     /// For `--sensor command`: run with `sh -c` once per interval; prints one JSON object.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub sensor_command: Option<String>,
     /// Model for the optional decode-rate probe; no probe without it.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub probe_model: Option<String>,
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = humantime::parse_duration, global = true)]
     pub probe_interval: Option<Duration>,
     /// Root of the sysfs tree the `linux` sensor reads (tests point it at a fixture).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub sysfs_root: Option<PathBuf>,
 }
 
