@@ -11,5 +11,12 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo build (binaries the end-to-end tests run)"
 cargo build --workspace --locked --bins
 echo "== cargo test"
-# Two test binaries at a time: the end-to-end tests start real processes on a 2-core machine.
+# Two tests at a time: the end-to-end tests start real processes on a 2-core machine.
 cargo test --workspace --locked -- --test-threads=2
+
+echo "== client tests (official ollama and openai Python packages)"
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -r tests/clients/requirements.txt
+.venv/bin/python -m pytest -q tests/clients

@@ -23,7 +23,7 @@ const REBUILD_SPACING: Duration = Duration::from_millis(10);
 
 /// Binds the listeners this process owns (so a busy port fails at start, loudly), then runs
 /// until SIGTERM or SIGINT.
-pub fn run(config: Config) -> anyhow::Result<()> {
+pub fn run(config: Config, config_path: std::path::PathBuf) -> anyhow::Result<()> {
     let telemetry = bind("telemetry", config.listen.telemetry)?;
     let admin = bind("admin", config.listen.admin)?;
     // Scripts and tests read these lines to learn the ports when the config says port 0.
@@ -34,7 +34,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     println!("wes-proxy admin listening on {}", admin.local_addr()?);
 
     let api_addr = config.listen.api;
-    let state = AppState::new(config);
+    let state = AppState::new(config, Some(config_path));
     let pid = std::process::id();
     let conf = ServerConf {
         // Pingora's default waits 300 s before an idle shutdown even starts.
@@ -70,6 +70,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     server.add_service(background_service(
         "ranking",
         RankingService {
+            state: state.clone(),
+        },
+    ));
+    server.add_service(background_service(
+        "reload on SIGHUP",
+        SighupService {
             state: state.clone(),
         },
     ));
@@ -172,5 +178,40 @@ impl BackgroundService for RankingService {
             self.state.rebuild_ranking();
             tokio::time::sleep(REBUILD_SPACING).await;
         }
+    }
+}
+
+/// SIGHUP re-reads the config file, like `POST /reload`.
+struct SighupService {
+    state: Arc<AppState>,
+}
+
+#[async_trait]
+impl BackgroundService for SighupService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("cannot listen for SIGHUP; use POST /reload: {e}");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => log_reload(&self.state, "SIGHUP"),
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    }
+}
+
+pub fn log_reload(state: &AppState, trigger: &str) {
+    match state.reload() {
+        Ok(outcome) => tracing::info!(trigger, changed = outcome.changed, "config reloaded"),
+        Err(errors) => tracing::error!(
+            trigger,
+            "config reload refused, the running config stays:\n{errors}"
+        ),
     }
 }

@@ -1,19 +1,30 @@
 //! What the proxy's services share: the running config, fleet state, the published ranking.
 
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::fleet::Fleet;
 use crate::ranking::RankingSnapshot;
 
 pub struct AppState {
     pub config: ArcSwap<Config>,
+    /// Where `reload` reads the config from; `None` for a config built in memory.
+    pub config_path: Option<PathBuf>,
+    /// Serializes reloads so two at once cannot interleave their checks and stores.
+    reload_lock: Mutex<()>,
     pub fleet: Fleet,
     pub ranking: ArcSwap<RankingSnapshot>,
     pub counters: Counters,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReloadOutcome {
+    /// False when the file matched the running config.
+    pub changed: bool,
 }
 
 /// Process-wide counters for `/metrics`.
@@ -25,16 +36,46 @@ pub struct Counters {
 }
 
 impl AppState {
-    pub fn new(config: Config) -> Arc<Self> {
+    pub fn new(config: Config, config_path: Option<PathBuf>) -> Arc<Self> {
         let fleet = Fleet::new(&config.nodes);
         let state = AppState {
             config: ArcSwap::from_pointee(config),
+            config_path,
+            reload_lock: Mutex::new(()),
             fleet,
             ranking: ArcSwap::from_pointee(RankingSnapshot::default()),
             counters: Counters::default(),
         };
         state.rebuild_ranking();
         Arc::new(state)
+    }
+
+    /// Re-reads the config file and applies it whole, or refuses it whole and keeps the running
+    /// one. Requests in flight keep the node state they hold; new requests see the new config.
+    pub fn reload(&self) -> Result<ReloadOutcome, ConfigErrors> {
+        let _serial = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(path) = &self.config_path else {
+            return Err(ConfigErrors(vec![ConfigError {
+                line: None,
+                message: "this proxy was not started from a config file".into(),
+            }]));
+        };
+        let new = Config::load(path)?;
+        let old = self.config.load_full();
+        if new.listen != old.listen {
+            // Listeners are bound once at start; half-applying a new address would be a lie.
+            return Err(ConfigErrors(vec![ConfigError {
+                line: None,
+                message: "[listen] changed: listener addresses take effect only on restart; nothing was applied".into(),
+            }]));
+        }
+        let changed = *old != new;
+        if changed {
+            self.fleet.apply_config(&new.nodes);
+            self.config.store(Arc::new(new));
+            self.rebuild_ranking();
+        }
+        Ok(ReloadOutcome { changed })
     }
 
     /// Builds and publishes a fresh ranking from the current fleet state.

@@ -25,12 +25,18 @@ async fn fake_node(name: &'static str) -> SocketAddr {
         )
         .route(
             "/api/chat",
-            post(move || async move {
-                let lines = futures::stream::iter((0..5).map(move |i| {
+            post(move |body: axum::body::Bytes| async move {
+                // A "slow" request streams over about a second, to hold a request in flight.
+                let gap = if body.windows(6).any(|w| w == b"\"slow\"") { 200 } else { 0 };
+                let lines = futures::stream::unfold(0u32, move |i| async move {
+                    if i == 5 {
+                        return None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(gap)).await;
                     let done = i == 4;
                     let line = format!("{{\"model\":\"m1\",\"message\":{{\"role\":\"assistant\",\"content\":\"{name}{i}\"}},\"done\":{done}}}\n");
-                    Ok::<_, std::convert::Infallible>(line)
-                }));
+                    Some((Ok::<_, std::convert::Infallible>(line), i + 1))
+                });
                 ([("content-type", "application/x-ndjson")], axum::body::Body::from_stream(lines))
             }),
         )
@@ -357,4 +363,109 @@ async fn failover_before_the_answer_and_error_line_after_it() {
     assert!(lines.len() >= 3, "{text}");
     let last: Value = serde_json::from_str(lines.last().unwrap()).unwrap();
     assert!(last["error"].as_str().unwrap().contains("dying"), "{text}");
+}
+
+#[tokio::test]
+async fn reload_applies_a_valid_policy_and_refuses_a_bad_file() {
+    let a = fake_node("a").await;
+    let b = fake_node("b").await;
+    let f = fleet(
+        &[
+            ("a", format!("http://{a}"), 50.0),
+            ("b", format!("http://{b}"), 100.0),
+        ],
+        "",
+    )
+    .await;
+    wait_api_up(&f.proxy).await;
+    let http = reqwest::Client::new();
+    let chat = |slow: bool| {
+        let body =
+            json!({"model": "m1", "messages": [], "tag": if slow { "slow" } else { "fast" }});
+        http.post(api(&f.proxy, "/api/chat")).json(&body).send()
+    };
+    let node_of = |r: &reqwest::Response| r.headers()["x-wes-node"].to_str().unwrap().to_owned();
+
+    // Under `top`, a takes everything.
+    for _ in 0..3 {
+        assert_eq!(node_of(&chat(false).await.unwrap()), "a");
+    }
+    // A slow stream in flight across the reload.
+    let in_flight = chat(true).await.unwrap();
+    assert_eq!(node_of(&in_flight), "a");
+
+    let config = std::fs::read_to_string(&f.proxy.config_path).unwrap();
+    std::fs::write(
+        &f.proxy.config_path,
+        config.replace("policy = \"top\"", "policy = \"round_robin\""),
+    )
+    .unwrap();
+    let reload = http
+        .post(format!("http://{}/reload", f.proxy.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reload.status(), 200);
+    assert_eq!(reload.json::<Value>().await.unwrap()["changed"], true);
+
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..4 {
+        seen.insert(node_of(&chat(false).await.unwrap()));
+    }
+    assert_eq!(seen.len(), 2, "round_robin should use both nodes: {seen:?}");
+    // The stream that started before the reload ends whole.
+    let text = in_flight.text().await.unwrap();
+    assert_eq!(text.lines().count(), 5, "{text}");
+    assert!(
+        text.lines().last().unwrap().contains("\"done\":true"),
+        "{text}"
+    );
+
+    // A bad file is refused whole, with its line, and the running config stays.
+    let good = std::fs::read_to_string(&f.proxy.config_path).unwrap();
+    let bad = good
+        .replace("policy = \"round_robin\"", "policy = \"fastest\"")
+        .replace("pue = 1.0", "pue = 0.1");
+    std::fs::write(&f.proxy.config_path, bad).unwrap();
+    let reload = http
+        .post(format!("http://{}/reload", f.proxy.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reload.status(), 400);
+    let body: Value = reload.json().await.unwrap();
+    let errors = body["errors"].as_array().unwrap();
+    assert!(errors.len() >= 2, "{body}");
+    assert!(errors.iter().all(|e| e["line"].is_u64()), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("fastest"),
+        "{body}"
+    );
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..4 {
+        seen.insert(node_of(&chat(false).await.unwrap()));
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "the running round_robin config should still apply: {seen:?}"
+    );
+    assert_eq!(f.proxy.node("a").await["pue"], 1.0);
+
+    // SIGHUP with the bad file: refused, logged, the proxy keeps serving.
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(f.proxy.process.pid(), libc::SIGHUP) };
+    support::wait_for(
+        Duration::from_secs(10),
+        "the refusal in the log",
+        || async {
+            f.proxy
+                .process
+                .log_text()
+                .contains("trigger=\"SIGHUP\"")
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(chat(false).await.unwrap().status(), 200);
 }

@@ -9,7 +9,7 @@ use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde::Deserialize;
 
 use crate::state::AppState;
@@ -19,6 +19,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ranking", get(ranking))
         .route("/metrics", get(metrics::render))
         .route("/healthz", get(healthz))
+        .route("/reload", post(reload))
         .fallback(not_found)
         .with_state(state)
 }
@@ -47,6 +48,34 @@ async fn ranking(
         }
     };
     axum::Json(body).into_response()
+}
+
+/// Applies the config file whole, or answers 400 with every error and keeps the running one.
+async fn reload(State(state): State<Arc<AppState>>) -> Response {
+    match state.reload() {
+        Ok(outcome) => {
+            tracing::info!(
+                trigger = "POST /reload",
+                changed = outcome.changed,
+                "config reloaded"
+            );
+            axum::Json(serde_json::json!({ "status": "applied", "changed": outcome.changed }))
+                .into_response()
+        }
+        Err(errors) => {
+            tracing::error!(trigger = "POST /reload", "config reload refused:\n{errors}");
+            let list: Vec<_> = errors
+                .0
+                .iter()
+                .map(|e| serde_json::json!({ "line": e.line, "message": e.message }))
+                .collect();
+            (
+                StatusCode::BAD_REQUEST,
+                axum::Json(serde_json::json!({ "error": format!("config refused, running config kept: {errors}"), "errors": list })),
+            )
+                .into_response()
+        }
+    }
 }
 
 async fn healthz() -> Response {
