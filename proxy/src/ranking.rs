@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use wes_proto::ThermalState;
 
 use crate::config::RoutingConfig;
-use crate::fleet::{FleetView, NodeState};
+use crate::fleet::{FleetView, NodeState, RateSource};
 use crate::score;
 
 #[derive(Debug, Default)]
@@ -30,6 +30,7 @@ pub struct RankEntry {
     pub tok_s: Option<f64>,
     /// Which model `tok_s` is for.
     pub tok_s_model: Option<String>,
+    pub tok_s_source: Option<RateSource>,
     pub watts: Option<f64>,
     pub pue: f64,
     pub thermal: ThermalState,
@@ -52,7 +53,7 @@ impl RankEntry {
 }
 
 impl RankingSnapshot {
-    /// The fleet-wide ranking: each node by its newest measured model.
+    /// The fleet-wide ranking: each node by its most recently measured model.
     pub fn build(fleet: &FleetView, routing: &RoutingConfig, now: Instant) -> Self {
         Self::build_inner(fleet, routing, now, None)
     }
@@ -88,14 +89,14 @@ impl RankingSnapshot {
                         return None;
                     }
                 }
-                // Until the meter feeds relayed tok/s, the newest probe is the node's figure.
-                let probe = node
-                    .state
-                    .probes()
-                    .into_values()
-                    .filter(|p| model.is_none_or(|m| p.model == m))
-                    .max_by_key(|p| p.finished_unix_ms);
-                let tok_s = probe.as_ref().map(|p| p.tok_s);
+                let rate = match model {
+                    Some(m) => node
+                        .state
+                        .tok_s_for(m, now)
+                        .map(|(v, src)| (m.to_owned(), v, src)),
+                    None => node.state.newest_rate(now),
+                };
+                let tok_s = rate.as_ref().map(|r| r.1);
                 let watts = telemetry.as_ref().and_then(|t| t.watts);
                 let thermal = telemetry
                     .as_ref()
@@ -124,7 +125,8 @@ impl RankingSnapshot {
                     rank: None,
                     wes: score::wes_pair(tok_s, watts, node.config.pue, thermal),
                     tok_s,
-                    tok_s_model: probe.map(|p| p.model),
+                    tok_s_source: rate.as_ref().map(|r| r.2),
+                    tok_s_model: rate.map(|r| r.0),
                     watts,
                     pue: node.config.pue,
                     thermal,

@@ -469,3 +469,59 @@ async fn reload_applies_a_valid_policy_and_refuses_a_bad_file() {
     .await;
     assert_eq!(chat(false).await.unwrap().status(), 200);
 }
+
+#[tokio::test]
+async fn measured_decode_rate_feeds_the_ranking_and_the_next_choice() {
+    let a = fake_node("a").await;
+    let b = fake_node("b").await;
+    // By probes, a is best (100 tok/s at 50 W against b's 100 W).
+    let f = fleet(
+        &[
+            ("a", format!("http://{a}"), 50.0),
+            ("b", format!("http://{b}"), 100.0),
+        ],
+        "",
+    )
+    .await;
+    wait_api_up(&f.proxy).await;
+    let http = reqwest::Client::new();
+    let response = http
+        .post(api(&f.proxy, "/api/chat"))
+        .json(&json!({"model": "m1", "messages": [], "tag": "slow"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-wes-node"], "a");
+    assert_eq!(response.text().await.unwrap().lines().count(), 5);
+
+    // a really streams 5 tokens 200 ms apart: about 5 tok/s, measured by the proxy.
+    let entry = support::wait_for(
+        Duration::from_secs(10),
+        "the relayed measurement",
+        || async {
+            let r: Value = reqwest::get(format!("http://{}/ranking?model=m1", f.proxy.admin))
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            r["nodes"]
+                .as_array()?
+                .iter()
+                .find(|n| n["id"] == "a" && n["tok_s_source"] == "relayed")
+                .cloned()
+        },
+    )
+    .await;
+    let tok_s = entry["tok_s"].as_f64().unwrap();
+    assert!((3.5..=6.0).contains(&tok_s), "measured {tok_s}: {entry}");
+    assert_eq!(entry["rank"], 2, "{entry}");
+
+    let next = http
+        .post(api(&f.proxy, "/api/chat"))
+        .json(&json!({"model": "m1", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(next.headers()["x-wes-node"], "b");
+}

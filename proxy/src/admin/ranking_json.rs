@@ -19,6 +19,7 @@ pub fn render(snapshot: &RankingSnapshot, now: Instant) -> Value {
                 "thermal_cost_pct": e.wes.thermal_cost_pct,
                 "tok_s": e.tok_s,
                 "tok_s_model": e.tok_s_model,
+                "tok_s_source": e.tok_s_source.map(|s| s.as_str()),
                 "watts": e.watts,
                 "pue": e.pue,
                 "thermal_state": e.thermal.display_name(),

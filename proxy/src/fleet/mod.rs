@@ -1,15 +1,18 @@
 //! Per-node state: what each node's reporter last said, what the proxy measured, and what is in
 //! flight. The node set follows the config; a node's state survives a reload that keeps its id.
 
+mod estimate;
 mod telemetry;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
+pub use estimate::{HALF_LIFE, RateEstimate};
 pub use telemetry::{ProbeObservation, Telemetry};
 
 use crate::config::NodeConfig;
@@ -19,6 +22,8 @@ use crate::config::NodeConfig;
 pub struct NodeState {
     telemetry: Mutex<Option<Telemetry>>,
     probes: Mutex<HashMap<String, ProbeObservation>>,
+    /// Measured by the proxy on relayed responses, per model.
+    relayed: Mutex<HashMap<String, RateEstimate>>,
     in_flight: AtomicU32,
 }
 
@@ -31,8 +36,71 @@ impl NodeState {
         lock(&self.probes).clone()
     }
 
+    /// Records a decode rate the relay measured for `model`.
+    pub fn observe_relayed(&self, model: &str, tok_s: f64, ttft: Option<Duration>, at: Instant) {
+        let mut relayed = lock(&self.relayed);
+        let entry = relayed
+            .entry(model.to_owned())
+            .and_modify(|e| e.observe(tok_s, at, HALF_LIFE))
+            .or_insert_with(|| RateEstimate::new(tok_s, at));
+        if ttft.is_some() {
+            entry.last_ttft = ttft;
+        }
+    }
+
+    /// The decode rate for `model` and where it came from: the proxy's own measurement while it
+    /// is fresh, else the reporter's newest probe, else nothing (unmeasured).
+    pub fn tok_s_for(&self, model: &str, now: Instant) -> Option<(f64, RateSource)> {
+        if let Some(v) = lock(&self.relayed)
+            .get(model)
+            .and_then(|e| e.current(now, HALF_LIFE))
+        {
+            return Some((v, RateSource::Relayed));
+        }
+        lock(&self.probes)
+            .get(model)
+            .map(|p| (p.tok_s, RateSource::Probe))
+    }
+
+    /// The model measured most recently by either source, with its rate: the node's headline
+    /// figure when no model is asked for.
+    pub fn newest_rate(&self, now: Instant) -> Option<(String, f64, RateSource)> {
+        let relayed = lock(&self.relayed);
+        let newest_relayed = relayed
+            .iter()
+            .filter_map(|(m, e)| {
+                e.current(now, HALF_LIFE)
+                    .map(|v| (m.clone(), v, e.updated_at()))
+            })
+            .max_by_key(|(_, _, at)| *at);
+        if let Some((model, v, _)) = newest_relayed {
+            return Some((model, v, RateSource::Relayed));
+        }
+        lock(&self.probes)
+            .values()
+            .max_by_key(|p| p.finished_unix_ms)
+            .map(|p| (p.model.clone(), p.tok_s, RateSource::Probe))
+    }
+
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateSource {
+    /// Measured by the proxy on responses it relayed.
+    Relayed,
+    /// The reporter's probe.
+    Probe,
+}
+
+impl RateSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateSource::Relayed => "relayed",
+            RateSource::Probe => "probe",
+        }
     }
 }
 

@@ -89,7 +89,7 @@ pub fn candidates(
             ));
             continue;
         }
-        let tok_s = node.state.probes().get(model).map(|p| p.tok_s);
+        let tok_s = node.state.tok_s_for(model, now).map(|(v, _)| v);
         let penalized_wes = score::wes_pair(tok_s, t.watts, node.config.pue, t.thermal).penalized;
         found.push(Candidate {
             id: id.clone(),

@@ -23,6 +23,7 @@ use serde_json::json;
 use self::request::{BodyProblem, TooLarge};
 use self::route::{Endpoint, LocalAnswer, Route};
 use crate::fleet::InFlightGuard;
+use crate::meter::{self, Meter};
 use crate::policy::{self, NoCandidate, Policy};
 use crate::state::AppState;
 
@@ -76,6 +77,10 @@ pub struct Attempt {
 pub struct RelayCtx {
     /// Set only in a subrequest.
     attempt: Option<Attempt>,
+    /// When the attempt went upstream.
+    sent_at: Option<Instant>,
+    /// Watches the node's response for tokens, once its header has arrived.
+    meter: Option<Meter>,
 }
 
 #[async_trait]
@@ -151,10 +156,83 @@ impl ProxyHttp for Relay {
         let attempt = ctx.attempt.as_ref().ok_or_else(|| {
             pingora::Error::explain(ErrorType::InternalError, "no node chosen for this request")
         })?;
+        ctx.sent_at = Some(Instant::now());
         let mut peer = HttpPeer::new(attempt.peer.as_str(), false, String::new());
         peer.options.connection_timeout = Some(Duration::from_secs(2));
         peer.options.total_connection_timeout = Some(Duration::from_secs(3));
         Ok(Box::new(peer))
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RelayCtx,
+    ) -> pingora::Result<()> {
+        let Some(attempt) = &ctx.attempt else {
+            return Ok(());
+        };
+        // Only successful generations say anything about the node's speed.
+        if !response.status.is_success() {
+            return Ok(());
+        }
+        if let Some(protocol) = attempt.endpoint.meter_protocol() {
+            let content_type = response
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
+            let framing = meter::framing_for(protocol, Some(attempt.stream), content_type);
+            ctx.meter = Some(Meter::new(
+                protocol,
+                framing,
+                ctx.sent_at.unwrap_or_else(Instant::now),
+            ));
+        }
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RelayCtx,
+    ) -> pingora::Result<Option<Duration>> {
+        if let (Some(meter), Some(chunk)) = (ctx.meter.as_mut(), body.as_ref()) {
+            meter.feed(chunk, Instant::now());
+        }
+        Ok(None)
+    }
+
+    async fn logging(
+        &self,
+        _session: &mut Session,
+        error: Option<&pingora::Error>,
+        ctx: &mut RelayCtx,
+    ) {
+        let (Some(attempt), Some(meter)) = (&ctx.attempt, ctx.meter.take()) else {
+            return;
+        };
+        let report = meter.finish(Instant::now());
+        let view = self.state.fleet.view();
+        let Some(node) = view.get(&attempt.node_id) else {
+            return;
+        };
+        tracing::debug!(node = %attempt.node_id, model = %attempt.model, tokens = report.tokens, tok_s = ?report.decode_tok_s, claimed = ?report.claimed.decode_tok_s(), "relayed");
+        if error.is_some()
+            || !report.succeeded()
+            || report.tokens_source != meter::TokensSource::Measured
+        {
+            return;
+        }
+        if let Some(tok_s) = report.decode_tok_s {
+            node.state.observe_relayed(
+                &attempt.model,
+                tok_s,
+                report.first_token_at,
+                Instant::now(),
+            );
+        }
     }
 
     async fn response_filter(

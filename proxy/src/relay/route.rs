@@ -21,6 +21,19 @@ impl Endpoint {
         )
     }
 
+    /// The meter for this endpoint's responses; `None` for those that generate nothing.
+    pub fn meter_protocol(self) -> Option<crate::meter::Protocol> {
+        use crate::meter::Protocol;
+        match self {
+            Endpoint::Generate => Some(Protocol::OllamaGenerate),
+            Endpoint::Chat => Some(Protocol::OllamaChat),
+            Endpoint::OpenAiChat => Some(Protocol::OpenAiChat),
+            Endpoint::OpenAiCompletion => Some(Protocol::OpenAiCompletion),
+            Endpoint::Embed | Endpoint::OpenAiEmbed => Some(Protocol::Embedding),
+            Endpoint::Show => None,
+        }
+    }
+
     /// Whether the response streams when the body does not say: Ollama streams by default.
     pub fn streams_by_default(self) -> bool {
         matches!(self, Endpoint::Generate | Endpoint::Chat)

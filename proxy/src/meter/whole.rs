@@ -1,0 +1,313 @@
+//! A whole (non-streaming) JSON body, scanned as it passes rather than buffered.
+//!
+//! Such a body can be many MiB (an embedding batch, Ollama's `context` array, a long answer),
+//! while the meter needs only a few top-level members: the counts and `error`. So this tracks
+//! just enough JSON structure to find top-level members, copies the wanted ones into a small
+//! object, and parses that once at the end. Memory stays at [`KEPT_CAP`] whatever the body size.
+
+use super::lines::push_bounded;
+use super::tally::Tally;
+use std::time::Instant;
+
+/// Top-level members worth keeping; everything else is skipped unread.
+const KEPT: [&[u8]; 8] = [
+    b"eval_count",
+    b"eval_duration",
+    b"prompt_eval_count",
+    b"prompt_eval_duration",
+    b"total_duration",
+    b"usage",
+    b"timings",
+    b"error",
+];
+
+/// Longer than any kept key; a longer key cannot be one.
+const KEY_MAX: usize = 24;
+
+/// Room for the kept members. Real ones are well under 1 KiB; an error message is the largest.
+pub(crate) const KEPT_CAP: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Before the opening `{`.
+    Start,
+    /// Where a member's key (or the closing `}`) is due.
+    Key,
+    InKey,
+    Colon,
+    /// Where a member's value is due.
+    Value,
+    /// Inside a string value.
+    Text,
+    /// Inside a number, `true`, `false` or `null`.
+    Scalar,
+    /// Inside an object or array value.
+    Nested,
+    AfterValue,
+    /// After the closing `}`.
+    End,
+    /// Not the JSON object expected; the rest is ignored.
+    Broken,
+}
+
+#[derive(Debug)]
+pub(crate) struct WholeJson {
+    state: State,
+    escape: bool,
+    /// Inside a string somewhere within a `Nested` value.
+    in_string: bool,
+    depth: u32,
+    key: [u8; KEY_MAX],
+    key_len: usize,
+    /// The key had no escapes and fit in `key`, so it may be one of `KEPT`.
+    key_plain: bool,
+    /// One bit per `KEPT` key already kept: serde rejects duplicate fields, and a server that
+    /// repeats a member means the same thing by both.
+    seen: u8,
+    keeping: bool,
+    /// `{"key":value,"key":value` so far; closed with `}` at the end.
+    kept: Vec<u8>,
+    /// Length of `kept` after the last complete member; a cut-off member is rolled back to it.
+    committed: usize,
+    closed: bool,
+}
+
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+impl WholeJson {
+    pub(crate) fn new() -> Self {
+        Self {
+            state: State::Start,
+            escape: false,
+            in_string: false,
+            depth: 0,
+            key: [0; KEY_MAX],
+            key_len: 0,
+            key_plain: false,
+            seen: 0,
+            keeping: false,
+            kept: Vec::new(),
+            committed: 0,
+            closed: false,
+        }
+    }
+
+    pub(crate) fn buffered(&self) -> usize {
+        self.kept.capacity()
+    }
+
+    pub(crate) fn feed(&mut self, chunk: &[u8], tally: &mut Tally) {
+        let mut i = 0;
+        while i < chunk.len() {
+            if !self.keeping {
+                // Inside a skipped value only quotes, backslashes and brackets move the state,
+                // so jump to the next one instead of stepping through every byte.
+                let next = match self.state {
+                    State::Nested if !self.in_string => chunk[i..]
+                        .iter()
+                        .position(|b| matches!(b, b'"' | b'{' | b'}' | b'[' | b']')),
+                    State::Nested | State::Text if !self.escape => {
+                        chunk[i..].iter().position(|b| matches!(b, b'"' | b'\\'))
+                    }
+                    State::Broken => None,
+                    _ => Some(0),
+                };
+                match next {
+                    Some(n) => i += n,
+                    None => return,
+                }
+            }
+            if self.step(chunk[i], tally) {
+                i += 1;
+            }
+        }
+    }
+
+    /// Applies the kept members; `done` means the body was one complete JSON object.
+    pub(crate) fn finish(&mut self, at: Instant, tally: &mut Tally) {
+        if self.committed > 0 {
+            self.kept.truncate(self.committed);
+            self.kept.push(b'}');
+            tally.frame(&self.kept, at);
+            self.kept.truncate(self.committed);
+        }
+        if self.closed {
+            tally.mark_done();
+        }
+    }
+
+    /// Handles one byte; `false` means it ended a scalar and must be seen again by the state
+    /// that follows.
+    fn step(&mut self, b: u8, tally: &mut Tally) -> bool {
+        match self.state {
+            State::Start => match b {
+                b'{' => self.state = State::Key,
+                _ if is_ws(b) => {}
+                _ => self.broken(tally),
+            },
+            State::Key => match b {
+                b'"' => {
+                    self.key_len = 0;
+                    self.key_plain = true;
+                    self.escape = false;
+                    self.state = State::InKey;
+                }
+                b'}' => self.close(),
+                _ if is_ws(b) => {}
+                _ => self.broken(tally),
+            },
+            State::InKey => {
+                if self.escape {
+                    self.escape = false;
+                } else if b == b'\\' {
+                    self.escape = true;
+                    self.key_plain = false;
+                } else if b == b'"' {
+                    self.state = State::Colon;
+                } else if self.key_len < KEY_MAX {
+                    self.key[self.key_len] = b;
+                    self.key_len += 1;
+                } else {
+                    self.key_plain = false;
+                }
+            }
+            State::Colon => match b {
+                b':' => self.state = State::Value,
+                _ if is_ws(b) => {}
+                _ => self.broken(tally),
+            },
+            State::Value => {
+                if is_ws(b) {
+                    return true;
+                }
+                self.begin_value(tally);
+                self.escape = false;
+                self.state = match b {
+                    b'"' => State::Text,
+                    b'{' | b'[' => {
+                        self.depth = 1;
+                        self.in_string = false;
+                        State::Nested
+                    }
+                    _ => State::Scalar,
+                };
+                self.keep(b, tally);
+            }
+            State::Text => {
+                self.keep(b, tally);
+                if self.escape {
+                    self.escape = false;
+                } else if b == b'\\' {
+                    self.escape = true;
+                } else if b == b'"' {
+                    self.end_value();
+                }
+            }
+            State::Scalar => {
+                if is_ws(b) || b == b',' || b == b'}' {
+                    self.end_value();
+                    return false;
+                }
+                self.keep(b, tally);
+            }
+            State::Nested => {
+                self.keep(b, tally);
+                if self.in_string {
+                    if self.escape {
+                        self.escape = false;
+                    } else if b == b'\\' {
+                        self.escape = true;
+                    } else if b == b'"' {
+                        self.in_string = false;
+                    }
+                } else {
+                    match b {
+                        b'"' => self.in_string = true,
+                        b'{' | b'[' => self.depth = self.depth.saturating_add(1),
+                        b'}' | b']' => {
+                            self.depth = self.depth.saturating_sub(1);
+                            if self.depth == 0 {
+                                self.end_value();
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            State::AfterValue => match b {
+                b',' => self.state = State::Key,
+                b'}' => self.close(),
+                _ if is_ws(b) => {}
+                _ => self.broken(tally),
+            },
+            State::End => {
+                if !is_ws(b) {
+                    // The object was complete; what follows it is counted, not trusted.
+                    tally.parse_error();
+                    self.state = State::Broken;
+                }
+            }
+            State::Broken => {}
+        }
+        true
+    }
+
+    fn begin_value(&mut self, tally: &mut Tally) {
+        let key = &self.key[..self.key_len];
+        let Some(i) = KEPT
+            .iter()
+            .position(|k| *k == key)
+            .filter(|_| self.key_plain)
+        else {
+            return;
+        };
+        let bit = 1u8 << i;
+        if self.seen & bit != 0 {
+            return;
+        }
+        self.seen |= bit;
+        let opening: &[u8] = if self.kept.is_empty() { b"{\"" } else { b",\"" };
+        if push_bounded(&mut self.kept, opening, KEPT_CAP)
+            && push_bounded(&mut self.kept, KEPT[i], KEPT_CAP)
+            && push_bounded(&mut self.kept, b"\":", KEPT_CAP)
+        {
+            self.keeping = true;
+        } else {
+            self.drop_member(tally);
+        }
+    }
+
+    fn keep(&mut self, b: u8, tally: &mut Tally) {
+        if self.keeping && !push_bounded(&mut self.kept, &[b], KEPT_CAP) {
+            self.drop_member(tally);
+        }
+    }
+
+    fn drop_member(&mut self, tally: &mut Tally) {
+        self.kept.truncate(self.committed);
+        self.keeping = false;
+        tally.parse_error();
+    }
+
+    fn end_value(&mut self) {
+        if self.keeping {
+            self.committed = self.kept.len();
+            self.keeping = false;
+        }
+        self.state = State::AfterValue;
+    }
+
+    fn close(&mut self) {
+        self.closed = true;
+        self.state = State::End;
+    }
+
+    fn broken(&mut self, tally: &mut Tally) {
+        self.kept.truncate(self.committed);
+        self.keeping = false;
+        self.state = State::Broken;
+        tally.parse_error();
+    }
+}
