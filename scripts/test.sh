@@ -14,7 +14,10 @@ echo "== cargo test"
 # Two tests at a time: the end-to-end tests start real processes on a 2-core machine.
 cargo test --workspace --locked -- --test-threads=2
 
-echo "== client tests (official ollama and openai Python packages)"
+echo "== real inference engine (llama.cpp llama-server + SmolLM2; built once, cached)"
+eval "$(scripts/real-engine.sh | sed 's/^/export /')"
+
+echo "== client tests (official ollama and openai Python packages, real engine)"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi

@@ -35,7 +35,12 @@ pub struct ReporterFlags {
     #[arg(long = "proxy", global = true)]
     pub proxies: Vec<String>,
     /// Bearer token the proxy binds to this node id.
-    #[arg(long, env = "WES_REPORTER_TOKEN", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "WES_REPORTER_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
     pub token: Option<String>,
     /// This node's Ollama base URL.
     #[arg(long, global = true)]

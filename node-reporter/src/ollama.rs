@@ -23,6 +23,23 @@ struct TagsResponse {
     models: Vec<TagModel>,
 }
 
+enum ModelsError {
+    /// The endpoint does not exist on this engine.
+    NotFound(String),
+    Other(String),
+}
+
+#[derive(Deserialize)]
+struct OpenAiModels {
+    #[serde(default)]
+    data: Vec<OpenAiModel>,
+}
+
+#[derive(Deserialize)]
+struct OpenAiModel {
+    id: String,
+}
+
 #[derive(Deserialize)]
 struct TagModel {
     name: String,
@@ -44,8 +61,46 @@ impl OllamaClient {
         })
     }
 
-    /// `GET /api/tags`: the models this node can serve.
+    /// `GET /api/tags`: the models this node can serve. Engines that speak only the OpenAI API
+    /// (llama.cpp's server, vLLM) answer 404 there; their `GET /v1/models` is asked instead.
     pub async fn models(&self) -> Result<Vec<Model>, String> {
+        match self.ollama_models().await {
+            Err(ModelsError::NotFound(why)) => self
+                .openai_models()
+                .await
+                .map_err(|e| format!("{why}; and {e}")),
+            Err(ModelsError::Other(why)) => Err(why),
+            Ok(models) => Ok(models),
+        }
+    }
+
+    async fn openai_models(&self) -> Result<Vec<Model>, String> {
+        let url = format!("{}/v1/models", self.base);
+        let response = self
+            .http
+            .get(&url)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .map_err(|e| format!("model list from {url}: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!("model list from {url}: HTTP {}", response.status()));
+        }
+        let list: OpenAiModels = response
+            .json()
+            .await
+            .map_err(|e| format!("model list from {url}: not the /v1/models shape: {e}"))?;
+        Ok(list
+            .data
+            .into_iter()
+            .map(|m| Model {
+                name: m.id,
+                ..Model::default()
+            })
+            .collect())
+    }
+
+    async fn ollama_models(&self) -> Result<Vec<Model>, ModelsError> {
         let url = format!("{}/api/tags", self.base);
         let response = self
             .http
@@ -53,17 +108,21 @@ impl OllamaClient {
             .timeout(Duration::from_secs(5))
             .send()
             .await
-            .map_err(|e| format!("ollama model list from {url}: {e}"))?;
-        if !response.status().is_success() {
-            return Err(format!(
-                "ollama model list from {url}: HTTP {}",
-                response.status()
-            ));
+            .map_err(|e| ModelsError::Other(format!("ollama model list from {url}: {e}")))?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Err(ModelsError::NotFound(format!("{url}: HTTP 404")));
         }
-        let tags: TagsResponse = response
-            .json()
-            .await
-            .map_err(|e| format!("ollama model list from {url}: not the /api/tags shape: {e}"))?;
+        if !response.status().is_success() {
+            let status = response.status();
+            return Err(ModelsError::Other(format!(
+                "ollama model list from {url}: HTTP {status}"
+            )));
+        }
+        let tags: TagsResponse = response.json().await.map_err(|e| {
+            ModelsError::Other(format!(
+                "ollama model list from {url}: not the /api/tags shape: {e}"
+            ))
+        })?;
         Ok(tags
             .models
             .into_iter()

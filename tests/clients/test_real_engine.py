@@ -1,0 +1,101 @@
+"""A real inference engine behind the proxy: llama.cpp's llama-server with SmolLM2-135M.
+
+The proxy's own decode rate, measured on the stream it relays, must agree with the engine's
+`timings.predicted_per_second` within 10%. scripts/test.sh builds the engine (once, cached) and
+sets LLAMA_SERVER and SMOLLM2; run by hand, the test fails with a message saying so."""
+
+import json
+import os
+import subprocess
+import time
+import urllib.request
+
+import openai
+import pytest
+
+from conftest import BIN, Fleet, free_port, get_json, read_line_with
+
+MODEL = "smollm2:135m"
+
+
+@pytest.fixture(scope="module")
+def engine_fleet(tmp_path_factory):
+    server, model = os.environ.get("LLAMA_SERVER"), os.environ.get("SMOLLM2")
+    assert server and model, "set LLAMA_SERVER and SMOLLM2 (scripts/real-engine.sh prints them)"
+    tmp = tmp_path_factory.mktemp("engine")
+    f = Fleet(tmp)
+    try:
+        port = free_port()
+        f.spawn("llama-server", [server, "-m", model, "--host", "127.0.0.1", "--port", str(port),
+                                 "-c", "2048", "-t", "2", "--alias", MODEL], stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, (tmp / "llama-server.log").read_text()
+            time.sleep(0.2)
+        api_port = free_port()
+        config = tmp / "proxy.toml"
+        config.write_text(
+            f'[listen]\napi = "127.0.0.1:{api_port}"\ntelemetry = "127.0.0.1:0"\nadmin = "127.0.0.1:0"\n'
+            f'[[nodes]]\nid = "llama"\nurl = "http://127.0.0.1:{port}"\ntoken = "tok-llama"\n'
+        )
+        proxy, log = f.spawn("proxy", [str(BIN / "wes-proxy"), "--config", str(config)])
+        telemetry = read_line_with(proxy, "telemetry listening on", log).rsplit(" ", 1)[1]
+        admin = read_line_with(proxy, "admin listening on", log).rsplit(" ", 1)[1]
+        f.spawn("reporter", [str(BIN / "wes-reporter"), "--node-id", "llama", "--token", "tok-llama",
+                             "--proxy", f"http://{telemetry}", "--interval", "500ms",
+                             "--sensor", "command", "--sensor-command",
+                             'echo \'{"watts": 15.0, "thermal_state": "Normal"}\'',
+                             "--ollama", f"http://127.0.0.1:{port}"], stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while True:
+            node = get_json(f"http://{admin}/ranking")["nodes"][0]
+            if node["healthy"] and MODEL in (node["models"] or []):
+                break
+            assert time.monotonic() < deadline, node
+            time.sleep(0.1)
+        f.api = f"http://127.0.0.1:{api_port}"
+        f.admin = f"http://{admin}"
+        yield f
+    finally:
+        f.close()
+
+
+def test_streamed_chat_rate_matches_the_engine(engine_fleet):
+    client = openai.OpenAI(base_url=f"{engine_fleet.api}/v1", api_key="unused")
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Write a short story about a lighthouse keeper."}],
+        max_tokens=128,
+        temperature=0,
+        stream=True,
+    )
+    text, timings = "", None
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            text += chunk.choices[0].delta.content
+        extra = getattr(chunk, "model_extra", None) or {}
+        timings = extra.get("timings", timings)
+    assert text
+    assert timings and timings["predicted_n"] >= 32, timings
+    engine_rate = timings["predicted_per_second"]
+
+    deadline = time.monotonic() + 10
+    while True:
+        node = get_json(f"{engine_fleet.admin}/ranking?model={MODEL}")["nodes"][0]
+        if node["tok_s_source"] == "relayed":
+            break
+        assert time.monotonic() < deadline, node
+        time.sleep(0.05)
+    measured = node["tok_s"]
+    print(f"proxy measured {measured:.3f} tok/s; engine timings.predicted_per_second {engine_rate:.3f}")
+    assert abs(measured - engine_rate) / engine_rate <= 0.10, (
+        f"proxy measured {measured:.1f} tok/s, engine says {engine_rate:.1f}: {json.dumps(node)}"
+    )
+    # With a rate and watts the node now has a score: tok/s per watt.
+    assert node["raw_wes"] == pytest.approx(measured / 15.0)
