@@ -1,7 +1,7 @@
 //! The proxy's TOML configuration (CONTRACT.md): schema, defaults, and validation whose every
 //! error names its line, so `check-config` and a refused reload point at what to fix.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -19,6 +19,7 @@ pub struct Config {
     pub routing: RoutingConfig,
     pub telemetry: TelemetryConfig,
     pub api: ApiConfig,
+    pub health: HealthConfig,
     pub nodes: Vec<NodeConfig>,
 }
 
@@ -38,9 +39,69 @@ pub struct ListenConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RoutingConfig {
     pub policy: String,
+    /// Per-model policy overrides: model name → policy name.
+    pub model_policy: BTreeMap<String, String>,
     /// Telemetry older than this makes a node unhealthy.
     pub stale_after: Duration,
     pub exclude_thermal: Vec<ThermalState>,
+    /// Share of requests (0 to 0.5) sent to a not-yet-measured candidate, so it gets measured.
+    pub exploration_share: f64,
+    /// `top` keeps its previous node while that node is within this fraction of the best.
+    pub hysteresis: f64,
+    /// Time-to-first-token target of the `slo` policy.
+    pub slo_ttft: Duration,
+    /// How long a request waits for a free slot when every candidate is full.
+    pub queue_timeout: Duration,
+    /// Requests waiting at most; more get 503 at once.
+    pub queue_limit: u32,
+}
+
+impl RoutingConfig {
+    /// The policy for `model`: its override, else the default.
+    pub fn policy_for(&self, model: &str) -> &str {
+        self.model_policy
+            .get(model)
+            .map_or(self.policy.as_str(), String::as_str)
+    }
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            policy: "top".into(),
+            model_policy: BTreeMap::new(),
+            stale_after: Duration::from_secs(3),
+            exclude_thermal: vec![ThermalState::Critical],
+            exploration_share: 0.05,
+            hysteresis: 0.05,
+            slo_ttft: Duration::from_secs(2),
+            queue_timeout: Duration::from_secs(10),
+            queue_limit: 1024,
+        }
+    }
+}
+
+/// Node health beyond telemetry: active checks and the passive circuit breaker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    /// How often each node's Ollama is asked `GET /`.
+    pub check_interval: Duration,
+    pub check_timeout: Duration,
+    /// Failures in a row (relayed or checked) that open a node's circuit.
+    pub failure_threshold: u32,
+    /// How long an open circuit keeps traffic away before one trial request.
+    pub cooldown: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            check_interval: Duration::from_secs(2),
+            check_timeout: Duration::from_secs(1),
+            failure_threshold: 3,
+            cooldown: Duration::from_secs(10),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -61,7 +122,14 @@ pub struct NodeConfig {
 }
 
 /// Policies the router knows. Kept here so that a config naming any other is refused whole.
-pub const POLICIES: &[&str] = &["top", "round_robin", "least_connections"];
+pub const POLICIES: &[&str] = &[
+    "top",
+    "weighted",
+    "p2c",
+    "slo",
+    "round_robin",
+    "least_connections",
+];
 
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq)]
@@ -109,6 +177,8 @@ struct RawConfig {
     #[serde(default)]
     api: RawApi,
     #[serde(default)]
+    health: RawHealth,
+    #[serde(default)]
     nodes: Vec<Spanned<RawNode>>,
 }
 
@@ -124,8 +194,23 @@ struct RawListen {
 #[serde(deny_unknown_fields)]
 struct RawRouting {
     policy: Option<Spanned<String>>,
+    model_policy: Option<BTreeMap<String, Spanned<String>>>,
     stale_after: Option<Spanned<String>>,
     exclude_thermal: Option<Spanned<Vec<String>>>,
+    exploration_share: Option<Spanned<f64>>,
+    hysteresis: Option<Spanned<f64>>,
+    slo_ttft: Option<Spanned<String>>,
+    queue_timeout: Option<Spanned<String>>,
+    queue_limit: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    check_interval: Option<Spanned<String>>,
+    check_timeout: Option<Spanned<String>>,
+    failure_threshold: Option<Spanned<i64>>,
+    cooldown: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -218,6 +303,57 @@ impl Checker<'_> {
     }
 }
 
+impl Checker<'_> {
+    fn policy(&mut self, field: &str, value: &Spanned<String>) -> String {
+        if POLICIES.contains(&value.get_ref().as_str()) {
+            return value.get_ref().clone();
+        }
+        self.error(
+            value.span(),
+            format!(
+                "{field}: unknown policy {:?}; known: {}",
+                value.get_ref(),
+                POLICIES.join(", ")
+            ),
+        );
+        "top".to_owned()
+    }
+
+    fn fraction(
+        &mut self,
+        field: &str,
+        value: Option<&Spanned<f64>>,
+        max: f64,
+        default: f64,
+    ) -> f64 {
+        match value {
+            Some(v) if !(v.get_ref().is_finite() && (0.0..=max).contains(v.get_ref())) => {
+                self.error(
+                    v.span(),
+                    format!("{field} {} must be between 0 and {max}", v.get_ref()),
+                );
+                default
+            }
+            Some(v) => *v.get_ref(),
+            None => default,
+        }
+    }
+
+    fn count(&mut self, field: &str, value: Option<&Spanned<i64>>, max: i64, default: u32) -> u32 {
+        match value {
+            Some(v) if !(1..=max).contains(v.get_ref()) => {
+                self.error(
+                    v.span(),
+                    format!("{field} {} must be between 1 and {max}", v.get_ref()),
+                );
+                default
+            }
+            Some(v) => u32::try_from(*v.get_ref()).unwrap_or(default),
+            None => default,
+        }
+    }
+}
+
 impl Config {
     /// Parses and validates a whole file. Either every check passes or nothing is returned, so a
     /// reload can never apply half a file.
@@ -260,20 +396,67 @@ impl Config {
             }
         }
 
+        let defaults = RoutingConfig::default();
         let policy = match &raw.routing.policy {
-            Some(p) if !POLICIES.contains(&p.get_ref().as_str()) => {
-                c.error(
-                    p.span(),
-                    format!(
-                        "routing.policy: unknown policy {:?}; known: {}",
-                        p.get_ref(),
-                        POLICIES.join(", ")
-                    ),
-                );
-                "top".to_owned()
-            }
-            Some(p) => p.get_ref().clone(),
-            None => "top".to_owned(),
+            Some(p) => c.policy("routing.policy", p),
+            None => defaults.policy.clone(),
+        };
+        let mut model_policy = BTreeMap::new();
+        for (model, p) in raw.routing.model_policy.iter().flatten() {
+            let name = c.policy(&format!("routing.model_policy.{model:?}"), p);
+            model_policy.insert(model.clone(), name);
+        }
+        let exploration_share = c.fraction(
+            "routing.exploration_share",
+            raw.routing.exploration_share.as_ref(),
+            0.5,
+            defaults.exploration_share,
+        );
+        let hysteresis = c.fraction(
+            "routing.hysteresis",
+            raw.routing.hysteresis.as_ref(),
+            1.0,
+            defaults.hysteresis,
+        );
+        let slo_ttft = c.duration(
+            "routing.slo_ttft",
+            raw.routing.slo_ttft.as_ref(),
+            defaults.slo_ttft,
+        );
+        let queue_timeout = c.duration(
+            "routing.queue_timeout",
+            raw.routing.queue_timeout.as_ref(),
+            defaults.queue_timeout,
+        );
+        let queue_limit = c.count(
+            "routing.queue_limit",
+            raw.routing.queue_limit.as_ref(),
+            1_000_000,
+            defaults.queue_limit,
+        );
+        let health_defaults = HealthConfig::default();
+        let health = HealthConfig {
+            check_interval: c.duration(
+                "health.check_interval",
+                raw.health.check_interval.as_ref(),
+                health_defaults.check_interval,
+            ),
+            check_timeout: c.duration(
+                "health.check_timeout",
+                raw.health.check_timeout.as_ref(),
+                health_defaults.check_timeout,
+            ),
+            failure_threshold: c.count(
+                "health.failure_threshold",
+                raw.health.failure_threshold.as_ref(),
+                1000,
+                health_defaults.failure_threshold,
+            ),
+            cooldown: c.duration(
+                "health.cooldown",
+                raw.health.cooldown.as_ref(),
+                health_defaults.cooldown,
+            ),
         };
         let stale_after = c.duration(
             "routing.stale_after",
@@ -419,14 +602,21 @@ impl Config {
             listen,
             routing: RoutingConfig {
                 policy,
+                model_policy,
                 stale_after,
                 exclude_thermal,
+                exploration_share,
+                hysteresis,
+                slo_ttft,
+                queue_timeout,
+                queue_limit,
             },
             telemetry: TelemetryConfig {
                 max_clock_skew,
                 max_watts,
             },
             api: ApiConfig { max_body_bytes },
+            health,
             nodes,
         })
     }

@@ -4,6 +4,7 @@
 //! ranking (`ranking`, scored by `score`) → peer choice → relay → meter → back into `fleet`.
 
 pub mod admin;
+pub mod checker;
 pub mod config;
 pub mod fleet;
 pub mod ingest;
@@ -14,3 +15,4 @@ pub mod relay;
 pub mod score;
 pub mod server;
 pub mod state;
+pub mod stats;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use wes_proto::ThermalState;
 
-use crate::config::RoutingConfig;
+use crate::config::{HealthConfig, RoutingConfig};
 use crate::fleet::{FleetView, NodeState, RateSource};
 use crate::score;
 
@@ -54,23 +54,30 @@ impl RankEntry {
 
 impl RankingSnapshot {
     /// The fleet-wide ranking: each node by its most recently measured model.
-    pub fn build(fleet: &FleetView, routing: &RoutingConfig, now: Instant) -> Self {
-        Self::build_inner(fleet, routing, now, None)
+    pub fn build(
+        fleet: &FleetView,
+        routing: &RoutingConfig,
+        health: &HealthConfig,
+        now: Instant,
+    ) -> Self {
+        Self::build_inner(fleet, routing, health, now, None)
     }
 
     /// The ranking for one model: only nodes that hold it, scored on that model's tok/s.
     pub fn build_for_model(
         fleet: &FleetView,
         routing: &RoutingConfig,
+        health: &HealthConfig,
         now: Instant,
         model: &str,
     ) -> Self {
-        Self::build_inner(fleet, routing, now, Some(model))
+        Self::build_inner(fleet, routing, health, now, Some(model))
     }
 
     fn build_inner(
         fleet: &FleetView,
         routing: &RoutingConfig,
+        health: &HealthConfig,
         now: Instant,
         model: Option<&str>,
     ) -> Self {
@@ -115,7 +122,7 @@ impl RankingSnapshot {
                         "thermal state {} is excluded",
                         t.thermal.display_name()
                     )),
-                    Some(_) => None,
+                    Some(_) => node.state.health_problem(now, health.cooldown),
                 };
                 if let Some(list) = telemetry.as_ref().and_then(|t| t.models.as_ref()) {
                     models.extend(list.iter().cloned());

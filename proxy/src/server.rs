@@ -74,6 +74,12 @@ pub fn run(config: Config, config_path: std::path::PathBuf) -> anyhow::Result<()
         },
     ));
     server.add_service(background_service(
+        "health checks",
+        HealthCheckService {
+            state: state.clone(),
+        },
+    ));
+    server.add_service(background_service(
         "reload on SIGHUP",
         SighupService {
             state: state.clone(),
@@ -178,6 +184,17 @@ impl BackgroundService for RankingService {
             self.state.rebuild_ranking();
             tokio::time::sleep(REBUILD_SPACING).await;
         }
+    }
+}
+
+struct HealthCheckService {
+    state: Arc<AppState>,
+}
+
+#[async_trait]
+impl BackgroundService for HealthCheckService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        crate::checker::run(self.state.clone(), shutdown_signal(shutdown)).await;
     }
 }
 

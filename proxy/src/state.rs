@@ -19,6 +19,8 @@ pub struct AppState {
     pub fleet: Fleet,
     pub ranking: ArcSwap<RankingSnapshot>,
     pub counters: Counters,
+    /// Per-node request counts and latency histograms, recorded by the relay.
+    pub stats: crate::stats::Stats,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +47,7 @@ impl AppState {
             fleet,
             ranking: ArcSwap::from_pointee(RankingSnapshot::default()),
             counters: Counters::default(),
+            stats: crate::stats::Stats::default(),
         };
         state.rebuild_ranking();
         Arc::new(state)
@@ -84,6 +87,7 @@ impl AppState {
         let snapshot = RankingSnapshot::build(
             &self.fleet.view(),
             &config.routing,
+            &config.health,
             std::time::Instant::now(),
         );
         self.ranking.store(Arc::new(snapshot));

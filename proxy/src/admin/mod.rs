@@ -1,4 +1,5 @@
-//! The admin listener: the ranking as JSON, Prometheus metrics, health.
+//! The admin listener: the live leaderboard page, the ranking as JSON, Prometheus metrics,
+//! health, reload.
 
 mod metrics;
 mod ranking_json;
@@ -7,7 +8,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -16,6 +17,7 @@ use crate::state::AppState;
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
+        .route("/", get(leaderboard))
         .route("/ranking", get(ranking))
         .route("/metrics", get(metrics::render))
         .route("/healthz", get(healthz))
@@ -34,17 +36,19 @@ async fn ranking(
     Query(query): Query<RankingQuery>,
 ) -> Response {
     let now = std::time::Instant::now();
+    let published = state.ranking.load();
     let body = match query.model {
-        None => ranking_json::render(&state.ranking.load(), now),
+        None => ranking_json::render(&published, &published.models, now),
         Some(model) => {
             let config = state.config.load();
             let snapshot = crate::ranking::RankingSnapshot::build_for_model(
                 &state.fleet.view(),
                 &config.routing,
+                &config.health,
                 now,
                 &model,
             );
-            ranking_json::render(&snapshot, now)
+            ranking_json::render(&snapshot, &published.models, now)
         }
     };
     axum::Json(body).into_response()
@@ -78,6 +82,21 @@ async fn reload(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
+/// One self-contained file (inline CSS and JS, no CDN): admin networks are often closed.
+const LEADERBOARD_HTML: &str = include_str!("leaderboard.html");
+
+async fn leaderboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            // A proxy upgrade changes the page; a browser must not keep showing the old one.
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        LEADERBOARD_HTML,
+    )
+        .into_response()
+}
+
 async fn healthz() -> Response {
     axum::Json(serde_json::json!({ "status": "ok" })).into_response()
 }
@@ -85,7 +104,9 @@ async fn healthz() -> Response {
 async fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
-        axum::Json(serde_json::json!({ "error": "not found: try /ranking, /metrics or /healthz" })),
+        axum::Json(
+            serde_json::json!({ "error": "not found: try /, /ranking, /metrics or /healthz" }),
+        ),
     )
         .into_response()
 }

@@ -1,12 +1,15 @@
 //! `GET /ranking` in the shape CONTRACT.md fixes. Numbers are unrounded; unknown is `null`.
 
+use std::collections::BTreeSet;
 use std::time::Instant;
 
 use serde_json::{Value, json};
 
-use crate::ranking::RankingSnapshot;
+use crate::ranking::{RankEntry, RankingSnapshot};
 
-pub fn render(snapshot: &RankingSnapshot, now: Instant) -> Value {
+/// `models` lists every model the fleet holds, whatever the snapshot was filtered to, so that
+/// a client showing one model can still offer the others.
+pub fn render(snapshot: &RankingSnapshot, models: &BTreeSet<String>, now: Instant) -> Value {
     let nodes: Vec<Value> = snapshot
         .nodes
         .iter()
@@ -22,6 +25,7 @@ pub fn render(snapshot: &RankingSnapshot, now: Instant) -> Value {
                 "tok_s_source": e.tok_s_source.map(|s| s.as_str()),
                 "watts": e.watts,
                 "pue": e.pue,
+                "joules_per_token": joules_per_token(e),
                 "thermal_state": e.thermal.display_name(),
                 "temperature_c": e.temperature_c,
                 "power_capped": e.power_capped,
@@ -34,5 +38,48 @@ pub fn render(snapshot: &RankingSnapshot, now: Instant) -> Value {
             })
         })
         .collect();
-    json!({ "nodes": nodes })
+    json!({ "nodes": nodes, "models": models })
+}
+
+/// Energy per output token at the node's current rate: `watts × pue ÷ tok/s`, the facility's
+/// joules and not just the board's. `score::joules_per_token` integrates energy over a counted
+/// interval; here there is only a power reading and a rate, so the ratio is taken directly. It
+/// is the reciprocal of raw WES, but computed apart so that a rate of 0 gives `None`, not
+/// infinity.
+pub fn joules_per_token(e: &RankEntry) -> Option<f64> {
+    rate_joules_per_token(e.watts, e.pue, e.tok_s)
+}
+
+fn rate_joules_per_token(watts: Option<f64>, pue: f64, tok_s: Option<f64>) -> Option<f64> {
+    let (w, t) = (watts?, tok_s?);
+    let j = w * pue / t;
+    (w > 0.0 && t > 0.0 && pue > 0.0 && j.is_finite()).then_some(j)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joules_per_token_is_facility_energy_per_token() {
+        // The seed's clean node: 0.6 W at 108.9 tok/s.
+        let j = rate_joules_per_token(Some(0.6), 1.0, Some(108.9));
+        assert_eq!(j, Some(0.6 / 108.9));
+        let raw = crate::score::wes(Some(108.9), Some(0.6), 1.5, 1.0);
+        let with_pue = rate_joules_per_token(Some(0.6), 1.5, Some(108.9));
+        assert!(
+            matches!((raw, with_pue), (Some(r), Some(j)) if (r * j - 1.0).abs() < 1e-12),
+            "{raw:?} {with_pue:?}"
+        );
+    }
+
+    #[test]
+    fn joules_per_token_unknown_is_none() {
+        assert_eq!(rate_joules_per_token(None, 1.0, Some(10.0)), None);
+        assert_eq!(rate_joules_per_token(Some(10.0), 1.0, None), None);
+        assert_eq!(rate_joules_per_token(Some(10.0), 1.0, Some(0.0)), None);
+        assert_eq!(rate_joules_per_token(Some(0.0), 1.0, Some(10.0)), None);
+        assert_eq!(rate_joules_per_token(Some(-1.0), 1.0, Some(10.0)), None);
+        assert_eq!(rate_joules_per_token(Some(f64::NAN), 1.0, Some(10.0)), None);
+    }
 }

@@ -2,10 +2,11 @@
 //! flight. The node set follows the config; a node's state survives a reload that keeps its id.
 
 mod estimate;
+mod health;
 mod telemetry;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
 pub use estimate::{HALF_LIFE, RateEstimate};
+pub use health::{Admission, Circuit};
 pub use telemetry::{ProbeObservation, Telemetry};
 
 use crate::config::NodeConfig;
@@ -25,6 +27,13 @@ pub struct NodeState {
     /// Measured by the proxy on relayed responses, per model.
     relayed: Mutex<HashMap<String, RateEstimate>>,
     in_flight: AtomicU32,
+    circuit: Mutex<Circuit>,
+    /// Set by an admin: no new requests, those in flight finish.
+    draining: AtomicBool,
+    /// Why the newest active health check failed; `None` when it passed or none ran yet.
+    check_failure: Mutex<Option<String>>,
+    /// Shared by the whole fleet: woken whenever any node frees a slot, for queued requests.
+    slot_freed: Arc<Notify>,
 }
 
 impl NodeState {
@@ -36,6 +45,13 @@ impl NodeState {
         lock(&self.probes).clone()
     }
 
+    fn with_slot_signal(slot_freed: Arc<Notify>) -> Self {
+        NodeState {
+            slot_freed,
+            ..NodeState::default()
+        }
+    }
+
     /// Records a decode rate the relay measured for `model`.
     pub fn observe_relayed(&self, model: &str, tok_s: f64, ttft: Option<Duration>, at: Instant) {
         let mut relayed = lock(&self.relayed);
@@ -43,9 +59,94 @@ impl NodeState {
             .entry(model.to_owned())
             .and_modify(|e| e.observe(tok_s, at, HALF_LIFE))
             .or_insert_with(|| RateEstimate::new(tok_s, at));
-        if ttft.is_some() {
-            entry.last_ttft = ttft;
+        if let Some(ttft) = ttft {
+            entry.observe_ttft(ttft);
         }
+    }
+
+    /// The smoothed time to first token measured for `model`, if any.
+    pub fn ttft_for(&self, model: &str) -> Option<Duration> {
+        lock(&self.relayed).get(model).and_then(RateEstimate::ttft)
+    }
+
+    /// Takes one slot if the node has one free and its circuit admits a request. The check and
+    /// the increment are one atomic step, so concurrent requests never overfill a node.
+    pub fn try_acquire(
+        self: &Arc<Self>,
+        max_concurrency: u32,
+        now: Instant,
+        cooldown: Duration,
+    ) -> Option<InFlightGuard> {
+        let mut circuit = lock(&self.circuit);
+        let reserved = self
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max_concurrency).then_some(n + 1)
+            })
+            .is_ok();
+        if !reserved {
+            return None;
+        }
+        let trial = match circuit.admit(now, cooldown) {
+            Admission::Closed => false,
+            Admission::Trial => true,
+            Admission::Refused => {
+                drop(circuit);
+                self.release_slot();
+                return None;
+            }
+        };
+        Some(InFlightGuard {
+            state: self.clone(),
+            trial,
+            settled: false,
+        })
+    }
+
+    fn release_slot(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.slot_freed.notify_waiters();
+    }
+
+    pub fn circuit(&self) -> Circuit {
+        lock(&self.circuit).clone()
+    }
+
+    /// The active check's verdict; a failure keeps the node out until a check passes again.
+    pub fn record_check(&self, outcome: Result<(), String>) {
+        *lock(&self.check_failure) = outcome.err();
+    }
+
+    pub fn check_failed(&self) -> bool {
+        lock(&self.check_failure).is_some()
+    }
+
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Relaxed);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Why the node must not take traffic now, apart from telemetry; `None` when it may.
+    pub fn health_problem(&self, now: Instant, cooldown: Duration) -> Option<String> {
+        if self.draining() {
+            return Some("draining".into());
+        }
+        let circuit = lock(&self.circuit);
+        if circuit.is_open(now, cooldown) {
+            let retry = circuit.retry_in(now, cooldown).unwrap_or_default();
+            return Some(format!(
+                "circuit open after {} failures in a row (trial in {:.1}s)",
+                circuit.failures_in_row(),
+                retry.as_secs_f64()
+            ));
+        }
+        drop(circuit);
+        lock(&self.check_failure)
+            .as_ref()
+            .map(|why| format!("health check failed: {why}"))
     }
 
     /// The decode rate for `model` and where it came from: the proxy's own measurement while it
@@ -129,6 +230,9 @@ impl FleetView {
 pub struct Fleet {
     view: ArcSwap<FleetView>,
     changed: Notify,
+    slot_freed: Arc<Notify>,
+    /// Requests now waiting for a free slot.
+    pub waiting: AtomicU32,
 }
 
 impl Fleet {
@@ -148,10 +252,10 @@ impl Fleet {
         let old = self.view.load();
         let mut view = FleetView::default();
         for config in nodes {
-            let state = old
-                .get(&config.id)
-                .map(|n| n.state.clone())
-                .unwrap_or_default();
+            let state = old.get(&config.id).map_or_else(
+                || Arc::new(NodeState::with_slot_signal(self.slot_freed.clone())),
+                |n| n.state.clone(),
+            );
             view.by_id.insert(config.id.clone(), view.nodes.len());
             view.nodes.push(FleetNode {
                 config: config.clone(),
@@ -214,24 +318,54 @@ impl Fleet {
     pub async fn changed(&self) {
         self.changed.notified().await;
     }
+
+    /// Woken whenever a slot frees anywhere in the fleet.
+    pub fn slot_freed(&self) -> &Notify {
+        &self.slot_freed
+    }
+
+    /// Drains (or undrains) a node by id; false when no such node is configured.
+    pub fn set_draining(&self, id: &str, draining: bool) -> bool {
+        let view = self.view.load();
+        let Some(node) = view.get(id) else {
+            return false;
+        };
+        node.state.set_draining(draining);
+        self.changed.notify_one();
+        true
+    }
 }
 
-/// When this guard drops, the request it counts is no longer in flight.
+/// One request's slot on a node. When it drops, the request is no longer in flight and a queued
+/// request may take the slot.
 #[derive(Debug)]
 pub struct InFlightGuard {
     state: Arc<NodeState>,
+    /// This request is the circuit's half-open trial.
+    trial: bool,
+    settled: bool,
 }
 
 impl InFlightGuard {
-    pub fn new(state: Arc<NodeState>) -> Self {
-        state.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlightGuard { state }
+    /// The node answered: its circuit closes.
+    pub fn succeeded(&mut self) {
+        lock(&self.state.circuit).on_success();
+        self.settled = true;
+    }
+
+    /// The node failed this request; returns true when that opened its circuit.
+    pub fn failed(&mut self, now: Instant, threshold: u32) -> bool {
+        self.settled = true;
+        lock(&self.state.circuit).on_failure(now, threshold)
     }
 }
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.trial && !self.settled {
+            lock(&self.state.circuit).release_trial();
+        }
+        self.state.release_slot();
     }
 }
 
@@ -274,7 +408,13 @@ mod tests {
     fn reload_keeps_state_of_kept_nodes() {
         let fleet = Fleet::new(&[node("a", "ta"), node("b", "tb")]);
         assert!(fleet.record("a", Telemetry::for_test(100.0), vec![]));
-        let _guard = InFlightGuard::new(fleet.view().get("a").unwrap().state.clone());
+        let _guard = fleet
+            .view()
+            .get("a")
+            .unwrap()
+            .state
+            .try_acquire(4, Instant::now(), Duration::from_secs(1))
+            .unwrap();
         fleet.apply_config(&[node("a", "new-token"), node("c", "tc")]);
         let view = fleet.view();
         let a = view.get("a").unwrap();
@@ -283,6 +423,76 @@ mod tests {
         assert!(view.get("b").is_none());
         assert!(!fleet.record("b", Telemetry::for_test(1.0), vec![]));
         assert_eq!(fleet.authenticate("new-token").as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn slots_are_bounded_and_freed_on_drop() {
+        let fleet = Fleet::new(&[node("a", "ta")]);
+        let state = fleet.view().get("a").unwrap().state.clone();
+        let now = Instant::now();
+        let cool = Duration::from_secs(5);
+        let one = state.try_acquire(2, now, cool).unwrap();
+        let two = state.try_acquire(2, now, cool).unwrap();
+        assert!(state.try_acquire(2, now, cool).is_none());
+        assert_eq!(state.in_flight(), 2);
+        drop(one);
+        assert_eq!(state.in_flight(), 1);
+        assert!(state.try_acquire(2, now, cool).is_some());
+        drop(two);
+    }
+
+    #[test]
+    fn circuit_gates_acquire_and_a_trial_reopens_or_closes_it() {
+        let fleet = Fleet::new(&[node("a", "ta")]);
+        let state = fleet.view().get("a").unwrap().state.clone();
+        let t0 = Instant::now();
+        let cool = Duration::from_secs(5);
+        let mut g = state.try_acquire(4, t0, cool).unwrap();
+        assert!(g.failed(t0, 1));
+        drop(g);
+        assert!(
+            state
+                .health_problem(t0, cool)
+                .unwrap()
+                .contains("circuit open")
+        );
+        assert!(state.try_acquire(4, t0, cool).is_none());
+        assert_eq!(
+            state.in_flight(),
+            0,
+            "a refused acquire gives its slot back"
+        );
+        let later = t0 + cool;
+        let mut trial = state.try_acquire(4, later, cool).unwrap();
+        assert!(
+            state.try_acquire(4, later, cool).is_none(),
+            "one trial at a time"
+        );
+        trial.succeeded();
+        drop(trial);
+        assert!(state.health_problem(later, cool).is_none());
+        assert!(state.try_acquire(4, later, cool).is_some());
+    }
+
+    #[test]
+    fn draining_and_failed_checks_are_health_problems() {
+        let fleet = Fleet::new(&[node("a", "ta")]);
+        let state = fleet.view().get("a").unwrap().state.clone();
+        let now = Instant::now();
+        let cool = Duration::from_secs(5);
+        assert!(fleet.set_draining("a", true));
+        assert!(!fleet.set_draining("zz", true));
+        assert_eq!(state.health_problem(now, cool).as_deref(), Some("draining"));
+        fleet.set_draining("a", false);
+        state.record_check(Err("connection refused".into()));
+        assert!(
+            state
+                .health_problem(now, cool)
+                .unwrap()
+                .contains("connection refused")
+        );
+        state.record_check(Ok(()));
+        assert!(state.health_problem(now, cool).is_none());
     }
 
     #[test]

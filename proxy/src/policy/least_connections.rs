@@ -1,6 +1,8 @@
 //! `least_connections`: a baseline that sends to the node with the fewest requests in flight.
 
-use super::{Candidate, Policy};
+use rand::RngCore;
+
+use super::{Candidate, Policy, RouteRequest};
 
 pub struct LeastConnections;
 
@@ -9,12 +11,28 @@ impl Policy for LeastConnections {
         "least_connections"
     }
 
-    fn order(&self, candidates: &mut [Candidate]) {
-        candidates.sort_by(|a, b| {
-            a.state
-                .in_flight()
-                .cmp(&b.state.in_flight())
-                .then_with(|| a.id.cmp(&b.id))
-        });
+    fn uses_wes(&self) -> bool {
+        false
+    }
+
+    fn order(&self, _: &RouteRequest<'_>, candidates: &mut [Candidate], _: &mut dyn RngCore) {
+        candidates.sort_by(|a, b| a.in_flight.cmp(&b.in_flight).then_with(|| a.id.cmp(&b.id)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::*;
+
+    #[test]
+    fn fewest_in_flight_first() {
+        let mut c = vec![
+            cand("a", Some(9.0), 2),
+            cand("b", Some(1.0), 0),
+            cand("c", None, 1),
+        ];
+        LeastConnections.order(&request("m"), &mut c, &mut rng());
+        assert_eq!(ids(&c), ["b", "c", "a"]);
     }
 }

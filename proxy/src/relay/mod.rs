@@ -8,23 +8,25 @@ mod request;
 pub mod respond;
 pub mod route;
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pingora::ErrorType;
 use pingora::http::ResponseHeader;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::subrequest::pipe::{InputBody, InputBodyType, pipe_subrequest};
 use pingora::proxy::subrequest::{BodyMode, Ctx as SubrequestCtx};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{ErrorSource, ErrorType};
 use serde_json::json;
 
 use self::request::{BodyProblem, TooLarge};
 use self::route::{Endpoint, LocalAnswer, Route};
 use crate::fleet::InFlightGuard;
 use crate::meter::{self, Meter};
-use crate::policy::{self, NoCandidate, Policy};
+use crate::policy::{self, Candidate, NoCandidate, Policy, RouteRequest};
 use crate::state::AppState;
 
 /// Attempts per request: the first choice and up to two replays.
@@ -33,9 +35,9 @@ const MAX_ATTEMPTS: usize = 3;
 pub struct Relay {
     state: Arc<AppState>,
     http: reqwest::Client,
-    top: Box<dyn Policy>,
-    round_robin: Box<dyn Policy>,
-    least_connections: Box<dyn Policy>,
+    /// Every policy, built once: some remember (round-robin's turn, top's last choice), and a
+    /// reload that switches policy back and forth finds that memory where it left it.
+    policies: HashMap<&'static str, Box<dyn Policy>>,
 }
 
 impl Relay {
@@ -43,24 +45,30 @@ impl Relay {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
             .build()?;
-        let policy =
-            |name| policy::by_name(name).ok_or_else(|| anyhow::anyhow!("policy {name} missing"));
+        let mut policies = HashMap::new();
+        for name in crate::config::POLICIES {
+            let policy = policy::by_name(name)
+                .ok_or_else(|| anyhow::anyhow!("policy {name} is configurable but missing"))?;
+            policies.insert(*name, policy);
+        }
         Ok(Relay {
             state,
             http,
-            top: policy("top")?,
-            round_robin: policy("round_robin")?,
-            least_connections: policy("least_connections")?,
+            policies,
         })
     }
 
-    fn policy(&self, name: &str) -> &dyn Policy {
-        match name {
-            "round_robin" => self.round_robin.as_ref(),
-            "least_connections" => self.least_connections.as_ref(),
-            _ => self.top.as_ref(),
-        }
+    fn policy(&self, name: &str) -> Option<&dyn Policy> {
+        self.policies.get(name).map(|p| p.as_ref())
     }
+}
+
+/// How one attempt on one node ended.
+enum AttemptOutcome {
+    /// The client has its answer, or as much of it as there will be.
+    Finished,
+    /// The node failed before sending anything: the request may go to another node.
+    FailedBeforeAnswer(String),
 }
 
 /// One try of a request on one node; travels from the parent into the subrequest.
@@ -206,14 +214,36 @@ impl ProxyHttp for Relay {
 
     async fn logging(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         error: Option<&pingora::Error>,
         ctx: &mut RelayCtx,
     ) {
-        let (Some(attempt), Some(meter)) = (&ctx.attempt, ctx.meter.take()) else {
+        let Some(attempt) = &ctx.attempt else {
             return;
         };
-        let report = meter.finish(Instant::now());
+        let now = Instant::now();
+        let report = ctx.meter.take().map(|m| m.finish(now));
+        // Every attempt counts, metered or not: a `show`, a refused connection and an error
+        // status are requests the node was sent too.
+        let status = session.response_written().map(|r| r.status.as_u16());
+        self.state.stats.record(&crate::stats::Outcome {
+            node: &attempt.node_id,
+            model: &attempt.model,
+            duration: ctx.sent_at.map(|t| now.saturating_duration_since(t)),
+            ttft: report.as_ref().and_then(|r| r.first_token_at),
+            output_tokens: report
+                .as_ref()
+                .filter(|r| r.protocol != meter::Protocol::Embedding)
+                .map(|r| r.tokens),
+            error: crate::stats::ErrorKind::classify(
+                error,
+                status,
+                report.as_ref().map(|r| r.succeeded()),
+            ),
+        });
+        let Some(report) = report else {
+            return;
+        };
         let view = self.state.fleet.view();
         let Some(node) = view.get(&attempt.node_id) else {
             return;
@@ -226,12 +256,8 @@ impl ProxyHttp for Relay {
             return;
         }
         if let Some(tok_s) = report.decode_tok_s {
-            node.state.observe_relayed(
-                &attempt.model,
-                tok_s,
-                report.first_token_at,
-                Instant::now(),
-            );
+            node.state
+                .observe_relayed(&attempt.model, tok_s, report.first_token_at, now);
         }
     }
 
@@ -310,79 +336,183 @@ impl Relay {
             }
         };
         let config = self.state.config.load();
-        let fleet = self.state.fleet.view();
-        let mut candidates =
-            match policy::candidates(&fleet, &config.routing, &facts.model, Instant::now()) {
-                Ok(c) => c,
-                Err(NoCandidate::UnknownModel) => {
-                    let message = format!(
-                        "model \"{}\" not found on any node, try pulling it first",
-                        facts.model
-                    );
-                    return respond::error(session, openai, 404, &message).await;
-                }
-                Err(NoCandidate::Unavailable(reasons)) => {
-                    let message = format!(
-                        "no node can take model \"{}\" now: {}",
-                        facts.model,
-                        reasons.join("; ")
-                    );
-                    let body = respond::error_body(openai, 503, &message);
-                    return respond::json(session, 503, &body, &[("Retry-After", "1".into())])
-                        .await;
-                }
-            };
-        self.policy(&config.routing.policy).order(&mut candidates);
+        let routing = &config.routing;
+        let Some(policy) = self.policy(routing.policy_for(&facts.model)) else {
+            return respond::error(session, openai, 500, "configured policy is missing").await;
+        };
+        let request = RouteRequest {
+            model: &facts.model,
+            hysteresis: routing.hysteresis,
+            slo_ttft: routing.slo_ttft,
+        };
         let stream = facts.stream.unwrap_or(endpoint.streams_by_default());
-
+        let deadline = Instant::now() + routing.queue_timeout;
         let mut failures = Vec::new();
-        for candidate in candidates.iter().take(MAX_ATTEMPTS) {
-            let _in_flight = InFlightGuard::new(candidate.state.clone());
-            let attempt = Attempt {
-                node_id: candidate.id.clone(),
-                peer: candidate.peer.clone(),
-                endpoint,
-                model: facts.model.clone(),
-                stream,
-            };
-            let sub_ctx = SubrequestCtx::builder()
-                .body_mode(BodyMode::ExpectBody)
-                .user_ctx(Box::new(attempt))
-                .build();
-            let Some(spawner) = session.subrequest_spawner.as_ref() else {
-                return respond::error(session, openai, 500, "subrequests are not enabled").await;
-            };
-            let (prepared, handle) =
-                spawner.create_subrequest(&session.downstream_session, sub_ctx);
-            let input = InputBodyType::Preset(InputBody::Bytes(vec![body.clone()]));
-            match pipe_subrequest(session, prepared, handle, |task| Ok(Some(task)), input).await {
-                Ok(state) => {
-                    if let Some(join) = state.join_handle {
-                        let _ = join.await;
+        loop {
+            // Listen before looking, so a slot freed between the look and the wait still wakes us.
+            let slot_freed = self.state.fleet.slot_freed().notified();
+            tokio::pin!(slot_freed);
+            slot_freed.as_mut().enable();
+            let now = Instant::now();
+            let fleet = self.state.fleet.view();
+            let busy_reasons =
+                match policy::candidates(&fleet, routing, &config.health, &facts.model, now) {
+                    Ok(mut candidates) => {
+                        policy::order(
+                            policy,
+                            &request,
+                            routing.exploration_share,
+                            &mut candidates,
+                            &mut rand::rng(),
+                        );
+                        let mut attempted = 0;
+                        for candidate in &candidates {
+                            if attempted == MAX_ATTEMPTS {
+                                break;
+                            }
+                            // Filled up since the look: the next candidate, no attempt spent.
+                            let Some(guard) = candidate.state.try_acquire(
+                                candidate.max_concurrency,
+                                Instant::now(),
+                                config.health.cooldown,
+                            ) else {
+                                continue;
+                            };
+                            attempted += 1;
+                            let attempt = Attempt {
+                                node_id: candidate.id.clone(),
+                                peer: candidate.peer.clone(),
+                                endpoint,
+                                model: facts.model.clone(),
+                                stream,
+                            };
+                            let threshold = config.health.failure_threshold;
+                            match self
+                                .attempt(session, candidate, attempt, guard, &body, threshold)
+                                .await?
+                            {
+                                AttemptOutcome::Finished => return Ok(()),
+                                AttemptOutcome::FailedBeforeAnswer(why) => failures.push(why),
+                            }
+                        }
+                        if attempted > 0 {
+                            break;
+                        }
+                        vec!["every candidate filled up".to_owned()]
                     }
-                    return Ok(());
-                }
-                Err(e) if !e.state.header_received => {
-                    tracing::warn!(node = %candidate.id, "attempt failed before answering: {}", e.error);
-                    failures.push(format!("{}: {}", candidate.id, e.error.etype().as_str()));
-                }
-                Err(e) => {
-                    tracing::warn!(node = %candidate.id, "stream broke after it started: {}", e.error);
-                    let sse = openai && stream;
-                    let message = format!(
-                        "node {} failed mid-response: {}",
-                        candidate.id,
-                        e.error.etype().as_str()
-                    );
-                    let _ = session
-                        .write_response_body(Some(respond::mid_stream_error(sse, &message)), true)
-                        .await;
-                    return Ok(());
-                }
+                    Err(NoCandidate::UnknownModel) => {
+                        let message = format!(
+                            "model \"{}\" not found on any node, try pulling it first",
+                            facts.model
+                        );
+                        return respond::error(session, openai, 404, &message).await;
+                    }
+                    Err(NoCandidate::Unavailable(reasons)) => {
+                        let message = format!(
+                            "no node can take model \"{}\" now: {}",
+                            facts.model,
+                            reasons.join("; ")
+                        );
+                        return unavailable(session, openai, &message).await;
+                    }
+                    Err(NoCandidate::Busy(reasons)) => reasons,
+                };
+            // Every node that could serve is full: wait for a slot, bounded in time and count.
+            let waiting = &self.state.fleet.waiting;
+            let queue_full = waiting.load(Ordering::Relaxed) >= routing.queue_limit;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if queue_full || left.is_zero() {
+                let why = if queue_full {
+                    format!("{} requests already wait", routing.queue_limit)
+                } else {
+                    format!(
+                        "waited {} for a free slot",
+                        humantime::format_duration(routing.queue_timeout)
+                    )
+                };
+                let message = format!(
+                    "every node that holds model \"{}\" is busy ({why}): {}",
+                    facts.model,
+                    busy_reasons.join("; ")
+                );
+                return unavailable(session, openai, &message).await;
             }
+            waiting.fetch_add(1, Ordering::Relaxed);
+            let _ = tokio::time::timeout(left, slot_freed).await;
+            waiting.fetch_sub(1, Ordering::Relaxed);
         }
         let message = format!("every node tried failed: {}", failures.join("; "));
         let body = respond::error_body(openai, 502, &message);
         respond::json(session, 502, &body, &[("Retry-After", "1".into())]).await
     }
+
+    /// Runs one attempt as a subrequest fed the saved body, and settles the node's circuit.
+    async fn attempt(
+        &self,
+        session: &mut Session,
+        candidate: &Candidate,
+        attempt: Attempt,
+        mut guard: InFlightGuard,
+        body: &bytes::Bytes,
+        failure_threshold: u32,
+    ) -> pingora::Result<AttemptOutcome> {
+        let openai = attempt.endpoint.is_openai();
+        let sse = openai && attempt.stream;
+        let sub_ctx = SubrequestCtx::builder()
+            .body_mode(BodyMode::ExpectBody)
+            .user_ctx(Box::new(attempt))
+            .build();
+        let Some(spawner) = session.subrequest_spawner.as_ref() else {
+            respond::error(session, openai, 500, "subrequests are not enabled").await?;
+            return Ok(AttemptOutcome::Finished);
+        };
+        let (prepared, handle) = spawner.create_subrequest(&session.downstream_session, sub_ctx);
+        let input = InputBodyType::Preset(InputBody::Bytes(vec![body.clone()]));
+        match pipe_subrequest(session, prepared, handle, |task| Ok(Some(task)), input).await {
+            Ok(state) => {
+                if let Some(join) = state.join_handle {
+                    let _ = join.await;
+                }
+                guard.succeeded();
+                Ok(AttemptOutcome::Finished)
+            }
+            // The client left: nothing to replay, and nothing against the node.
+            Err(e) if e.error.esource() == &ErrorSource::Downstream => {
+                tracing::debug!(node = %candidate.id, "client went away: {}", e.error);
+                Ok(AttemptOutcome::Finished)
+            }
+            Err(e) if !e.state.header_received => {
+                tracing::warn!(node = %candidate.id, "attempt failed before answering: {}", e.error);
+                if guard.failed(Instant::now(), failure_threshold) {
+                    tracing::warn!(node = %candidate.id, "circuit opened");
+                }
+                Ok(AttemptOutcome::FailedBeforeAnswer(format!(
+                    "{}: {}",
+                    candidate.id,
+                    e.error.etype().as_str()
+                )))
+            }
+            Err(e) => {
+                tracing::warn!(node = %candidate.id, "stream broke after it started: {}", e.error);
+                if guard.failed(Instant::now(), failure_threshold) {
+                    tracing::warn!(node = %candidate.id, "circuit opened");
+                }
+                let message = format!(
+                    "node {} failed mid-response: {}",
+                    candidate.id,
+                    e.error.etype().as_str()
+                );
+                let _ = session
+                    .write_response_body(Some(respond::mid_stream_error(sse, &message)), true)
+                    .await;
+                Ok(AttemptOutcome::Finished)
+            }
+        }
+    }
+}
+
+/// 503 with `Retry-After`, in the client protocol's error shape.
+async fn unavailable(session: &mut Session, openai: bool, message: &str) -> pingora::Result<()> {
+    let body = respond::error_body(openai, 503, message);
+    respond::json(session, 503, &body, &[("Retry-After", "1".into())]).await
 }
