@@ -1,6 +1,7 @@
 //! The admin listener: the live leaderboard page, the ranking as JSON, Prometheus metrics,
 //! health, reload.
 
+mod drain;
 mod metrics;
 mod ranking_json;
 
@@ -22,6 +23,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics::render))
         .route("/healthz", get(healthz))
         .route("/reload", post(reload))
+        .route("/nodes/{id}/drain", post(drain::drain))
+        .route("/nodes/{id}/undrain", post(drain::undrain))
         .fallback(not_found)
         .with_state(state)
 }
