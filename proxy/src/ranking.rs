@@ -31,7 +31,14 @@ pub struct RankEntry {
     /// Which model `tok_s` is for.
     pub tok_s_model: Option<String>,
     pub tok_s_source: Option<RateSource>,
+    /// The node's latest power reading.
     pub watts: Option<f64>,
+    /// The watts the score divides by: power while generating (see `fleet::PowerEstimate`).
+    pub scoring_watts: Option<f64>,
+    /// Smoothed power while idle: the baseline for net J/token.
+    pub idle_watts: Option<f64>,
+    /// `1 − penalized / best clean raw WES` for this node and model (the seed's "losing 54%").
+    pub baseline_loss: Option<f64>,
     pub pue: f64,
     pub thermal: ThermalState,
     pub temperature_c: Option<f64>,
@@ -105,9 +112,16 @@ impl RankingSnapshot {
                 };
                 let tok_s = rate.as_ref().map(|r| r.1);
                 let watts = telemetry.as_ref().and_then(|t| t.watts);
+                let rate_model = rate.as_ref().map(|r| r.0.as_str());
+                let scoring_watts = node.state.scoring_watts(rate_model, watts);
                 let thermal = telemetry
                     .as_ref()
                     .map_or(ThermalState::Unknown, |t| t.thermal);
+                let wes = score::wes_pair(tok_s, scoring_watts, node.config.pue, thermal);
+                let best_clean_raw = rate_model.and_then(|m| {
+                    node.state
+                        .note_clean_raw(m, wes.raw, thermal == ThermalState::Normal)
+                });
                 let unhealthy_reason = match &telemetry {
                     None => Some("no telemetry yet".to_owned()),
                     Some(t)
@@ -130,7 +144,10 @@ impl RankingSnapshot {
                 Some(RankEntry {
                     id: node.config.id.clone(),
                     rank: None,
-                    wes: score::wes_pair(tok_s, watts, node.config.pue, thermal),
+                    wes,
+                    baseline_loss: score::baseline_loss(wes.penalized, best_clean_raw),
+                    scoring_watts,
+                    idle_watts: node.state.power().idle,
                     tok_s,
                     tok_s_source: rate.as_ref().map(|r| r.2),
                     tok_s_model: rate.map(|r| r.0),
@@ -182,4 +199,136 @@ fn rank_order(a: &RankEntry, b: &RankEntry) -> Ordering {
         })
         .then_with(|| a.state.in_flight().cmp(&b.state.in_flight()))
         .then_with(|| a.id.cmp(&b.id))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::NodeConfig;
+    use crate::fleet::{Fleet, ProbeObservation, Telemetry};
+
+    fn node(id: &str, pue: f64) -> NodeConfig {
+        NodeConfig {
+            id: id.into(),
+            url: "http://127.0.0.1:1".into(),
+            token: format!("t-{id}"),
+            pue,
+            max_concurrency: 4,
+        }
+    }
+
+    static PROBE_CLOCK: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(1);
+
+    fn report(fleet: &Fleet, id: &str, watts: f64, thermal: ThermalState, tok_s: f64) {
+        let mut t = Telemetry::for_test(watts);
+        t.thermal = thermal;
+        t.models = Some(vec!["m".into()]);
+        let probe = ProbeObservation {
+            model: "m".into(),
+            tokens: 32,
+            seconds: 1.0,
+            tok_s,
+            watts: None,
+            claimed_tok_s: None,
+            // Each probe newer than the last, as a reporter's are.
+            finished_unix_ms: PROBE_CLOCK.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        };
+        assert!(fleet.record(id, t, vec![probe]));
+    }
+
+    fn build(fleet: &Fleet) -> RankingSnapshot {
+        RankingSnapshot::build_for_model(
+            &fleet.view(),
+            &RoutingConfig::default(),
+            &HealthConfig::default(),
+            Instant::now(),
+            "m",
+        )
+    }
+
+    #[test]
+    fn order_follows_penalized_wes_with_pue_and_penalties() {
+        let fleet = Fleet::new(&[
+            node("clean", 1.0),
+            node("hot", 1.0),
+            node("dear-site", 2.0),
+            node("critical", 1.0),
+            node("silent", 1.0),
+        ]);
+        // The seed's pair: 181.5 clean, 104.6 raw / 83.6 penalized under Fair.
+        report(&fleet, "clean", 0.6, ThermalState::Normal, 108.9);
+        report(&fleet, "hot", 0.9, ThermalState::Fair, 94.1);
+        // 108.9 / (0.6 × 2.0) = 90.75: PUE halves the clean node's score, above hot's 83.6.
+        report(&fleet, "dear-site", 0.6, ThermalState::Normal, 108.9);
+        report(&fleet, "critical", 0.1, ThermalState::Critical, 108.9);
+        let snap = build(&fleet);
+        let order: Vec<_> = snap.nodes.iter().map(|e| (e.id.as_str(), e.rank)).collect();
+        assert_eq!(
+            order,
+            [
+                ("clean", Some(1)),
+                ("dear-site", Some(2)),
+                ("hot", Some(3)),
+                // Critical is excluded by default: scored, but not ranked.
+                ("critical", None),
+            ]
+        );
+        let hot = &snap.nodes[2];
+        assert!((hot.wes.raw.unwrap() - 94.1 / 0.9).abs() < 1e-9);
+        assert!((hot.wes.penalized.unwrap() - 94.1 / (0.9 * 1.25)).abs() < 1e-9);
+        assert!((hot.wes.thermal_cost_pct.unwrap() - 20.0).abs() < 1e-9);
+        let critical = &snap.nodes[3];
+        assert!(critical.wes.penalized.is_some());
+        assert!(
+            critical
+                .unhealthy_reason
+                .as_deref()
+                .unwrap()
+                .contains("Critical")
+        );
+        // A node without telemetry holds no model: it shows only in the fleet-wide ranking.
+        let all = RankingSnapshot::build(
+            &fleet.view(),
+            &RoutingConfig::default(),
+            &HealthConfig::default(),
+            Instant::now(),
+        );
+        let silent = all.nodes.last().unwrap();
+        assert_eq!(silent.id, "silent");
+        assert_eq!(silent.unhealthy_reason.as_deref(), Some("no telemetry yet"));
+    }
+
+    #[test]
+    fn baseline_loss_is_against_the_nodes_own_clean_best() {
+        let fleet = Fleet::new(&[node("n", 1.0)]);
+        report(&fleet, "n", 0.6, ThermalState::Normal, 108.9);
+        let clean = build(&fleet);
+        assert_eq!(clean.nodes[0].baseline_loss, Some(0.0));
+        // The seed's throttled sample: 94.1 tok/s at 0.9 W, Fair → 83.6 vs the clean 181.5.
+        report(&fleet, "n", 0.9, ThermalState::Fair, 94.1);
+        let hot = build(&fleet);
+        let loss = hot.nodes[0].baseline_loss.unwrap();
+        assert!((loss - (1.0 - (94.1 / (0.9 * 1.25)) / (108.9 / 0.6))).abs() < 1e-12);
+        assert_eq!((loss * 100.0).round(), 54.0);
+    }
+
+    #[test]
+    fn scores_use_power_while_generating_not_the_idle_reading() {
+        let fleet = Fleet::new(&[node("n", 1.0)]);
+        let state = fleet.view().get("n").unwrap().state.clone();
+        // A sample while one of our requests runs: 200 W.
+        let slot = state
+            .try_acquire(4, Instant::now(), std::time::Duration::from_secs(1))
+            .unwrap();
+        report(&fleet, "n", 200.0, ThermalState::Normal, 100.0);
+        drop(slot);
+        // Then idle at 20 W: the score still divides by the generating 200 W.
+        report(&fleet, "n", 20.0, ThermalState::Normal, 100.0);
+        let e = &build(&fleet).nodes[0];
+        assert_eq!(e.watts, Some(20.0));
+        assert_eq!(e.scoring_watts, Some(200.0));
+        assert_eq!(e.idle_watts, Some(20.0));
+        assert_eq!(e.wes.raw, Some(0.5));
+    }
 }

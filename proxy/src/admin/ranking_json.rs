@@ -24,8 +24,12 @@ pub fn render(snapshot: &RankingSnapshot, models: &BTreeSet<String>, now: Instan
                 "tok_s_model": e.tok_s_model,
                 "tok_s_source": e.tok_s_source.map(|s| s.as_str()),
                 "watts": e.watts,
+                "scoring_watts": e.scoring_watts,
+                "idle_watts": e.idle_watts,
                 "pue": e.pue,
                 "joules_per_token": joules_per_token(e),
+                "joules_per_token_net": net_joules_per_token(e),
+                "baseline_loss_pct": e.baseline_loss.map(|l| l * 100.0),
                 "thermal_state": e.thermal.display_name(),
                 "temperature_c": e.temperature_c,
                 "power_capped": e.power_capped,
@@ -47,7 +51,14 @@ pub fn render(snapshot: &RankingSnapshot, models: &BTreeSet<String>, now: Instan
 /// is the reciprocal of raw WES, but computed apart so that a rate of 0 gives `None`, not
 /// infinity.
 pub fn joules_per_token(e: &RankEntry) -> Option<f64> {
-    rate_joules_per_token(e.watts, e.pue, e.tok_s)
+    rate_joules_per_token(e.scoring_watts, e.pue, e.tok_s)
+}
+
+/// The same net of the node's idle baseline: what generating adds over standing by.
+pub fn net_joules_per_token(e: &RankEntry) -> Option<f64> {
+    let added = (e.scoring_watts? - e.idle_watts?).max(0.0);
+    let (t, pue) = (e.tok_s?, e.pue);
+    (t > 0.0).then(|| added * pue / t)
 }
 
 fn rate_joules_per_token(watts: Option<f64>, pue: f64, tok_s: Option<f64>) -> Option<f64> {

@@ -3,6 +3,7 @@
 
 mod estimate;
 mod health;
+mod power;
 mod telemetry;
 
 use std::collections::HashMap;
@@ -15,6 +16,7 @@ use tokio::sync::Notify;
 
 pub use estimate::{HALF_LIFE, RateEstimate};
 pub use health::{Admission, Circuit};
+pub use power::PowerEstimate;
 pub use telemetry::{ProbeObservation, Telemetry};
 
 use crate::config::NodeConfig;
@@ -26,6 +28,9 @@ pub struct NodeState {
     probes: Mutex<HashMap<String, ProbeObservation>>,
     /// Measured by the proxy on relayed responses, per model.
     relayed: Mutex<HashMap<String, RateEstimate>>,
+    power: Mutex<PowerEstimate>,
+    /// Per model, the best raw WES seen under Normal thermal state: the node's clean baseline.
+    best_clean_raw: Mutex<HashMap<String, f64>>,
     in_flight: AtomicU32,
     circuit: Mutex<Circuit>,
     /// Set by an admin: no new requests, those in flight finish.
@@ -62,6 +67,27 @@ impl NodeState {
         if let Some(ttft) = ttft {
             entry.observe_ttft(ttft);
         }
+    }
+
+    pub fn power(&self) -> PowerEstimate {
+        *lock(&self.power)
+    }
+
+    /// The watts `model`'s score divides by (see `power`): generating power, else the power
+    /// its probe drew, else the latest reading.
+    pub fn scoring_watts(&self, model: Option<&str>, latest: Option<f64>) -> Option<f64> {
+        let probe_watts = model.and_then(|m| lock(&self.probes).get(m).and_then(|p| p.watts));
+        lock(&self.power).generating(probe_watts, latest)
+    }
+
+    /// Keeps the best clean raw WES for `model` and returns it.
+    pub fn note_clean_raw(&self, model: &str, raw: Option<f64>, clean: bool) -> Option<f64> {
+        let mut best = lock(&self.best_clean_raw);
+        if let (Some(raw), true) = (raw, clean) {
+            let entry = best.entry(model.to_owned()).or_insert(raw);
+            *entry = entry.max(raw);
+        }
+        best.get(model).copied()
     }
 
     /// The smoothed time to first token measured for `model`, if any.
@@ -308,6 +334,10 @@ impl Fleet {
                     known.insert(probe.model.clone(), probe);
                 }
             }
+        }
+        if let Some(watts) = telemetry.watts {
+            let busy = power::is_busy(node.state.in_flight(), telemetry.utilization_pct);
+            lock(&node.state.power).observe(watts, busy);
         }
         *lock(&node.state.telemetry) = Some(telemetry);
         self.changed.notify_one();

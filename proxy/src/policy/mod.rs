@@ -144,7 +144,8 @@ pub fn candidates(
             continue;
         }
         let tok_s = node.state.tok_s_for(model, now).map(|(v, _)| v);
-        let penalized_wes = score::wes_pair(tok_s, t.watts, node.config.pue, t.thermal).penalized;
+        let watts = node.state.scoring_watts(Some(model), t.watts);
+        let penalized_wes = score::wes_pair(tok_s, watts, node.config.pue, t.thermal).penalized;
         found.push(Candidate {
             id: id.clone(),
             peer: peer_address(&node.config.url),

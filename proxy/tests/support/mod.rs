@@ -114,11 +114,61 @@ pub struct NodeSpec<'a> {
     pub token: &'a str,
 }
 
+/// A node whose telemetry the test sends itself. Its URL answers the proxy's health check the
+/// way Ollama does, so the node is healthy as long as its telemetry is.
 pub fn node<'a>(id: &'a str, token: &'a str) -> NodeSpec<'a> {
     NodeSpec {
         id,
-        url: "http://127.0.0.1:9",
+        url: banner_node(),
         token,
+    }
+}
+
+/// `http://ADDR` of a process-wide server that answers every request "Ollama is running".
+/// A plain thread, not a task: it outlives each test's own runtime.
+pub fn banner_node() -> &'static str {
+    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    URL.get_or_init(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().map_while(Result::ok) {
+                std::thread::spawn(move || answer_banner(stream));
+            }
+        });
+        url
+    })
+}
+
+fn answer_banner(stream: std::net::TcpStream) {
+    use std::io::Write;
+    let mut reader = BufReader::new(match stream.try_clone() {
+        Ok(s) => s,
+        Err(_) => return,
+    });
+    let mut writer = stream;
+    let body = "Ollama is running";
+    // One response per request head, on a keep-alive connection.
+    loop {
+        let mut line = String::new();
+        let mut got_head = false;
+        while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+            got_head = true;
+            if line == "\r\n" || line == "\n" {
+                break;
+            }
+            line.clear();
+        }
+        if !got_head {
+            return;
+        }
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if writer.write_all(response.as_bytes()).is_err() {
+            return;
+        }
     }
 }
 
