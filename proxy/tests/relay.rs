@@ -525,3 +525,71 @@ async fn measured_decode_rate_feeds_the_ranking_and_the_next_choice() {
         .unwrap();
     assert_eq!(next.headers()["x-wes-node"], "b");
 }
+
+/// Streams a line every 50 ms for a long while, and says when its stream was dropped: the
+/// proxy let go of the node's response.
+async fn endless_node(released: std::sync::Arc<std::sync::atomic::AtomicBool>) -> SocketAddr {
+    struct Released(std::sync::Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for Released {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let app = axum::Router::new()
+        .route("/", get(|| async { "Ollama is running" }))
+        .route(
+            "/api/chat",
+            post(move || {
+                let released = released.clone();
+                async move {
+                    let guard = Released(released);
+                    let lines = futures::stream::unfold((0u32, guard), |(i, guard)| async move {
+                        if i == 1200 {
+                            return None;
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        let line = format!("{{\"model\":\"m1\",\"message\":{{\"role\":\"assistant\",\"content\":\"w{i} \"}},\"done\":false}}\n");
+                        Some((Ok::<_, std::convert::Infallible>(line), (i + 1, guard)))
+                    });
+                    ([("content-type", "application/x-ndjson")], axum::body::Body::from_stream(lines))
+                }
+            }),
+        );
+    serve(app).await
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_stream_releases_the_node() {
+    let released = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let node = format!("http://{}", endless_node(released.clone()).await);
+    let f = fleet(&[("n", node, 10.0)], "").await;
+    wait_api_up(&f.proxy).await;
+    let body = json!({"model": "m1", "messages": [{"role": "user", "content": "go on"}]});
+    let mut response = reqwest::Client::new()
+        .post(api(&f.proxy, "/api/chat"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.chunk().await.unwrap().is_some());
+    assert_eq!(f.proxy.node("n").await["in_flight"], 1);
+    drop(response);
+    support::wait_for(
+        Duration::from_secs(10),
+        "the node's stream to be dropped",
+        || async {
+            released
+                .load(std::sync::atomic::Ordering::SeqCst)
+                .then_some(())
+        },
+    )
+    .await;
+    support::wait_for(Duration::from_secs(10), "the slot to be freed", || async {
+        (f.proxy.node("n").await["in_flight"] == 0).then_some(())
+    })
+    .await;
+    // Leaving is not the node's fault: it stays healthy and takes the next request.
+    let n = f.proxy.node("n").await;
+    assert_eq!(n["healthy"], true, "{n}");
+}
