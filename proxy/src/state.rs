@@ -8,6 +8,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::fleet::Fleet;
+use crate::policy::RoutingTable;
 use crate::ranking::RankingSnapshot;
 
 pub struct AppState {
@@ -18,6 +19,8 @@ pub struct AppState {
     reload_lock: Mutex<()>,
     pub fleet: Fleet,
     pub ranking: ArcSwap<RankingSnapshot>,
+    /// Per model, the nodes that may serve it, scored and sorted: what requests choose from.
+    pub routing: ArcSwap<RoutingTable>,
     pub counters: Counters,
     /// Per-node request counts and latency histograms, recorded by the relay.
     pub stats: crate::stats::Stats,
@@ -46,6 +49,7 @@ impl AppState {
             reload_lock: Mutex::new(()),
             fleet,
             ranking: ArcSwap::from_pointee(RankingSnapshot::default()),
+            routing: ArcSwap::from_pointee(RoutingTable::default()),
             counters: Counters::default(),
             stats: crate::stats::Stats::default(),
         };
@@ -81,15 +85,15 @@ impl AppState {
         Ok(ReloadOutcome { changed })
     }
 
-    /// Builds and publishes a fresh ranking from the current fleet state.
+    /// Builds and publishes a fresh ranking and routing table from the current fleet state.
     pub fn rebuild_ranking(&self) {
         let config = self.config.load();
-        let snapshot = RankingSnapshot::build(
-            &self.fleet.view(),
-            &config.routing,
-            &config.health,
-            std::time::Instant::now(),
-        );
+        let view = self.fleet.view();
+        let now = std::time::Instant::now();
+        let snapshot = RankingSnapshot::build(&view, &config.routing, &config.health, now);
+        let table = RoutingTable::build(&view, &config.routing, &config.health, now);
+        // The table first: whoever sees the new ranking can count on routing by it.
+        self.routing.store(Arc::new(table));
         self.ranking.store(Arc::new(snapshot));
     }
 }

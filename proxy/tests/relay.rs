@@ -499,7 +499,8 @@ async fn measured_decode_rate_feeds_the_ranking_and_the_next_choice() {
         Duration::from_secs(10),
         "the relayed measurement",
         || async {
-            let r: Value = reqwest::get(format!("http://{}/ranking?model=m1", f.proxy.admin))
+            // The published ranking: the routing table is published with it, never later.
+            let r: Value = reqwest::get(format!("http://{}/ranking", f.proxy.admin))
                 .await
                 .ok()?
                 .json()

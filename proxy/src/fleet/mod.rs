@@ -349,6 +349,12 @@ impl Fleet {
         self.changed.notified().await;
     }
 
+    /// Asks for a ranking rebuild: something a score depends on changed outside ingest (a
+    /// relayed measurement, a circuit that opened).
+    pub fn mark_changed(&self) {
+        self.changed.notify_one();
+    }
+
     /// Woken whenever a slot frees anywhere in the fleet.
     pub fn slot_freed(&self) -> &Notify {
         &self.slot_freed

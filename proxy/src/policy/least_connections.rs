@@ -1,8 +1,9 @@
-//! `least_connections`: a baseline that sends to the node with the fewest requests in flight.
+//! `least_connections`: a baseline that sends to the node with the fewest requests in flight
+//! (ties by id). It must look at every node: O(n) atomic loads.
 
 use rand::RngCore;
 
-use super::{Candidate, Policy, RouteRequest};
+use super::{ModelRoute, Policy, RouteRequest};
 
 pub struct LeastConnections;
 
@@ -15,8 +16,28 @@ impl Policy for LeastConnections {
         false
     }
 
-    fn order(&self, _: &RouteRequest<'_>, candidates: &mut [Candidate], _: &mut dyn RngCore) {
-        candidates.sort_by(|a, b| a.in_flight.cmp(&b.in_flight).then_with(|| a.id.cmp(&b.id)));
+    fn choose(
+        &self,
+        request: &RouteRequest<'_>,
+        route: &ModelRoute,
+        want: usize,
+        _: &mut dyn RngCore,
+    ) -> Vec<usize> {
+        // The `want` least loaded, kept sorted; `want` is small (the relay's attempts).
+        let mut best: Vec<(u32, &str, usize)> = Vec::with_capacity(want + 1);
+        for (i, node) in route.nodes.iter().enumerate() {
+            if !request.usable(node) {
+                continue;
+            }
+            let key = (node.in_flight(), node.id.as_str(), i);
+            if best.len() == want && best.last().is_some_and(|worst| key >= *worst) {
+                continue;
+            }
+            let at = best.partition_point(|b| *b < key);
+            best.insert(at, key);
+            best.truncate(want);
+        }
+        best.into_iter().map(|(_, _, i)| i).collect()
     }
 }
 
@@ -27,12 +48,14 @@ mod tests {
 
     #[test]
     fn fewest_in_flight_first() {
-        let mut c = vec![
-            cand("a", Some(9.0), 2),
-            cand("b", Some(1.0), 0),
-            cand("c", None, 1),
-        ];
-        LeastConnections.order(&request("m"), &mut c, &mut rng());
-        assert_eq!(ids(&c), ["b", "c", "a"]);
+        let r = route(vec![
+            node("a", Some(9.0), 2),
+            node("b", Some(1.0), 0),
+            node("c", None, 1),
+        ]);
+        let chosen = LeastConnections.choose(&request("m"), &r, 3, &mut rng());
+        assert_eq!(ids(&r, &chosen), ["b", "c", "a"]);
+        let chosen = LeastConnections.choose(&request("m"), &r, 1, &mut rng());
+        assert_eq!(ids(&r, &chosen), ["b"]);
     }
 }

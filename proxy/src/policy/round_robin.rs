@@ -1,10 +1,11 @@
-//! `round_robin`: a baseline that ignores efficiency.
+//! `round_robin`: a baseline that ignores efficiency: each request starts one node further
+//! along the route, skipping full ones.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rand::RngCore;
 
-use super::{Candidate, Policy, RouteRequest};
+use super::{ModelRoute, Policy, RouteRequest, fill};
 
 #[derive(Default)]
 pub struct RoundRobin {
@@ -20,14 +21,27 @@ impl Policy for RoundRobin {
         false
     }
 
-    fn order(&self, _: &RouteRequest<'_>, candidates: &mut [Candidate], _: &mut dyn RngCore) {
-        if candidates.is_empty() {
-            return;
+    fn choose(
+        &self,
+        request: &RouteRequest<'_>,
+        route: &ModelRoute,
+        want: usize,
+        _: &mut dyn RngCore,
+    ) -> Vec<usize> {
+        let n = route.nodes.len();
+        let mut chosen = Vec::with_capacity(want);
+        if n == 0 {
+            return chosen;
         }
-        // A stable base order first, so the rotation means the same thing on every call.
-        candidates.sort_by(|a, b| a.id.cmp(&b.id));
-        let turn = self.next.fetch_add(1, Ordering::Relaxed) % candidates.len();
-        candidates.rotate_left(turn);
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        fill(
+            request,
+            route,
+            (start..n).chain(0..start),
+            &mut chosen,
+            want,
+        );
+        chosen
     }
 }
 
@@ -38,13 +52,12 @@ mod tests {
 
     #[test]
     fn takes_turns() {
-        let counts = first_counts(&RoundRobin::default(), 300, || {
-            vec![
-                cand("b", Some(1.0), 0),
-                cand("a", Some(9.0), 0),
-                cand("c", None, 0),
-            ]
-        });
+        let r = route(vec![
+            node("b", Some(1.0), 0),
+            node("a", Some(9.0), 0),
+            node("c", None, 0),
+        ]);
+        let counts = first_counts(&RoundRobin::default(), &r, 300);
         assert_eq!(
             counts.values().copied().collect::<Vec<_>>(),
             [100, 100, 100]

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use rand::RngCore;
 
-use super::{Candidate, Policy, RouteRequest, by_wes};
+use super::{ModelRoute, Policy, RouteNode, RouteRequest, fill};
 
 pub struct Slo;
 
-pub fn predicted_ttft(c: &Candidate) -> Option<Duration> {
-    let load = f64::from(c.in_flight) / f64::from(c.max_concurrency.max(1));
-    c.ttft.map(|t| t.mul_f64(1.0 + load))
+pub fn predicted_ttft(n: &RouteNode) -> Option<Duration> {
+    let load = f64::from(n.in_flight()) / f64::from(n.max_concurrency.max(1));
+    n.ttft.map(|t| t.mul_f64(1.0 + load))
 }
 
 impl Policy for Slo {
@@ -22,19 +22,29 @@ impl Policy for Slo {
         "slo"
     }
 
-    fn order(&self, request: &RouteRequest<'_>, candidates: &mut [Candidate], _: &mut dyn RngCore) {
-        let meets = |c: &Candidate| predicted_ttft(c).is_none_or(|t| t <= request.slo_ttft);
-        candidates.sort_by(|a, b| {
-            meets(b).cmp(&meets(a)).then_with(|| {
-                if meets(a) {
-                    by_wes(a, b)
-                } else {
-                    predicted_ttft(a)
-                        .cmp(&predicted_ttft(b))
-                        .then_with(|| by_wes(a, b))
-                }
-            })
-        });
+    fn choose(
+        &self,
+        request: &RouteRequest<'_>,
+        route: &ModelRoute,
+        want: usize,
+        _: &mut dyn RngCore,
+    ) -> Vec<usize> {
+        let nodes = &route.nodes;
+        let meets = |n: &RouteNode| predicted_ttft(n).is_none_or(|t| t <= request.slo_ttft);
+        let mut chosen = Vec::with_capacity(want);
+        // In WES order, so the first that meets the target is the most efficient that does.
+        let first = (0..nodes.len())
+            .find(|i| request.usable(&nodes[*i]) && meets(&nodes[*i]))
+            .or_else(|| {
+                (0..nodes.len())
+                    .filter(|i| request.usable(&nodes[*i]))
+                    .min_by_key(|i| predicted_ttft(&nodes[*i]))
+            });
+        if let (Some(first), true) = (first, want > 0) {
+            chosen.push(first);
+        }
+        fill(request, route, 0..nodes.len(), &mut chosen, want);
+        chosen
     }
 }
 
@@ -43,39 +53,44 @@ mod tests {
     use super::super::testing::*;
     use super::*;
 
-    fn with_ttft(id: &str, wes: f64, in_flight: u32, ttft_ms: u64) -> Candidate {
-        let mut c = cand(id, Some(wes), in_flight);
-        c.ttft = Some(Duration::from_millis(ttft_ms));
-        c
+    fn with_ttft(id: &str, wes: f64, in_flight: u32, ttft_ms: u64) -> RouteNode {
+        let mut n = node(id, Some(wes), in_flight);
+        n.ttft = Some(Duration::from_millis(ttft_ms));
+        n
+    }
+
+    fn first(nodes: Vec<RouteNode>) -> String {
+        let r = route(nodes);
+        // request("m") targets 1 s.
+        ids(&r, &Slo.choose(&request("m"), &r, 3, &mut rng()))[0].clone()
     }
 
     #[test]
     fn most_efficient_among_those_meeting_the_target() {
-        // request("m") targets 1 s.
-        let mut c = vec![
+        let got = first(vec![
             with_ttft("efficient-but-slow", 50.0, 0, 1500),
             with_ttft("ok", 20.0, 0, 300),
             with_ttft("better", 30.0, 0, 600),
-        ];
-        Slo.order(&request("m"), &mut c, &mut rng());
-        assert_eq!(ids(&c), ["better", "ok", "efficient-but-slow"]);
+        ]);
+        assert_eq!(got, "better");
     }
 
     #[test]
     fn load_stretches_the_prediction() {
         // 600 ms idle, but 3 of 4 slots taken: 1050 ms predicted, over the target.
-        let mut c = vec![
+        let got = first(vec![
             with_ttft("loaded", 30.0, 3, 600),
             with_ttft("idle", 20.0, 0, 300),
-        ];
-        Slo.order(&request("m"), &mut c, &mut rng());
-        assert_eq!(c[0].id, "idle");
+        ]);
+        assert_eq!(got, "idle");
     }
 
     #[test]
     fn when_none_meets_it_the_fastest_goes_first() {
-        let mut c = vec![with_ttft("a", 30.0, 0, 3000), with_ttft("b", 10.0, 0, 2000)];
-        Slo.order(&request("m"), &mut c, &mut rng());
-        assert_eq!(c[0].id, "b");
+        let got = first(vec![
+            with_ttft("a", 30.0, 0, 3000),
+            with_ttft("b", 10.0, 0, 2000),
+        ]);
+        assert_eq!(got, "b");
     }
 }

@@ -1,10 +1,10 @@
 //! `weighted`: picks the first node at random with probability proportional to its penalized
 //! WES, so traffic follows efficiency without piling onto one node; the rest follow in WES
-//! order as fallbacks.
+//! order as fallbacks. A binary search over the table's running sums: O(log n).
 
 use rand::{Rng, RngCore};
 
-use super::{Candidate, Policy, RouteRequest, by_wes};
+use super::{ModelRoute, Policy, RouteRequest, fill};
 
 pub struct Weighted;
 
@@ -13,26 +13,27 @@ impl Policy for Weighted {
         "weighted"
     }
 
-    fn order(&self, _: &RouteRequest<'_>, candidates: &mut [Candidate], rng: &mut dyn RngCore) {
-        candidates.sort_by(by_wes);
-        let weight = |c: &Candidate| c.penalized_wes.filter(|w| *w > 0.0).unwrap_or(0.0);
-        let total: f64 = candidates.iter().map(weight).sum();
-        if total <= 0.0 {
-            return;
-        }
-        let mut point = rng.random::<f64>() * total;
-        let mut pick = 0;
-        for (i, c) in candidates.iter().enumerate() {
-            let w = weight(c);
-            if w > 0.0 {
-                pick = i;
-                if point < w {
-                    break;
-                }
-                point -= w;
+    fn choose(
+        &self,
+        request: &RouteRequest<'_>,
+        route: &ModelRoute,
+        want: usize,
+        rng: &mut dyn RngCore,
+    ) -> Vec<usize> {
+        let mut chosen = Vec::with_capacity(want);
+        let total = route.cumulative_wes.last().copied().unwrap_or(0.0);
+        if total > 0.0 && want > 0 {
+            let point = rng.random::<f64>() * total;
+            let pick = route
+                .cumulative_wes
+                .partition_point(|c| *c <= point)
+                .min(route.measured - 1);
+            if request.usable(&route.nodes[pick]) {
+                chosen.push(pick);
             }
         }
-        candidates[..=pick].rotate_right(1);
+        fill(request, route, 0..route.nodes.len(), &mut chosen, want);
+        chosen
     }
 }
 
@@ -43,13 +44,12 @@ mod tests {
 
     #[test]
     fn first_picks_follow_wes_shares() {
-        let counts = first_counts(&Weighted, 6000, || {
-            vec![
-                cand("a", Some(30.0), 0),
-                cand("b", Some(10.0), 0),
-                cand("new", None, 0),
-            ]
-        });
+        let r = route(vec![
+            node("a", Some(30.0), 0),
+            node("b", Some(10.0), 0),
+            node("new", None, 0),
+        ]);
+        let counts = first_counts(&Weighted, &r, 6000);
         let a = counts.get("a").copied().unwrap_or(0) as f64 / 6000.0;
         assert!((0.72..0.78).contains(&a), "{counts:?}");
         assert_eq!(
@@ -61,13 +61,20 @@ mod tests {
 
     #[test]
     fn fallbacks_stay_in_wes_order() {
-        let mut c = vec![
-            cand("c", Some(1.0), 0),
-            cand("a", Some(3.0), 0),
-            cand("b", Some(2.0), 0),
-        ];
-        Weighted.order(&request("m"), &mut c, &mut rng());
-        let rest: Vec<_> = c[1..].iter().map(|c| c.penalized_wes).collect();
-        assert!(rest.windows(2).all(|w| w[0] >= w[1]), "{:?}", ids(&c));
+        let r = route(vec![
+            node("c", Some(1.0), 0),
+            node("a", Some(3.0), 0),
+            node("b", Some(2.0), 0),
+        ]);
+        let chosen = Weighted.choose(&request("m"), &r, 3, &mut rng());
+        let rest: Vec<_> = chosen[1..]
+            .iter()
+            .map(|i| r.nodes[*i].penalized_wes)
+            .collect();
+        assert!(
+            rest.windows(2).all(|w| w[0] >= w[1]),
+            "{:?}",
+            ids(&r, &chosen)
+        );
     }
 }

@@ -26,7 +26,7 @@ use self::request::{BodyProblem, TooLarge};
 use self::route::{Endpoint, LocalAnswer, Route};
 use crate::fleet::InFlightGuard;
 use crate::meter::{self, Meter};
-use crate::policy::{self, Candidate, NoCandidate, Policy, RouteRequest};
+use crate::policy::{self, Policy, RouteNode, RouteRequest};
 use crate::state::AppState;
 
 /// Attempts per request: the first choice and up to two replays.
@@ -258,6 +258,7 @@ impl ProxyHttp for Relay {
         if let Some(tok_s) = report.decode_tok_s {
             node.state
                 .observe_relayed(&attempt.model, tok_s, report.first_token_at, now);
+            self.state.fleet.mark_changed();
         }
     }
 
@@ -340,11 +341,6 @@ impl Relay {
         let Some(policy) = self.policy(routing.policy_for(&facts.model)) else {
             return respond::error(session, openai, 500, "configured policy is missing").await;
         };
-        let request = RouteRequest {
-            model: &facts.model,
-            hysteresis: routing.hysteresis,
-            slo_ttft: routing.slo_ttft,
-        };
         let stream = facts.stream.unwrap_or(endpoint.streams_by_default());
         let deadline = Instant::now() + routing.queue_timeout;
         let mut failures = Vec::new();
@@ -353,70 +349,80 @@ impl Relay {
             let slot_freed = self.state.fleet.slot_freed().notified();
             tokio::pin!(slot_freed);
             slot_freed.as_mut().enable();
-            let now = Instant::now();
-            let fleet = self.state.fleet.view();
-            let busy_reasons =
-                match policy::candidates(&fleet, routing, &config.health, &facts.model, now) {
-                    Ok(mut candidates) => {
-                        policy::order(
-                            policy,
-                            &request,
-                            routing.exploration_share,
-                            &mut candidates,
-                            &mut rand::rng(),
-                        );
-                        let mut attempted = 0;
-                        for candidate in &candidates {
-                            if attempted == MAX_ATTEMPTS {
-                                break;
-                            }
-                            // Filled up since the look: the next candidate, no attempt spent.
-                            let Some(guard) = candidate.state.try_acquire(
-                                candidate.max_concurrency,
-                                Instant::now(),
-                                config.health.cooldown,
-                            ) else {
-                                continue;
-                            };
-                            attempted += 1;
-                            let attempt = Attempt {
-                                node_id: candidate.id.clone(),
-                                peer: candidate.peer.clone(),
-                                endpoint,
-                                model: facts.model.clone(),
-                                stream,
-                            };
-                            let threshold = config.health.failure_threshold;
-                            match self
-                                .attempt(session, candidate, attempt, guard, &body, threshold)
-                                .await?
-                            {
-                                AttemptOutcome::Finished => return Ok(()),
-                                AttemptOutcome::FailedBeforeAnswer(why) => failures.push(why),
-                            }
-                        }
-                        if attempted > 0 {
-                            break;
-                        }
-                        vec!["every candidate filled up".to_owned()]
-                    }
-                    Err(NoCandidate::UnknownModel) => {
-                        let message = format!(
-                            "model \"{}\" not found on any node, try pulling it first",
-                            facts.model
-                        );
-                        return respond::error(session, openai, 404, &message).await;
-                    }
-                    Err(NoCandidate::Unavailable(reasons)) => {
-                        let message = format!(
-                            "no node can take model \"{}\" now: {}",
-                            facts.model,
-                            reasons.join("; ")
-                        );
-                        return unavailable(session, openai, &message).await;
-                    }
-                    Err(NoCandidate::Busy(reasons)) => reasons,
+            let table = self.state.routing.load_full();
+            let Some(route) = table.route(&facts.model) else {
+                let message = format!(
+                    "model \"{}\" not found on any node, try pulling it first",
+                    facts.model
+                );
+                return respond::error(session, openai, 404, &message).await;
+            };
+            if route.nodes.is_empty() {
+                let message = format!(
+                    "no node can take model \"{}\" now: {}",
+                    facts.model,
+                    route.excluded.join("; ")
+                );
+                return unavailable(session, openai, &message).await;
+            }
+            let request = RouteRequest {
+                model: &facts.model,
+                now: Instant::now(),
+                stale_after: routing.stale_after,
+                hysteresis: routing.hysteresis,
+                slo_ttft: routing.slo_ttft,
+            };
+            let chosen = policy::choose(
+                policy,
+                &request,
+                route,
+                routing.exploration_share,
+                MAX_ATTEMPTS,
+                &mut rand::rng(),
+            );
+            let mut attempted = 0;
+            for candidate in chosen.iter().map(|i| &route.nodes[*i]) {
+                // Filled up since the look: the next candidate, no attempt spent.
+                let Some(guard) = candidate.state.try_acquire(
+                    candidate.max_concurrency,
+                    Instant::now(),
+                    config.health.cooldown,
+                ) else {
+                    continue;
                 };
+                attempted += 1;
+                let attempt = Attempt {
+                    node_id: candidate.id.clone(),
+                    peer: candidate.peer.clone(),
+                    endpoint,
+                    model: facts.model.clone(),
+                    stream,
+                };
+                let threshold = config.health.failure_threshold;
+                match self
+                    .attempt(session, candidate, attempt, guard, &body, threshold)
+                    .await?
+                {
+                    AttemptOutcome::Finished => return Ok(()),
+                    AttemptOutcome::FailedBeforeAnswer(why) => failures.push(why),
+                }
+            }
+            if attempted > 0 {
+                break;
+            }
+            let busy_reasons: Vec<String> = route
+                .nodes
+                .iter()
+                .map(|n| {
+                    format!(
+                        "{}: {} of {} slots busy",
+                        n.id,
+                        n.in_flight(),
+                        n.max_concurrency
+                    )
+                })
+                .take(8)
+                .collect();
             // Every node that could serve is full: wait for a slot, bounded in time and count.
             let waiting = &self.state.fleet.waiting;
             let queue_full = waiting.load(Ordering::Relaxed) >= routing.queue_limit;
@@ -450,7 +456,7 @@ impl Relay {
     async fn attempt(
         &self,
         session: &mut Session,
-        candidate: &Candidate,
+        candidate: &RouteNode,
         attempt: Attempt,
         mut guard: InFlightGuard,
         body: &bytes::Bytes,
@@ -485,6 +491,7 @@ impl Relay {
                 tracing::warn!(node = %candidate.id, "attempt failed before answering: {}", e.error);
                 if guard.failed(Instant::now(), failure_threshold) {
                     tracing::warn!(node = %candidate.id, "circuit opened");
+                    self.state.fleet.mark_changed();
                 }
                 Ok(AttemptOutcome::FailedBeforeAnswer(format!(
                     "{}: {}",
@@ -496,6 +503,7 @@ impl Relay {
                 tracing::warn!(node = %candidate.id, "stream broke after it started: {}", e.error);
                 if guard.failed(Instant::now(), failure_threshold) {
                     tracing::warn!(node = %candidate.id, "circuit opened");
+                    self.state.fleet.mark_changed();
                 }
                 let message = format!(
                     "node {} failed mid-response: {}",

@@ -1,0 +1,243 @@
+//! The routing table: per model, the nodes that may serve it, pre-scored and sorted by penalized
+//! WES. It is rebuilt with the ranking (on every burst of samples, and every 250 ms) and
+//! published whole, so that a request's peer choice reads a ready list and touches only the few
+//! nodes it considers: a handful of atomic loads, not a pass over the fleet.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::{HealthConfig, RoutingConfig};
+use crate::fleet::{FleetView, NodeState};
+use crate::score;
+
+/// One node as a candidate for one model.
+#[derive(Debug, Clone)]
+pub struct RouteNode {
+    pub id: String,
+    /// `host:port` of the node's Ollama.
+    pub peer: String,
+    pub state: Arc<NodeState>,
+    pub max_concurrency: u32,
+    /// For this model; `None` while unmeasured.
+    pub penalized_wes: Option<f64>,
+    /// Smoothed time to first token measured on this node for this model.
+    pub ttft: Option<Duration>,
+    /// When its newest telemetry arrived: a request re-checks staleness between rebuilds.
+    pub received_at: Instant,
+}
+
+impl RouteNode {
+    pub fn in_flight(&self) -> u32 {
+        self.state.in_flight()
+    }
+
+    /// A free slot right now (a hint: the relay's atomic acquire decides).
+    pub fn has_room(&self) -> bool {
+        self.in_flight() < self.max_concurrency
+    }
+
+    /// Share of the node's slots still free, 0 to 1.
+    pub fn free_share(&self) -> f64 {
+        let max = f64::from(self.max_concurrency.max(1));
+        (max - f64::from(self.in_flight())).max(0.0) / max
+    }
+}
+
+/// The nodes for one model.
+#[derive(Debug, Clone, Default)]
+pub struct ModelRoute {
+    /// Measured nodes by penalized WES (highest first, ties by id), then unmeasured by id.
+    pub nodes: Vec<RouteNode>,
+    /// `nodes[..measured]` have a score.
+    pub measured: usize,
+    /// Running sums of penalized WES over the measured nodes, for proportional picks.
+    pub cumulative_wes: Vec<f64>,
+    /// Nodes that hold the model but may not take traffic, each with its reason.
+    pub excluded: Vec<String>,
+}
+
+impl ModelRoute {
+    pub fn from_nodes(mut nodes: Vec<RouteNode>, excluded: Vec<String>) -> Self {
+        nodes.sort_by(by_wes);
+        let measured = nodes
+            .iter()
+            .take_while(|n| n.penalized_wes.is_some())
+            .count();
+        let mut sum = 0.0;
+        let cumulative_wes = nodes[..measured]
+            .iter()
+            .map(|n| {
+                sum += n.penalized_wes.unwrap_or(0.0).max(0.0);
+                sum
+            })
+            .collect();
+        ModelRoute {
+            nodes,
+            measured,
+            cumulative_wes,
+            excluded,
+        }
+    }
+}
+
+/// Higher penalized WES first, unmeasured after measured, then by id: a total order, so a
+/// rebuild over unchanged state gives the same table.
+fn by_wes(a: &RouteNode, b: &RouteNode) -> Ordering {
+    let (wa, wb) = (
+        a.penalized_wes.unwrap_or(f64::NEG_INFINITY),
+        b.penalized_wes.unwrap_or(f64::NEG_INFINITY),
+    );
+    wb.total_cmp(&wa).then_with(|| a.id.cmp(&b.id))
+}
+
+#[derive(Debug, Default)]
+pub struct RoutingTable {
+    models: HashMap<String, ModelRoute>,
+}
+
+impl RoutingTable {
+    pub fn build(
+        fleet: &FleetView,
+        routing: &RoutingConfig,
+        health: &HealthConfig,
+        now: Instant,
+    ) -> Self {
+        let mut eligible: HashMap<String, Vec<RouteNode>> = HashMap::new();
+        let mut excluded: HashMap<String, Vec<String>> = HashMap::new();
+        for node in &fleet.nodes {
+            let Some(t) = node.state.telemetry() else {
+                continue;
+            };
+            let Some(models) = &t.models else {
+                continue;
+            };
+            let id = &node.config.id;
+            let problem = if now.saturating_duration_since(t.received_at) > routing.stale_after {
+                Some("telemetry is stale".to_owned())
+            } else if routing.exclude_thermal.contains(&t.thermal) {
+                Some(format!("thermal state {}", t.thermal.display_name()))
+            } else {
+                node.state.health_problem(now, health.cooldown)
+            };
+            for model in models {
+                if let Some(why) = &problem {
+                    excluded
+                        .entry(model.clone())
+                        .or_default()
+                        .push(format!("{id}: {why}"));
+                    continue;
+                }
+                let tok_s = node.state.tok_s_for(model, now).map(|(v, _)| v);
+                let watts = node.state.scoring_watts(Some(model), t.watts);
+                let wes = score::wes_pair(tok_s, watts, node.config.pue, t.thermal);
+                eligible.entry(model.clone()).or_default().push(RouteNode {
+                    id: id.clone(),
+                    peer: super::peer_address(&node.config.url),
+                    state: node.state.clone(),
+                    max_concurrency: node.config.max_concurrency,
+                    penalized_wes: wes.penalized,
+                    ttft: node.state.ttft_for(model),
+                    received_at: t.received_at,
+                });
+            }
+        }
+        let mut models: HashMap<String, ModelRoute> = HashMap::new();
+        for (model, nodes) in eligible {
+            let why = excluded.remove(&model).unwrap_or_default();
+            models.insert(model, ModelRoute::from_nodes(nodes, why));
+        }
+        for (model, why) in excluded {
+            models.insert(model, ModelRoute::from_nodes(Vec::new(), why));
+        }
+        RoutingTable { models }
+    }
+
+    /// The route for `model`; `None` when no configured node reports holding it.
+    pub fn route(&self, model: &str) -> Option<&ModelRoute> {
+        self.models.get(model)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::NodeConfig;
+    use crate::fleet::{Fleet, ProbeObservation, Telemetry};
+    use wes_proto::ThermalState;
+
+    fn node(id: &str) -> NodeConfig {
+        NodeConfig {
+            id: id.into(),
+            url: format!("http://127.0.0.1:1/{id}"),
+            token: format!("t-{id}"),
+            pue: 1.0,
+            max_concurrency: 4,
+        }
+    }
+
+    fn report(fleet: &Fleet, id: &str, thermal: ThermalState, tok_s: Option<f64>) {
+        let mut t = Telemetry::for_test(10.0);
+        t.thermal = thermal;
+        t.models = Some(vec!["m".into(), "other".into()]);
+        let probes = tok_s
+            .map(|tok_s| ProbeObservation {
+                model: "m".into(),
+                tokens: 32,
+                seconds: 1.0,
+                tok_s,
+                watts: None,
+                claimed_tok_s: None,
+                finished_unix_ms: 1,
+            })
+            .into_iter()
+            .collect();
+        assert!(fleet.record(id, t, probes));
+    }
+
+    #[test]
+    fn per_model_sorted_with_exclusions_and_cumulative_weights() {
+        let fleet = Fleet::new(&[node("a"), node("b"), node("c"), node("hot"), node("new")]);
+        report(&fleet, "a", ThermalState::Normal, Some(100.0));
+        report(&fleet, "b", ThermalState::Normal, Some(300.0));
+        report(&fleet, "c", ThermalState::Fair, Some(200.0));
+        report(&fleet, "hot", ThermalState::Critical, Some(900.0));
+        report(&fleet, "new", ThermalState::Normal, None);
+        fleet.set_draining("a", false);
+        let table = RoutingTable::build(
+            &fleet.view(),
+            &RoutingConfig::default(),
+            &HealthConfig::default(),
+            Instant::now(),
+        );
+        let m = table.route("m").unwrap();
+        let ids: Vec<_> = m.nodes.iter().map(|n| n.id.as_str()).collect();
+        // b 30, c 20/1.25 = 16, a 10; new unmeasured last.
+        assert_eq!(ids, ["b", "c", "a", "new"]);
+        assert_eq!(m.measured, 3);
+        assert_eq!(m.cumulative_wes, [30.0, 46.0, 56.0]);
+        assert_eq!(m.nodes[0].peer, "127.0.0.1:1");
+        assert_eq!(m.excluded, ["hot: thermal state Critical"]);
+        // No one measured "other": all unmeasured, by id.
+        assert_eq!(table.route("other").unwrap().measured, 0);
+        assert!(table.route("absent").is_none());
+    }
+
+    #[test]
+    fn a_model_held_only_by_excluded_nodes_has_an_empty_route_with_reasons() {
+        let fleet = Fleet::new(&[node("a")]);
+        report(&fleet, "a", ThermalState::Normal, Some(1.0));
+        fleet.set_draining("a", true);
+        let table = RoutingTable::build(
+            &fleet.view(),
+            &RoutingConfig::default(),
+            &HealthConfig::default(),
+            Instant::now(),
+        );
+        let m = table.route("m").unwrap();
+        assert!(m.nodes.is_empty());
+        assert_eq!(m.excluded, ["a: draining"]);
+    }
+}
