@@ -7,10 +7,8 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -19,46 +17,8 @@ use support::{Proxy, Reporter, Running, free_port, wait_for, write_atomically};
 const INTERVAL_MS: u64 = 400;
 const MODEL: &str = "llama3.2:3b";
 
-fn sim_node_bin() -> PathBuf {
-    let path = support::proxy_bin().with_file_name("wes-sim-node");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace`",
-        path.display()
-    );
-    path
-}
-
-/// Starts a simulated node with `profile` and returns it with the address it bound.
 fn sim_node(dir: &Path, profile: &str) -> (Running, SocketAddr) {
-    let log = dir.join(format!("sim-{profile}.log"));
-    let mut child = Command::new(sim_node_bin())
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--profile",
-            profile,
-            "--models",
-            MODEL,
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let running = Running { child, log };
-    let line = rx
-        .recv_timeout(Duration::from_secs(20))
-        .unwrap_or_else(|_| panic!("sim node did not start: {}", running.log_text()));
-    let addr = line.rsplit(' ').next().unwrap().parse().unwrap();
-    (running, addr)
+    support::sim_node(dir, profile, MODEL)
 }
 
 struct Node {

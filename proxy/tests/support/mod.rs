@@ -197,27 +197,62 @@ pub fn proxy_config(telemetry_port: u16, nodes: &[NodeSpec<'_>], tables: &str) -
     proxy_config_with(telemetry_port, nodes, "3s", tables)
 }
 
+/// Starts `command` with stderr into `log`; its stdout lines arrive on the receiver (read by a
+/// thread, so a test can wait on them with a timeout).
+pub fn spawn_reading_stdout(
+    mut command: Command,
+    log: PathBuf,
+) -> (Running, std::sync::mpsc::Receiver<String>) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (Running { child, log }, rx)
+}
+
+/// Starts `wes-sim-node` with `profile` holding `models`; returns it with the address it bound.
+pub fn sim_node(dir: &Path, profile: &str, models: &str) -> (Running, SocketAddr) {
+    let bin = proxy_bin().with_file_name("wes-sim-node");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --workspace`",
+        bin.display()
+    );
+    let mut command = Command::new(bin);
+    command.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--profile",
+        profile,
+        "--models",
+        models,
+    ]);
+    let log = dir.join(format!("sim-{profile}-{}.log", free_port()));
+    let (running, rx) = spawn_reading_stdout(command, log);
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("wes-sim-node did not start: {}", running.log_text()));
+    let addr = line.rsplit(' ').next().unwrap().parse().unwrap();
+    (running, addr)
+}
+
 impl Proxy {
     pub fn start(dir: &Path, config: &str) -> Proxy {
         let config_path = dir.join(format!("proxy-{}.toml", free_port()));
         std::fs::write(&config_path, config).unwrap();
         let log = config_path.with_extension("log");
-        let mut child = Command::new(proxy_bin())
-            .arg("--config")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut process = Running { child, log };
+        let mut command = Command::new(proxy_bin());
+        command.arg("--config").arg(&config_path);
+        let (mut process, rx) = spawn_reading_stdout(command, log);
         let (mut admin, mut telemetry) = (None, None);
         let deadline = Instant::now() + Duration::from_secs(20);
         while admin.is_none() || telemetry.is_none() {
