@@ -116,7 +116,7 @@ while read -r id token prof _; do
 done <<<"$nodes"
 node_count=$(wc -l <<<"$nodes")
 
-scripts/ensure-tools.sh
+scripts/ensure-tools.sh --build
 # A debug build by default: after scripts/test.sh it is already there (the tests build the same
 # binaries), and from a cold target dir it takes half as long as a release build (measured on
 # 2 cores: about 5 min against 10). The demo relays a few requests a second with simulated

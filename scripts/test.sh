@@ -14,6 +14,9 @@ echo "== cargo test"
 # Two tests at a time: the end-to-end tests start real processes on a 2-core machine.
 cargo test --workspace --locked -- --test-threads=2
 
+echo "== the demo fleet, as a new user starts it (six simulated nodes ranked, one request relayed)"
+scripts/demo.sh --check
+
 echo "== real inference engine (llama.cpp llama-server + SmolLM2; built once, cached)"
 eval "$(scripts/real-engine.sh | sed 's/^/export /')"
 

@@ -19,6 +19,10 @@ pub struct RankingSnapshot {
     pub nodes: Vec<RankEntry>,
     /// Every model some node holds, for `?model=` and merged listings.
     pub models: BTreeSet<String>,
+    /// The fleet-wide ranking scores every node on this model where it can (the model most
+    /// nodes have a rate for), so that a node is not ranked on a tiny model against another's
+    /// large one. `None` for a per-model ranking, or when nothing is measured.
+    pub reference_model: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -88,6 +92,10 @@ impl RankingSnapshot {
         now: Instant,
         model: Option<&str>,
     ) -> Self {
+        let reference = match model {
+            Some(_) => None,
+            None => reference_model(fleet, now),
+        };
         let mut models = BTreeSet::new();
         let mut nodes: Vec<RankEntry> = fleet
             .nodes
@@ -103,12 +111,17 @@ impl RankingSnapshot {
                         return None;
                     }
                 }
-                let rate = match model {
+                let rate = match model.or(reference.as_deref()) {
                     Some(m) => node
                         .state
                         .tok_s_for(m, now)
                         .map(|(v, src)| (m.to_owned(), v, src)),
-                    None => node.state.newest_rate(now),
+                    None => None,
+                };
+                // Fleet-wide, a node without a rate for the reference model shows its newest.
+                let rate = match (rate, model) {
+                    (None, None) => node.state.newest_rate(now),
+                    (rate, _) => rate,
                 };
                 let tok_s = rate.as_ref().map(|r| r.1);
                 let watts = telemetry.as_ref().and_then(|t| t.watts);
@@ -177,11 +190,26 @@ impl RankingSnapshot {
             }
         }
         RankingSnapshot {
+            reference_model: reference,
             built_at: Some(now),
             nodes,
             models,
         }
     }
+}
+
+/// The model the most nodes have a rate for; ties to the name first in order.
+fn reference_model(fleet: &FleetView, now: Instant) -> Option<String> {
+    let mut counts: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for node in &fleet.nodes {
+        for m in node.state.rated_models(now) {
+            *counts.entry(m).or_default() += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .max_by(|(ma, a), (mb, b)| a.cmp(b).then_with(|| mb.cmp(ma)))
+        .map(|(m, _)| m)
 }
 
 /// Ranked before unranked; higher penalized WES first; ties to fewer in flight, then by id so
@@ -311,6 +339,26 @@ mod tests {
         let loss = hot.nodes[0].baseline_loss.unwrap();
         assert!((loss - (1.0 - (94.1 / (0.9 * 1.25)) / (108.9 / 0.6))).abs() < 1e-12);
         assert_eq!((loss * 100.0).round(), 54.0);
+    }
+
+    #[test]
+    fn fleet_wide_ranking_scores_every_node_on_the_common_model() {
+        let fleet = Fleet::new(&[node("a", 1.0), node("b", 1.0)]);
+        report(&fleet, "a", 10.0, ThermalState::Normal, 50.0);
+        report(&fleet, "b", 10.0, ThermalState::Normal, 40.0);
+        // b also serves a tiny model, fast and most recently: it must not rank b on that.
+        let b = fleet.view().get("b").unwrap().state.clone();
+        b.observe_relayed("tiny", 900.0, None, Instant::now());
+        let snap = RankingSnapshot::build(
+            &fleet.view(),
+            &RoutingConfig::default(),
+            &HealthConfig::default(),
+            Instant::now(),
+        );
+        assert_eq!(snap.reference_model.as_deref(), Some("m"));
+        let order: Vec<_> = snap.nodes.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(order, ["a", "b"]);
+        assert_eq!(snap.nodes[1].tok_s_model.as_deref(), Some("m"));
     }
 
     #[test]

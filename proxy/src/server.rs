@@ -34,6 +34,9 @@ pub fn run(config: Config, config_path: std::path::PathBuf) -> anyhow::Result<()
     println!("wes-proxy admin listening on {}", admin.local_addr()?);
 
     let api_addr = config.listen.api;
+    // Pingora binds the API listener itself, later, and retries a busy port instead of failing;
+    // a trial bind now makes a taken port a clear error at start.
+    drop(bind("api", api_addr)?);
     let state = AppState::new(config, Some(config_path));
     let pid = std::process::id();
     let conf = ServerConf {

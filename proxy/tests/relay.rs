@@ -594,3 +594,26 @@ async fn a_client_that_leaves_mid_stream_releases_the_node() {
     let n = f.proxy.node("n").await;
     assert_eq!(n["healthy"], true, "{n}");
 }
+
+#[test]
+fn a_taken_api_port_is_a_clear_error_at_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("proxy.toml");
+    let text = format!(
+        "[listen]\napi = \"127.0.0.1:{port}\"\ntelemetry = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n[[nodes]]\nid = \"a\"\nurl = \"http://127.0.0.1:1\"\ntoken = \"t\"\n"
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = std::process::Command::new(support::proxy_bin())
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen for api on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+}

@@ -42,7 +42,7 @@ pub fn render(snapshot: &RankingSnapshot, models: &BTreeSet<String>, now: Instan
             })
         })
         .collect();
-    json!({ "nodes": nodes, "models": models })
+    json!({ "nodes": nodes, "models": models, "reference_model": snapshot.reference_model })
 }
 
 /// Energy per output token at the node's current rate: `watts × pue ÷ tok/s`, the facility's

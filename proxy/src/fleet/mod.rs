@@ -209,6 +209,21 @@ impl NodeState {
             .map(|p| (p.model.clone(), p.tok_s, RateSource::Probe))
     }
 
+    /// Every model with a current rate from either source.
+    pub fn rated_models(&self, now: Instant) -> Vec<String> {
+        let mut models: Vec<String> = lock(&self.relayed)
+            .iter()
+            .filter(|(_, e)| e.current(now, HALF_LIFE).is_some())
+            .map(|(m, _)| m.clone())
+            .collect();
+        for model in lock(&self.probes).keys() {
+            if !models.contains(model) {
+                models.push(model.clone());
+            }
+        }
+        models
+    }
+
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
     }
