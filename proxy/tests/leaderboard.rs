@@ -658,6 +658,13 @@ async fn relayed_requests_reach_the_metrics() {
         ),
     )
     .await;
+    // Routable once the ranking built from that sample is published.
+    wait_for(
+        Duration::from_secs(10),
+        "the node in the ranking",
+        || async { (proxy.node("solo").await["healthy"] == true).then_some(()) },
+    )
+    .await;
     let http = reqwest::Client::new();
     let api = format!("http://{}/api/generate", proxy.api);
     let ok = wait_for(Duration::from_secs(10), "the API listener", || async {
