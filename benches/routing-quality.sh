@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Routing-quality benchmark: does efficiency routing save energy, and at what latency?
+#
+#   benches/routing-quality.sh            all seven runs (~14 min): top, weighted, p2c, slo,
+#                                         round_robin, least_connections and the oracle;
+#                                         writes docs/benchmarks/routing-quality.md + PNGs
+#   benches/routing-quality.sh --quick    top, round_robin and the oracle on 30 s of traffic
+#                                         (~3 min); writes target/routing-quality/
+#   benches/routing-quality.sh --help     every option (policies, rate, duration, heat event,
+#                                         extra [routing] lines for the proxy, --report-only)
+#
+# Each run starts a fresh simulated fleet (six wes-sim-node, a wes-reporter per node, the
+# wes-proxy with the policy under test), replays the same seeded Poisson workload, heats the
+# node the efficiency policies favour at 1/3 of the run, and measures fleet tokens per joule
+# from every node's energy counter, time to first token, failures, and how fast traffic left the
+# hot node. The harness is Python (benches/routing_quality/, aiohttp and matplotlib, installed
+# into the repository's .venv). Ctrl-C stops every process it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+case "${1:-}" in
+  -h | --help)
+    sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+    ;;
+esac
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -r benches/routing_quality/requirements.txt
+
+bins=""
+case " $* " in
+  *" --report-only "* | *" -h "* | *" --help "*) ;;
+  *)
+    scripts/ensure-tools.sh
+    echo "routing-quality: building release binaries" >&2
+    cargo build --release --locked -q -p wes-proxy -p wes-reporter -p wes-sim-node --bins
+    # Run from a copy, so that a rebuild in this tree during the runs cannot swap binaries
+    # between one policy's run and the next.
+    bins=$(mktemp -d "${TMPDIR:-/tmp}/wes-routing-quality-bin.XXXXXX")
+    trap 'rm -rf "$bins"' EXIT
+    cp target/release/wes-proxy target/release/wes-reporter target/release/wes-sim-node "$bins/"
+    set -- --bin-dir "$bins" "$@"
+    ;;
+esac
+
+# Not exec: the EXIT trap removes the copied binaries. A background job of a script ignores
+# SIGINT, so Ctrl-C and SIGTERM are both passed on as SIGTERM, on which the harness stops its
+# fleet and exits.
+.venv/bin/python benches/routing_quality/run.py "$@" &
+child=$!
+trap 'kill -TERM "$child" 2>/dev/null || true' INT TERM
+rc=0
+wait "$child" || rc=$?
+# A trapped signal interrupts `wait` before the child has finished stopping its fleet.
+while kill -0 "$child" 2>/dev/null; do wait "$child" || rc=$?; done
+exit "$rc"
