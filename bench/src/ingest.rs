@@ -76,7 +76,7 @@ pub struct IngestArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "5000,10000,20000,30000,40000,50000,60000,80000,100000"
+        default_value = "5000,10000,15000,20000,30000,40000,50000,60000,80000,100000"
     )]
     steps: Vec<u64>,
     #[arg(long, default_value = "8s", value_parser = humantime::parse_duration)]
@@ -475,6 +475,9 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
 
     // Phase 2: stepped offered rates, then unpaced.
     let mut steps = Vec::new();
+    // The highest offered rate the proxy kept up with (≥ 95% accepted).
+    let mut paced_best = 0.0f64;
+    let mut unpaced = None;
     for &total in &args.steps {
         if shared.counters.errors.load(Ordering::Relaxed) > 0 {
             break;
@@ -495,6 +498,9 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
             100.0 * result.proxy_cpu_share
         );
         let kept_up = result.accepted_per_s >= 0.95 * total as f64;
+        if kept_up {
+            paced_best = paced_best.max(result.accepted_per_s);
+        }
         steps.push(result);
         if !kept_up {
             break;
@@ -520,6 +526,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
             result.accepted_per_s,
             100.0 * result.proxy_cpu_share
         );
+        unpaced = Some(result.accepted_per_s);
         steps.push(result);
     }
     pace_tx.send(Pace::Stop)?;
@@ -578,13 +585,13 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     );
     let _ = writeln!(
         out,
-        "| offered | sent/s | accepted/s (proxy counter) | ticks skipped (window full or late) | ack latency p50 / p99 ms | proxy CPU, share of one core | wes-bench CPU, share of one core | proxy RSS |"
+        "| offered | sent/s | accepted/s (proxy counter) | ticks skipped (window full or late) | ack latency p50 / p99 ms | proxy CPU, share of one core | proxy CPU µs per sample | wes-bench CPU, share of one core | proxy RSS |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
     for s in &steps {
         let _ = writeln!(
             out,
-            "| {} | {:.0} | {:.0} | {} | {:.2} / {:.2} | {:.0}% | {:.0}% | {:.1} MiB |",
+            "| {} | {:.0} | {:.0} | {} | {:.2} / {:.2} | {:.0}% | {:.1} | {:.0}% | {:.1} MiB |",
             s.label,
             s.sent_per_s,
             s.accepted_per_s,
@@ -592,21 +599,30 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
             s.ack_p50_ms,
             s.ack_p99_ms,
             100.0 * s.proxy_cpu_share,
+            1e6 * s.proxy_cpu_share / s.accepted_per_s.max(1.0),
             100.0 * s.bench_cpu_share,
             s.proxy_rss_kib as f64 / 1024.0
         );
     }
-    let best = steps.iter().map(|s| s.accepted_per_s).fold(0.0, f64::max);
     let _ = writeln!(out);
     let _ = writeln!(out, "### Target: sustained accepted samples/s ≥ 50,000\n");
+    let verdict = |v: f64| if v >= 50_000.0 { "met" } else { "**missed**" };
     let _ = writeln!(
         out,
-        "Best sustained: **{best:.0} samples/s** ({}); stream errors over the whole run: {errors}{}.\n",
-        if best >= 50_000.0 {
-            "met"
-        } else {
-            "**missed**"
-        },
+        "- Paced (each stream one sample per tick, as reporters send; the highest step accepted at ≥ 95%): **{paced_best:.0} samples/s**: {}.",
+        verdict(paced_best)
+    );
+    if let Some(u) = unpaced {
+        let _ = writeln!(
+            out,
+            "- Unpaced (each stream keeps {} samples unacknowledged): **{u:.0} samples/s**: {}.",
+            args.window,
+            verdict(u)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "- Stream errors over the whole run: {errors}{}.\n",
         first_error
             .map(|e| format!(" (first: `{e}`)"))
             .unwrap_or_default()

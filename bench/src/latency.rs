@@ -66,6 +66,7 @@ struct Target {
 struct Phase {
     outcome: Option<Outcome>,
     round_p50_ns: Vec<u64>,
+    round_p99_ns: Vec<u64>,
     proxy_cpu_s: f64,
     node_cpu_s: f64,
     wall_s: f64,
@@ -74,6 +75,7 @@ struct Phase {
 impl Phase {
     fn add(&mut self, o: Outcome, proxy_cpu_s: f64, node_cpu_s: f64, wall_s: f64) {
         self.round_p50_ns.push(o.latency.value_at_quantile(0.5));
+        self.round_p99_ns.push(o.latency.value_at_quantile(0.99));
         self.proxy_cpu_s += proxy_cpu_s;
         self.node_cpu_s += node_cpu_s;
         self.wall_s += wall_s;
@@ -253,11 +255,11 @@ fn report(
         );
         let _ = writeln!(
             s,
-            "| target | requests | errors | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | p50 per round, ms | added p50 ms | added p99 ms | proxy CPU, share of one core | proxy CPU µs per request | generator lateness p50 / p99 ms |"
+            "| target | requests | errors | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | p50 per round, ms | p99 per round, ms | added p50 ms | added p99 ms | proxy CPU, share of one core | proxy CPU µs per request | generator lateness p50 / p99 ms |"
         );
         let _ = writeln!(
             s,
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
         for (i, t) in targets.iter().enumerate() {
             let phase = &phases[i][slot];
@@ -266,7 +268,7 @@ fn report(
             };
             let h = &o.latency;
             let a = added(h, b);
-            let rounds: Vec<String> = phase.round_p50_ns.iter().map(|v| ms(*v)).collect();
+            let per_round = |v: &[u64]| v.iter().map(|v| ms(*v)).collect::<Vec<_>>().join(" / ");
             let (cpu_share, cpu_per_req) = if t.family.is_some() && phase.wall_s > 0.0 {
                 (
                     format!("{:.1}%", 100.0 * phase.proxy_cpu_s / phase.wall_s),
@@ -285,7 +287,7 @@ fn report(
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} |",
                 t.name,
                 o.ok + o.errors,
                 o.errors,
@@ -294,7 +296,8 @@ fn report(
                 ms(q(h, 0.99)),
                 ms(q(h, 0.999)),
                 ms(h.max()),
-                rounds.join(" / "),
+                per_round(&phase.round_p50_ns),
+                per_round(&phase.round_p99_ns),
                 added50,
                 added99,
                 cpu_share,
@@ -407,10 +410,7 @@ fn report(
     let _ = writeln!(s);
 
     let find = |name: &str| targets.iter().position(|t| t.name == name);
-    if let (Some(w), Some(n)) = (find("wes-proxy"), find("nginx"))
-        && let (Some([Some(wa), _]), Some([Some(na), _])) =
-            (added_by_target.get(w), added_by_target.get(n))
-    {
+    if let (Some(w), Some(n)) = (find("wes-proxy"), find("nginx")) {
         let ratio = |a: i128, b: i128| {
             if b > 0 {
                 format!("{:.2}×", a as f64 / b as f64)
@@ -420,37 +420,63 @@ fn report(
         };
         let verdict = |ok: bool| if ok { "met" } else { "**missed**" };
         let ratio_ok = |a: i128, b: i128| a <= 0 || (b > 0 && (a as f64) <= 1.5 * b as f64);
-        let _ = writeln!(s, "### Targets (`/api/generate` at {} req/s)\n", args.rate);
-        let _ = writeln!(s, "| target | measured | verdict |");
-        let _ = writeln!(s, "|---|---|---|");
+        let _ = writeln!(s, "### Targets at {} req/s\n", args.rate);
         let _ = writeln!(
             s,
-            "| wes-proxy p50 added ≤ 0.2 ms | {} ms | {} |",
-            signed_ms(wa.p50),
-            verdict(wa.p50 <= 200_000)
+            "The targets are stated for added latency; they are checked on both the generate latency and the chat time to first byte.\n"
         );
-        let _ = writeln!(
-            s,
-            "| wes-proxy p99 added ≤ 1 ms | {} ms | {} |",
-            signed_ms(wa.p99),
-            verdict(wa.p99 <= 1_000_000)
-        );
-        let _ = writeln!(
-            s,
-            "| wes-proxy added p50 within 1.5× nginx's | {} vs {} ms: {} | {} |",
-            signed_ms(wa.p50),
-            signed_ms(na.p50),
-            ratio(wa.p50, na.p50),
-            verdict(ratio_ok(wa.p50, na.p50))
-        );
-        let _ = writeln!(
-            s,
-            "| wes-proxy added p99 within 1.5× nginx's | {} vs {} ms: {} | {} |",
-            signed_ms(wa.p99),
-            signed_ms(na.p99),
-            ratio(wa.p99, na.p99),
-            verdict(ratio_ok(wa.p99, na.p99))
-        );
+        let _ = writeln!(s, "| target | endpoint | measured | verdict |");
+        let _ = writeln!(s, "|---|---|---|---|");
+        for (slot, endpoint) in ["`/api/generate`", "`/api/chat` first byte"]
+            .iter()
+            .enumerate()
+        {
+            let (Some(Some(wa)), Some(Some(na))) = (
+                added_by_target.get(w).map(|a| a[slot].as_ref()),
+                added_by_target.get(n).map(|a| a[slot].as_ref()),
+            ) else {
+                continue;
+            };
+            let rows = [
+                (
+                    "wes-proxy p50 added ≤ 0.2 ms",
+                    format!("{} ms", signed_ms(wa.p50)),
+                    wa.p50 <= 200_000,
+                ),
+                (
+                    "wes-proxy p99 added ≤ 1 ms",
+                    format!("{} ms", signed_ms(wa.p99)),
+                    wa.p99 <= 1_000_000,
+                ),
+                (
+                    "wes-proxy p50 added within 1.5× nginx's",
+                    format!(
+                        "{} vs {} ms: {}",
+                        signed_ms(wa.p50),
+                        signed_ms(na.p50),
+                        ratio(wa.p50, na.p50)
+                    ),
+                    ratio_ok(wa.p50, na.p50),
+                ),
+                (
+                    "wes-proxy p99 added within 1.5× nginx's",
+                    format!(
+                        "{} vs {} ms: {}",
+                        signed_ms(wa.p99),
+                        signed_ms(na.p99),
+                        ratio(wa.p99, na.p99)
+                    ),
+                    ratio_ok(wa.p99, na.p99),
+                ),
+            ];
+            for (target, measured, ok) in rows {
+                let _ = writeln!(
+                    s,
+                    "| {target} | {endpoint} | {measured} | {} |",
+                    verdict(ok)
+                );
+            }
+        }
         let _ = writeln!(s);
     }
     s

@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# Proxy overhead, side by side in one run against the same upstream (`wes-bench node`, a minimal
+# fast Ollama-shaped node): (a) direct, (b) through wes-proxy, (c) through nginx as a plain
+# HTTP/1.1 reverse proxy with upstream keepalive and proxy_buffering off. Open-loop latency of a
+# small non-streaming /api/generate and time to first byte of a streaming /api/chat at a fixed
+# rate (interleaved rounds), closed-loop throughput at saturation, proxy CPU and peak RSS, and
+# 5,000 slow streams held open through each proxy. A real wes-reporter (command sensor) keeps
+# the node's telemetry live in wes-proxy. Release builds; nginx is installed if missing.
+# Usage: benches/latency.sh [wes-bench latency flags, e.g. --rate 500 --segment 8s] > result.md
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source benches/common.sh
+scripts/ensure-tools.sh
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+  echo "installing: nginx" >&2
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+  $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq nginx >/dev/null
+fi
+nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
+cargo build --release --locked -p wes-proxy -p wes-reporter -p wes-bench -q
+bin=target/release
+# 5,000 streams through a proxy are 10,000 sockets in it.
+ulimit -n "$(ulimit -Hn)"
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+model=llama3.2:3b
+
+"$bin/wes-bench" node --listen 127.0.0.1:0 --model "$model" >"$work/node.out" 2>"$work/node.log" &
+node_pid=$!
+pids+=("$node_pid")
+node=$(address_from "$work/node.out" "node listening on")
+
+api_port=$(free_port)
+cat >"$work/proxy.toml" <<TOML
+[listen]
+api = "127.0.0.1:$api_port"
+telemetry = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+[routing]
+policy = "top"
+# The reporter may lag while the machine is saturated; the node must stay routable.
+stale_after = "1h"
+[[nodes]]
+id = "bench-node"
+url = "http://$node"
+token = "bench-token"
+max_concurrency = 100000
+TOML
+"$bin/wes-proxy" --config "$work/proxy.toml" >"$work/proxy.out" 2>"$work/proxy.log" &
+proxy_pid=$!
+pids+=("$proxy_pid")
+telemetry=$(address_from "$work/proxy.out" "telemetry listening on")
+admin=$(address_from "$work/proxy.out" "admin listening on")
+address_from "$work/proxy.out" "api listening on" >/dev/null
+
+"$bin/wes-reporter" --node-id bench-node --proxy "http://$telemetry" --token bench-token \
+  --ollama "http://$node" --interval 1s --sensor command \
+  --sensor-command 'echo {"watts":100,"thermal_state":"Normal"}' 2>"$work/reporter.log" &
+pids+=($!)
+"$bin/wes-bench" wait-healthy --admin "http://$admin" --node bench-node --model "$model" --timeout 60s
+
+nginx_port=$(free_port)
+mkdir -p "$work/nginx"
+cat >"$work/nginx/nginx.conf" <<NGINX
+daemon off;
+master_process on;
+# As many workers as wes-proxy has threads (2).
+worker_processes 2;
+worker_rlimit_nofile 40000;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx/body;
+  proxy_temp_path $work/nginx/proxy;
+  fastcgi_temp_path $work/nginx/fastcgi;
+  uwsgi_temp_path $work/nginx/uwsgi;
+  scgi_temp_path $work/nginx/scgi;
+  keepalive_requests 1000000;
+  keepalive_timeout 120s;
+  upstream node {
+    server $node;
+    keepalive 512;
+    keepalive_requests 1000000;
+  }
+  server {
+    listen 127.0.0.1:$nginx_port backlog=4096;
+    location / {
+      proxy_pass http://node;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+      proxy_read_timeout 300s;
+    }
+  }
+}
+NGINX
+"$nginx_bin" -p "$work/nginx" -c "$work/nginx/nginx.conf" 2>"$work/nginx/stderr.log" &
+nginx_pid=$!
+pids+=("$nginx_pid")
+for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$nginx_port/api/tags" && break; sleep 0.1; done
+curl -sf -o /dev/null "http://127.0.0.1:$nginx_port/api/tags" || { echo "nginx did not start:" >&2; cat "$work/nginx/stderr.log" "$work/nginx/error.log" >&2; exit 1; }
+
+machine_header
+echo
+echo "wes-proxy: release build, \`threads = 2\` (its server default), policy \`top\`, default log level."
+echo "nginx: $("$nginx_bin" -v 2>&1 | sed 's/^nginx version: //'), 2 workers, upstream keepalive 512, proxy_buffering off, access_log off."
+echo "Node: \`wes-bench node\` (hyper, 2 threads). Client: \`wes-bench latency\` (one tokio thread plus a pacing thread)."
+echo
+"$bin/wes-bench" latency --model "$model" --node-pid "$node_pid" \
+  --target "direct=http://$node" \
+  --target "wes-proxy=http://127.0.0.1:$api_port@$proxy_pid" \
+  --target "nginx=http://127.0.0.1:$nginx_port@$nginx_pid" "$@"
+# Where wes-proxy's time goes per request: a profile under the same closed-loop load.
+if command -v perf >/dev/null 2>&1; then
+  perf record -q -F 1999 -p "$proxy_pid" -o "$work/perf.data" -- sleep 7 2>"$work/perf.log" &
+  perf_pid=$!
+  sleep 0.5
+  "$bin/wes-bench" latency --model "$model" --target "wes-proxy=http://127.0.0.1:$api_port@$proxy_pid" \
+    --rounds 0 --warmup 1s --saturation 6s --streams 0 >/dev/null 2>&1 || true
+  if wait "$perf_pid"; then
+    echo "### Profile: wes-proxy under the saturation load, 6 s (\`perf record -p\`)"
+    echo
+    echo "Self time, symbols above 1%:"
+    echo
+    echo '```'
+    perf report -i "$work/perf.data" --stdio --no-children -g none --sort dso,symbol --percent-limit 1 2>/dev/null |
+      grep -v '^#' | grep -v '^$' | sed 's/ *-  *- *$//' | cut -c1-160 || true
+    echo '```'
+    echo
+    echo "By binary or library:"
+    echo
+    echo '```'
+    perf report -i "$work/perf.data" --stdio --no-children -g none --sort dso --percent-limit 1 2>/dev/null |
+      grep -v '^#' | grep -v '^$' | sed 's/ *-  *- *$//' | cut -c1-160 || true
+    echo '```'
+    echo
+  fi
+fi
+if grep -qE "WARN|ERROR" "$work/proxy.log"; then
+  echo "wes-proxy warnings and errors during the run (first 10):"
+  echo
+  echo '```'
+  grep -E "WARN|ERROR" "$work/proxy.log" | head -10 | cut -c1-200
+  echo '```'
+  echo
+fi
+load_footer
