@@ -633,3 +633,39 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_config_is_valid_with_one_token_per_node() {
+        let args = GenConfigArgs {
+            nodes: 300,
+            api: "127.0.0.1:1".into(),
+            telemetry: "127.0.0.1:0".into(),
+            admin: "127.0.0.1:0".into(),
+            node_url: "http://127.0.0.1:9".into(),
+        };
+        let config = Config::parse(&gen_config(&args)).unwrap();
+        assert_eq!(config.nodes.len(), 300);
+        let tokens: std::collections::HashSet<_> = config.nodes.iter().map(|n| &n.token).collect();
+        assert_eq!(tokens.len(), 300);
+    }
+
+    #[test]
+    fn samples_pass_the_proxys_own_validation() {
+        let limits = Config::parse(&gen_config(&GenConfigArgs {
+            nodes: 1,
+            api: "127.0.0.1:1".into(),
+            telemetry: "127.0.0.1:0".into(),
+            admin: "127.0.0.1:0".into(),
+            node_url: "http://127.0.0.1:9".into(),
+        }))
+        .unwrap()
+        .telemetry;
+        let s = sample("node-00000", 7);
+        wes_proxy::ingest::validate(&s, "node-00000", unix_ms(), Instant::now(), &limits).unwrap();
+    }
+}

@@ -459,3 +459,21 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Only counters and histograms live behind these: a panic cannot leave them half-written.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_line_survives_any_chunking() {
+        let stream = b"{\"done\":false}\n{\"done\":false}\n{\"done\":true}\n";
+        for size in 1..stream.len() {
+            let mut last = Vec::new();
+            for chunk in stream.chunks(size) {
+                remember_last_line(&mut last, chunk);
+            }
+            assert!(contains(&last, br#""done":true"#), "chunk size {size}");
+            assert!(!contains(&last, br#""done":false"#), "chunk size {size}");
+        }
+    }
+}
