@@ -34,14 +34,14 @@ profile() { # title, wes-bench routing flags...
   echo
   echo '```'
   perf report -i "$work/perf.data" --stdio --no-children -g none --sort symbol --percent-limit 1.5 2>/dev/null |
-    grep -v '^#' | grep -v '^$' | sed 's/ *-  *- *$//' | cut -c1-150
+    grep -v '^#' | grep -v '^$' | sed 's/ *-  *- *$//' | cut -c1-150 || true
   echo '```'
   echo
   echo "Inclusive time of the proxy's own functions, above 3%:"
   echo
   echo '```'
   perf report -i "$work/perf.data" --stdio --children -g none --sort symbol --percent-limit 3 2>/dev/null |
-    grep -v '^#' | grep -v '^$' | grep 'wes_proxy' | sed 's/ *-  *- *$//' | cut -c1-150
+    grep -v '^#' | grep -v '^$' | grep 'wes_proxy' | sed 's/ *-  *- *$//' | cut -c1-150 || true
   echo '```'
   echo
 }
