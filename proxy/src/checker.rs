@@ -71,8 +71,16 @@ pub async fn run(state: Arc<AppState>, stop: impl std::future::Future<Output = (
     };
     tokio::pin!(stop);
     loop {
-        check_all(&state, &http).await;
-        let interval = state.config.load().health.check_interval;
+        let health = state.config.load().health.clone();
+        if health.active_checks {
+            check_all(&state, &http).await;
+        } else {
+            // Turned off (perhaps by a reload): no verdict of ours may linger on a node.
+            for node in &state.fleet.view().nodes {
+                node.state.record_check(Ok(()));
+            }
+        }
+        let interval = health.check_interval;
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = &mut stop => return,

@@ -84,6 +84,9 @@ impl Default for RoutingConfig {
 /// Node health beyond telemetry: active checks and the passive circuit breaker.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HealthConfig {
+    /// Whether the proxy asks nodes `GET /` at all; off leaves health to telemetry and the
+    /// circuit breaker.
+    pub active_checks: bool,
     /// How often each node's Ollama is asked `GET /`.
     pub check_interval: Duration,
     pub check_timeout: Duration,
@@ -96,6 +99,7 @@ pub struct HealthConfig {
 impl Default for HealthConfig {
     fn default() -> Self {
         HealthConfig {
+            active_checks: true,
             check_interval: Duration::from_secs(2),
             check_timeout: Duration::from_secs(1),
             failure_threshold: 3,
@@ -207,6 +211,7 @@ struct RawRouting {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawHealth {
+    active_checks: Option<bool>,
     check_interval: Option<Spanned<String>>,
     check_timeout: Option<Spanned<String>>,
     failure_threshold: Option<Spanned<i64>>,
@@ -436,6 +441,10 @@ impl Config {
         );
         let health_defaults = HealthConfig::default();
         let health = HealthConfig {
+            active_checks: raw
+                .health
+                .active_checks
+                .unwrap_or(health_defaults.active_checks),
             check_interval: c.duration(
                 "health.check_interval",
                 raw.health.check_interval.as_ref(),

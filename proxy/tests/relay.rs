@@ -322,14 +322,15 @@ async fn failover_before_the_answer_and_error_line_after_it() {
     let dead = format!("http://127.0.0.1:{}", support::free_port());
     let reset = format!("http://{}", resetting_node().await);
     let good = format!("http://{}", fake_node("good").await);
-    // The dead and resetting nodes rank first (fewer watts); the good one last.
+    // The dead and resetting nodes rank first (fewer watts); the good one last. Active health
+    // checks are off: the relay itself must find out and fail over.
     let f = fleet(
         &[
             ("dead", dead, 10.0),
             ("reset", reset, 20.0),
             ("good", good, 90.0),
         ],
-        "",
+        "[health]\nactive_checks = false\nfailure_threshold = 100\n",
     )
     .await;
     wait_api_up(&f.proxy).await;
@@ -344,6 +345,36 @@ async fn failover_before_the_answer_and_error_line_after_it() {
     assert_eq!(response.headers()["x-wes-node"], "good");
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["node"], "good");
+    // A body beyond Pingora's 64 KiB retry buffer fails over too, and arrives whole.
+    let big = json!({"model": "m1", "prompt": "y".repeat(1 << 20), "stream": false}).to_string();
+    let response = http
+        .post(api(&f.proxy, "/api/generate"))
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["node"], "good");
+    assert_eq!(body["fnv"], fnv(big.as_bytes()));
+    // Both failures before the answer were seen and counted against the nodes that failed.
+    let metrics = reqwest::get(format!("http://{}/metrics", f.proxy.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for node in ["dead", "reset"] {
+        let errors: f64 = metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("wes_node_request_errors_total")
+                    && l.contains(&format!("node=\"{node}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert_eq!(errors, 2.0, "{node}: {metrics}");
+    }
 
     let dying = format!("http://{}", dying_node().await);
     let f = fleet(&[("dying", dying, 10.0)], "").await;

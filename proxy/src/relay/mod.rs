@@ -1,32 +1,34 @@
-//! The client API on Pingora. A model-routed request is read whole, then each attempt on a node
-//! runs as a Pingora subrequest fed the saved body: the parent picks the nodes and replays the
-//! body on the next one if an attempt fails before answering. (Pingora's own retry buffer stops
-//! at 64 KiB; request bodies with images are many MiB.)
+//! The client API on Pingora, one hook per concern. A model-routed request is read whole in
+//! `request_filter` (the model is in the body, and the body arrives before the peer is chosen
+//! only if we read it there), the nodes are chosen (`select`), and then:
+//! - a body within Pingora's 64 KiB retry buffer is proxied by Pingora itself; a node that fails
+//!   before answering is replaced in `upstream_peer` on Pingora's retry, which replays the
+//!   buffer (POST is not retried by default: `error_while_proxy` decides here);
+//! - a larger body goes through `replay`: one subrequest per attempt, fed the saved body.
 
 mod merge;
+mod replay;
 mod request;
 pub mod respond;
 pub mod route;
+mod select;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::http::ResponseHeader;
 use pingora::prelude::HttpPeer;
-use pingora::proxy::subrequest::pipe::{InputBody, InputBodyType, pipe_subrequest};
-use pingora::proxy::subrequest::{BodyMode, Ctx as SubrequestCtx};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use pingora::{ErrorSource, ErrorType};
+use pingora::{ErrorSource, ErrorType, RetryType};
 use serde_json::json;
 
 use self::request::{BodyProblem, TooLarge};
 use self::route::{Endpoint, LocalAnswer, Route};
 use crate::fleet::InFlightGuard;
 use crate::meter::{self, Meter};
-use crate::policy::{self, Policy, RouteNode, RouteRequest};
+use crate::policy::{self, Policy, RouteNode};
 use crate::state::AppState;
 
 /// Attempts per request: the first choice and up to two replays.
@@ -63,15 +65,7 @@ impl Relay {
     }
 }
 
-/// How one attempt on one node ended.
-enum AttemptOutcome {
-    /// The client has its answer, or as much of it as there will be.
-    Finished,
-    /// The node failed before sending anything: the request may go to another node.
-    FailedBeforeAnswer(String),
-}
-
-/// One try of a request on one node; travels from the parent into the subrequest.
+/// One try of a request on one node; travels from the parent into a subrequest.
 #[derive(Debug, Clone)]
 pub struct Attempt {
     pub node_id: String,
@@ -81,10 +75,33 @@ pub struct Attempt {
     pub stream: bool,
 }
 
+impl Attempt {
+    /// The same request, on `node`.
+    fn on(&self, node: &RouteNode) -> Attempt {
+        Attempt {
+            node_id: node.id.clone(),
+            peer: node.peer.clone(),
+            ..self.clone()
+        }
+    }
+}
+
+/// Pingora-proxied requests: the nodes left to try, and what the tried ones did.
+struct Failover {
+    next: VecDeque<RouteNode>,
+    failures: Vec<String>,
+    /// The last attempt failed: `upstream_peer` moves to the next node.
+    advance: bool,
+}
+
 #[derive(Default)]
 pub struct RelayCtx {
-    /// Set only in a subrequest.
+    /// The node this request (or subrequest) is on now.
     attempt: Option<Attempt>,
+    /// Holds the node's slot while the request is on it; settles its circuit.
+    guard: Option<InFlightGuard>,
+    /// Set for requests Pingora proxies itself; `None` in subrequests.
+    failover: Option<Failover>,
     /// When the attempt went upstream.
     sent_at: Option<Instant>,
     /// Watches the node's response for tokens, once its header has arrived.
@@ -120,7 +137,11 @@ impl ProxyHttp for Relay {
             session.req_header().uri.path(),
         );
         match route {
-            Route::ByModel(endpoint) => self.relay_by_model(session, endpoint).await?,
+            Route::ByModel(endpoint) => {
+                if !self.relay_by_model(session, ctx, endpoint).await? {
+                    return Ok(false);
+                }
+            }
             Route::Merged(listing) => {
                 let config = self.state.config.load();
                 let merged = merge::fetch_and_merge(
@@ -161,6 +182,9 @@ impl ProxyHttp for Relay {
         _session: &mut Session,
         ctx: &mut RelayCtx,
     ) -> pingora::Result<Box<HttpPeer>> {
+        if ctx.failover.as_ref().is_some_and(|f| f.advance) {
+            self.advance(ctx)?;
+        }
         let attempt = ctx.attempt.as_ref().ok_or_else(|| {
             pingora::Error::explain(ErrorType::InternalError, "no node chosen for this request")
         })?;
@@ -218,6 +242,10 @@ impl ProxyHttp for Relay {
         error: Option<&pingora::Error>,
         ctx: &mut RelayCtx,
     ) {
+        // The node answered: its circuit closes. (Failures were settled where they happened.)
+        if let (Some(guard), None) = (ctx.guard.as_mut(), error) {
+            guard.succeeded();
+        }
         let Some(attempt) = &ctx.attempt else {
             return;
         };
@@ -278,11 +306,40 @@ impl ProxyHttp for Relay {
         &self,
         _session: &mut Session,
         _peer: &HttpPeer,
-        _ctx: &mut RelayCtx,
+        ctx: &mut RelayCtx,
         mut e: Box<pingora::Error>,
     ) -> Box<pingora::Error> {
-        // The parent replays on the next node; Pingora must not retry the same one.
-        e.set_retry(false);
+        // In a subrequest the parent replays on the next node; Pingora must not retry it here.
+        let retry = ctx.failover.is_some() && self.attempt_failed(ctx, &e);
+        e.set_retry(retry);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<pingora::Error>,
+        ctx: &mut RelayCtx,
+        client_reused: bool,
+    ) -> Box<pingora::Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let retry = if ctx.failover.is_none() || e.esource() == &ErrorSource::Downstream {
+            // A subrequest's parent decides; a client that left is nobody's failure.
+            false
+        } else if session.response_written().is_some() {
+            // Mid-stream: the client has part of an answer; nothing can be replayed.
+            if let Some(guard) = ctx.guard.as_mut() {
+                self.settle_failure(guard, ctx.attempt.as_ref());
+            }
+            false
+        } else if client_reused && matches!(e.retry, RetryType::ReusedOnly) {
+            // A pooled connection the node had closed: the same node again, on a new one.
+            true
+        } else {
+            self.attempt_failed(ctx, &e)
+        };
+        e.set_retry(retry);
         e
     }
 
@@ -290,12 +347,33 @@ impl ProxyHttp for Relay {
         &self,
         session: &mut Session,
         e: &pingora::Error,
-        _ctx: &mut RelayCtx,
+        ctx: &mut RelayCtx,
     ) -> FailToProxy {
-        if session.subrequest_ctx.is_some() {
-            // Stay silent: the error reaches the parent, which may still replay on another node.
+        let quiet = FailToProxy {
+            error_code: 0,
+            can_reuse_downstream: false,
+        };
+        if session.subrequest_ctx.is_some() || e.esource() == &ErrorSource::Downstream {
+            // A subrequest stays silent: its parent may still replay on another node.
+            return quiet;
+        }
+        let openai = ctx.attempt.as_ref().is_some_and(|a| a.endpoint.is_openai());
+        if session.response_written().is_some() {
+            // The header went out: end the stream in its own framing so the client's library
+            // raises an error instead of taking a truncated answer.
+            let sse = openai && ctx.attempt.as_ref().is_some_and(|a| a.stream);
+            let node = ctx.attempt.as_ref().map_or("?", |a| a.node_id.as_str());
+            tracing::warn!(node, "stream broke after it started: {e}");
+            let message = format!("node {node} failed mid-response: {}", e.etype().as_str());
+            let _ = session
+                .write_response_body(Some(respond::mid_stream_error(sse, &message)), true)
+                .await;
+            return quiet;
+        }
+        if let Some(failover) = ctx.failover.as_ref().filter(|f| !f.failures.is_empty()) {
+            let _ = respond::every_node_failed(session, openai, &failover.failures).await;
             return FailToProxy {
-                error_code: 0,
+                error_code: 502,
                 can_reuse_downstream: false,
             };
         }
@@ -303,7 +381,7 @@ impl ProxyHttp for Relay {
             ErrorType::HTTPStatus(code) => *code,
             _ => 502,
         };
-        let _ = respond::error(session, false, code, &e.to_string()).await;
+        let _ = respond::error(session, openai, code, &e.to_string()).await;
         FailToProxy {
             error_code: code,
             can_reuse_downstream: false,
@@ -312,11 +390,16 @@ impl ProxyHttp for Relay {
 }
 
 impl Relay {
+    /// Answers the request itself and returns true, or prepares it for Pingora to proxy and
+    /// returns false.
     async fn relay_by_model(
         &self,
         session: &mut Session,
+        ctx: &mut RelayCtx,
         endpoint: Endpoint,
-    ) -> pingora::Result<()> {
+    ) -> pingora::Result<bool> {
+        // Before the body is read, so that Pingora keeps a copy to replay (up to 64 KiB).
+        session.as_mut().enable_retry_buffering();
         let openai = endpoint.is_openai();
         let limit = self.state.config.load().api.max_body_bytes;
         let body = match request::read_body(session, limit).await? {
@@ -324,203 +407,103 @@ impl Relay {
             Err(TooLarge) => {
                 let message =
                     format!("request body is larger than the proxy's limit of {limit} bytes");
-                return respond::error(session, openai, 413, &message).await;
+                respond::error(session, openai, 413, &message).await?;
+                return Ok(true);
             }
         };
         let facts = match request::facts(&body) {
             Ok(f) => f,
             Err(BodyProblem::Malformed(why)) => {
-                return respond::error(session, openai, 400, &why).await;
+                respond::error(session, openai, 400, &why).await?;
+                return Ok(true);
             }
             Err(BodyProblem::NoModel) => {
-                return respond::error(session, openai, 400, "model is required").await;
+                respond::error(session, openai, 400, "model is required").await?;
+                return Ok(true);
             }
         };
-        let config = self.state.config.load();
-        let routing = &config.routing;
-        let Some(policy) = self.policy(routing.policy_for(&facts.model)) else {
-            return respond::error(session, openai, 500, "configured policy is missing").await;
+        let Some(selection) = self.select(session, openai, &facts.model).await? else {
+            return Ok(true);
         };
-        let stream = facts.stream.unwrap_or(endpoint.streams_by_default());
-        let deadline = Instant::now() + routing.queue_timeout;
-        let mut failures = Vec::new();
-        loop {
-            // Listen before looking, so a slot freed between the look and the wait still wakes us.
-            let slot_freed = self.state.fleet.slot_freed().notified();
-            tokio::pin!(slot_freed);
-            slot_freed.as_mut().enable();
-            let table = self.state.routing.load_full();
-            let Some(route) = table.route(&facts.model) else {
-                let message = format!(
-                    "model \"{}\" not found on any node, try pulling it first",
-                    facts.model
-                );
-                return respond::error(session, openai, 404, &message).await;
-            };
-            if route.nodes.is_empty() {
-                let message = format!(
-                    "no node can take model \"{}\" now: {}",
-                    facts.model,
-                    route.excluded.join("; ")
-                );
-                return unavailable(session, openai, &message).await;
-            }
-            let request = RouteRequest {
-                model: &facts.model,
-                now: Instant::now(),
-                stale_after: routing.stale_after,
-                hysteresis: routing.hysteresis,
-                slo_ttft: routing.slo_ttft,
-            };
-            let chosen = policy::choose(
-                policy,
-                &request,
-                route,
-                routing.exploration_share,
-                MAX_ATTEMPTS,
-                &mut rand::rng(),
-            );
-            let mut attempted = 0;
-            for candidate in chosen.iter().map(|i| &route.nodes[*i]) {
-                // Filled up since the look: the next candidate, no attempt spent.
-                let Some(guard) = candidate.state.try_acquire(
-                    candidate.max_concurrency,
-                    Instant::now(),
-                    config.health.cooldown,
-                ) else {
-                    continue;
-                };
-                attempted += 1;
-                let attempt = Attempt {
-                    node_id: candidate.id.clone(),
-                    peer: candidate.peer.clone(),
-                    endpoint,
-                    model: facts.model.clone(),
-                    stream,
-                };
-                let threshold = config.health.failure_threshold;
-                match self
-                    .attempt(session, candidate, attempt, guard, &body, threshold)
-                    .await?
-                {
-                    AttemptOutcome::Finished => return Ok(()),
-                    AttemptOutcome::FailedBeforeAnswer(why) => failures.push(why),
-                }
-            }
-            if attempted > 0 {
-                break;
-            }
-            let busy_reasons: Vec<String> = route
-                .nodes
-                .iter()
-                .map(|n| {
-                    format!(
-                        "{}: {} of {} slots busy",
-                        n.id,
-                        n.in_flight(),
-                        n.max_concurrency
-                    )
-                })
-                .take(8)
-                .collect();
-            // Every node that could serve is full: wait for a slot, bounded in time and count.
-            let waiting = &self.state.fleet.waiting;
-            let queue_full = waiting.load(Ordering::Relaxed) >= routing.queue_limit;
-            let left = deadline.saturating_duration_since(Instant::now());
-            if queue_full || left.is_zero() {
-                let why = if queue_full {
-                    format!("{} requests already wait", routing.queue_limit)
-                } else {
-                    format!(
-                        "waited {} for a free slot",
-                        humantime::format_duration(routing.queue_timeout)
-                    )
-                };
-                let message = format!(
-                    "every node that holds model \"{}\" is busy ({why}): {}",
-                    facts.model,
-                    busy_reasons.join("; ")
-                );
-                return unavailable(session, openai, &message).await;
-            }
-            waiting.fetch_add(1, Ordering::Relaxed);
-            let _ = tokio::time::timeout(left, slot_freed).await;
-            waiting.fetch_sub(1, Ordering::Relaxed);
+        let template = Attempt {
+            node_id: selection.first.id.clone(),
+            peer: selection.first.peer.clone(),
+            endpoint,
+            model: facts.model,
+            stream: facts.stream.unwrap_or(endpoint.streams_by_default()),
+        };
+        if session.as_ref().retry_buffer_truncated() {
+            self.relay_by_subrequests(session, selection, template, body)
+                .await?;
+            return Ok(true);
         }
-        let message = format!("every node tried failed: {}", failures.join("; "));
-        let body = respond::error_body(openai, 502, &message);
-        respond::json(session, 502, &body, &[("Retry-After", "1".into())]).await
+        // Within the retry buffer: Pingora proxies it, and replays the buffer on a retry.
+        ctx.failover = Some(Failover {
+            next: selection.rest.into(),
+            failures: Vec::new(),
+            advance: false,
+        });
+        ctx.guard = Some(selection.guard);
+        ctx.attempt = Some(template);
+        Ok(false)
     }
 
-    /// Runs one attempt as a subrequest fed the saved body, and settles the node's circuit.
-    async fn attempt(
-        &self,
-        session: &mut Session,
-        candidate: &RouteNode,
-        attempt: Attempt,
-        mut guard: InFlightGuard,
-        body: &bytes::Bytes,
-        failure_threshold: u32,
-    ) -> pingora::Result<AttemptOutcome> {
-        let openai = attempt.endpoint.is_openai();
-        let sse = openai && attempt.stream;
-        let sub_ctx = SubrequestCtx::builder()
-            .body_mode(BodyMode::ExpectBody)
-            .user_ctx(Box::new(attempt))
-            .build();
-        let Some(spawner) = session.subrequest_spawner.as_ref() else {
-            respond::error(session, openai, 500, "subrequests are not enabled").await?;
-            return Ok(AttemptOutcome::Finished);
+    /// Records a failure before the answer and says whether another node is left to try.
+    fn attempt_failed(&self, ctx: &mut RelayCtx, e: &pingora::Error) -> bool {
+        if let (Some(mut guard), Some(attempt)) = (ctx.guard.take(), ctx.attempt.as_ref()) {
+            tracing::warn!(node = %attempt.node_id, "attempt failed before answering: {e}");
+            self.settle_failure(&mut guard, Some(attempt));
+            self.state.stats.record(&crate::stats::Outcome {
+                node: &attempt.node_id,
+                model: &attempt.model,
+                duration: ctx.sent_at.map(|t| t.elapsed()),
+                ttft: None,
+                output_tokens: None,
+                error: crate::stats::ErrorKind::classify(Some(e), None, None),
+            });
+        }
+        let node = ctx.attempt.as_ref().map_or("?", |a| a.node_id.as_str());
+        let Some(failover) = ctx.failover.as_mut() else {
+            return false;
         };
-        let (prepared, handle) = spawner.create_subrequest(&session.downstream_session, sub_ctx);
-        let input = InputBodyType::Preset(InputBody::Bytes(vec![body.clone()]));
-        match pipe_subrequest(session, prepared, handle, |task| Ok(Some(task)), input).await {
-            Ok(state) => {
-                if let Some(join) = state.join_handle {
-                    let _ = join.await;
-                }
-                guard.succeeded();
-                Ok(AttemptOutcome::Finished)
-            }
-            // The client left: nothing to replay, and nothing against the node.
-            Err(e) if e.error.esource() == &ErrorSource::Downstream => {
-                tracing::debug!(node = %candidate.id, "client went away: {}", e.error);
-                Ok(AttemptOutcome::Finished)
-            }
-            Err(e) if !e.state.header_received => {
-                tracing::warn!(node = %candidate.id, "attempt failed before answering: {}", e.error);
-                if guard.failed(Instant::now(), failure_threshold) {
-                    tracing::warn!(node = %candidate.id, "circuit opened");
-                    self.state.fleet.mark_changed();
-                }
-                Ok(AttemptOutcome::FailedBeforeAnswer(format!(
-                    "{}: {}",
-                    candidate.id,
-                    e.error.etype().as_str()
-                )))
-            }
-            Err(e) => {
-                tracing::warn!(node = %candidate.id, "stream broke after it started: {}", e.error);
-                if guard.failed(Instant::now(), failure_threshold) {
-                    tracing::warn!(node = %candidate.id, "circuit opened");
-                    self.state.fleet.mark_changed();
-                }
-                let message = format!(
-                    "node {} failed mid-response: {}",
-                    candidate.id,
-                    e.error.etype().as_str()
-                );
-                let _ = session
-                    .write_response_body(Some(respond::mid_stream_error(sse, &message)), true)
-                    .await;
-                Ok(AttemptOutcome::Finished)
-            }
+        failover
+            .failures
+            .push(format!("{node}: {}", e.etype().as_str()));
+        failover.advance = true;
+        !failover.next.is_empty()
+    }
+
+    fn settle_failure(&self, guard: &mut InFlightGuard, attempt: Option<&Attempt>) {
+        let threshold = self.state.config.load().health.failure_threshold;
+        if guard.failed(Instant::now(), threshold) {
+            tracing::warn!(node = ?attempt.map(|a| &a.node_id), "circuit opened");
+            self.state.fleet.mark_changed();
         }
     }
-}
 
-/// 503 with `Retry-After`, in the client protocol's error shape.
-async fn unavailable(session: &mut Session, openai: bool, message: &str) -> pingora::Result<()> {
-    let body = respond::error_body(openai, 503, message);
-    respond::json(session, 503, &body, &[("Retry-After", "1".into())]).await
+    /// Moves a Pingora-proxied request to the next node that has a slot.
+    fn advance(&self, ctx: &mut RelayCtx) -> pingora::Result<()> {
+        let cooldown = self.state.config.load().health.cooldown;
+        let Some(failover) = ctx.failover.as_mut() else {
+            return Ok(());
+        };
+        failover.advance = false;
+        while let Some(node) = failover.next.pop_front() {
+            let Some(guard) =
+                node.state
+                    .try_acquire(node.max_concurrency, Instant::now(), cooldown)
+            else {
+                continue;
+            };
+            ctx.guard = Some(guard);
+            ctx.attempt = ctx.attempt.as_ref().map(|a| a.on(&node));
+            return Ok(());
+        }
+        let mut e = pingora::Error::explain(
+            ErrorType::ConnectNoRoute,
+            format!("every node tried failed: {}", failover.failures.join("; ")),
+        );
+        e.set_retry(false);
+        Err(e)
+    }
 }

@@ -68,6 +68,17 @@ pub async fn text(session: &mut Session, status: u16, text: &'static str) -> pin
     Ok(())
 }
 
+/// 502 after every node tried failed before answering, with what each one did.
+pub async fn every_node_failed(
+    session: &mut Session,
+    openai: bool,
+    failures: &[String],
+) -> pingora::Result<()> {
+    let message = format!("every node tried failed: {}", failures.join("; "));
+    let body = error_body(openai, 502, &message);
+    json(session, 502, &body, &[("Retry-After", "1".into())]).await
+}
+
 /// What ends a stream that broke after its header went out, in the stream's own framing, so
 /// the client's library raises an error rather than hanging or taking a truncated answer.
 pub fn mid_stream_error(sse: bool, message: &str) -> Bytes {

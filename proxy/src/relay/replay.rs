@@ -1,0 +1,124 @@
+//! Bodies larger than Pingora's 64 KiB retry buffer (images make bodies many MiB): each attempt
+//! runs as a Pingora subrequest fed the saved body, so a node that fails before answering can
+//! be replaced by the next with the body byte for byte.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use pingora::ErrorSource;
+use pingora::proxy::Session;
+use pingora::proxy::subrequest::pipe::{InputBody, InputBodyType, pipe_subrequest};
+use pingora::proxy::subrequest::{BodyMode, Ctx as SubrequestCtx};
+
+use super::select::Selection;
+use super::{Attempt, Relay, respond};
+use crate::fleet::InFlightGuard;
+use crate::policy::RouteNode;
+
+/// How one attempt on one node ended.
+enum AttemptOutcome {
+    /// The client has its answer, or as much of it as there will be.
+    Finished,
+    /// The node failed before sending anything: the request may go to another node.
+    FailedBeforeAnswer(String),
+}
+
+impl Relay {
+    pub(super) async fn relay_by_subrequests(
+        &self,
+        session: &mut Session,
+        selection: Selection,
+        template: Attempt,
+        body: Bytes,
+    ) -> pingora::Result<()> {
+        let config = self.state.config.load();
+        let (threshold, cooldown) = (config.health.failure_threshold, config.health.cooldown);
+        let mut failures = Vec::new();
+        let mut rest = selection.rest.into_iter();
+        let mut next = Some((selection.first, selection.guard));
+        while let Some((node, guard)) = next.take() {
+            let attempt = template.on(&node);
+            match self
+                .attempt(session, &node, attempt, guard, &body, threshold)
+                .await?
+            {
+                AttemptOutcome::Finished => return Ok(()),
+                AttemptOutcome::FailedBeforeAnswer(why) => failures.push(why),
+            }
+            // The next fallback that still has a slot.
+            next = rest.by_ref().find_map(|n| {
+                let guard = n
+                    .state
+                    .try_acquire(n.max_concurrency, Instant::now(), cooldown)?;
+                Some((n, guard))
+            });
+        }
+        respond::every_node_failed(session, template.endpoint.is_openai(), &failures).await
+    }
+
+    /// Runs one attempt as a subrequest fed the saved body, and settles the node's circuit.
+    async fn attempt(
+        &self,
+        session: &mut Session,
+        node: &RouteNode,
+        attempt: Attempt,
+        mut guard: InFlightGuard,
+        body: &Bytes,
+        failure_threshold: u32,
+    ) -> pingora::Result<AttemptOutcome> {
+        let openai = attempt.endpoint.is_openai();
+        let sse = openai && attempt.stream;
+        let sub_ctx = SubrequestCtx::builder()
+            .body_mode(BodyMode::ExpectBody)
+            .user_ctx(Box::new(attempt))
+            .build();
+        let Some(spawner) = session.subrequest_spawner.as_ref() else {
+            respond::error(session, openai, 500, "subrequests are not enabled").await?;
+            return Ok(AttemptOutcome::Finished);
+        };
+        let (prepared, handle) = spawner.create_subrequest(&session.downstream_session, sub_ctx);
+        let input = InputBodyType::Preset(InputBody::Bytes(vec![body.clone()]));
+        match pipe_subrequest(session, prepared, handle, |task| Ok(Some(task)), input).await {
+            Ok(state) => {
+                if let Some(join) = state.join_handle {
+                    let _ = join.await;
+                }
+                guard.succeeded();
+                Ok(AttemptOutcome::Finished)
+            }
+            // The client left: nothing to replay, and nothing against the node.
+            Err(e) if e.error.esource() == &ErrorSource::Downstream => {
+                tracing::debug!(node = %node.id, "client went away: {}", e.error);
+                Ok(AttemptOutcome::Finished)
+            }
+            Err(e) if !e.state.header_received => {
+                tracing::warn!(node = %node.id, "attempt failed before answering: {}", e.error);
+                if guard.failed(Instant::now(), failure_threshold) {
+                    tracing::warn!(node = %node.id, "circuit opened");
+                    self.state.fleet.mark_changed();
+                }
+                Ok(AttemptOutcome::FailedBeforeAnswer(format!(
+                    "{}: {}",
+                    node.id,
+                    e.error.etype().as_str()
+                )))
+            }
+            Err(e) => {
+                tracing::warn!(node = %node.id, "stream broke after it started: {}", e.error);
+                if guard.failed(Instant::now(), failure_threshold) {
+                    tracing::warn!(node = %node.id, "circuit opened");
+                    self.state.fleet.mark_changed();
+                }
+                let message = format!(
+                    "node {} failed mid-response: {}",
+                    node.id,
+                    e.error.etype().as_str()
+                );
+                let _ = session
+                    .write_response_body(Some(respond::mid_stream_error(sse, &message)), true)
+                    .await;
+                Ok(AttemptOutcome::Finished)
+            }
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Choosing the nodes for one model-routed request: the policy's picks from the routing table,
+//! the first one's slot taken; when every node that could serve is full, a bounded wait for a
+//! slot. Answers 404 and 503 itself, in the client protocol's shape.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use pingora::proxy::Session;
+
+use super::{MAX_ATTEMPTS, Relay, respond};
+use crate::fleet::InFlightGuard;
+use crate::policy::{self, RouteNode, RouteRequest};
+
+/// The nodes a request will try: the first with its slot held, then the fallbacks in order.
+pub struct Selection {
+    pub first: RouteNode,
+    pub guard: InFlightGuard,
+    pub rest: Vec<RouteNode>,
+}
+
+impl Relay {
+    /// `None` when the client already has its answer (no such model, nothing can take it).
+    pub(super) async fn select(
+        &self,
+        session: &mut Session,
+        openai: bool,
+        model: &str,
+    ) -> pingora::Result<Option<Selection>> {
+        let config = self.state.config.load();
+        let routing = &config.routing;
+        let Some(policy) = self.policy(routing.policy_for(model)) else {
+            respond::error(session, openai, 500, "configured policy is missing").await?;
+            return Ok(None);
+        };
+        let deadline = Instant::now() + routing.queue_timeout;
+        loop {
+            // Listen before looking, so a slot freed between the look and the wait still wakes us.
+            let slot_freed = self.state.fleet.slot_freed().notified();
+            tokio::pin!(slot_freed);
+            slot_freed.as_mut().enable();
+            let table = self.state.routing.load_full();
+            let Some(route) = table.route(model) else {
+                let message =
+                    format!("model \"{model}\" not found on any node, try pulling it first");
+                respond::error(session, openai, 404, &message).await?;
+                return Ok(None);
+            };
+            if route.nodes.is_empty() {
+                let message = format!(
+                    "no node can take model \"{model}\" now: {}",
+                    route.excluded.join("; ")
+                );
+                unavailable(session, openai, &message).await?;
+                return Ok(None);
+            }
+            let request = RouteRequest {
+                model,
+                now: Instant::now(),
+                stale_after: routing.stale_after,
+                hysteresis: routing.hysteresis,
+                slo_ttft: routing.slo_ttft,
+            };
+            let chosen = policy::choose(
+                policy,
+                &request,
+                route,
+                routing.exploration_share,
+                MAX_ATTEMPTS,
+                &mut rand::rng(),
+            );
+            for (at, i) in chosen.iter().enumerate() {
+                let node = &route.nodes[*i];
+                // Filled up since the look: the next one.
+                let Some(guard) = node.state.try_acquire(
+                    node.max_concurrency,
+                    Instant::now(),
+                    config.health.cooldown,
+                ) else {
+                    continue;
+                };
+                let rest = chosen[at + 1..]
+                    .iter()
+                    .map(|i| route.nodes[*i].clone())
+                    .collect();
+                return Ok(Some(Selection {
+                    first: node.clone(),
+                    guard,
+                    rest,
+                }));
+            }
+            // Every node that could serve is full: wait for a slot, bounded in time and count.
+            let waiting = &self.state.fleet.waiting;
+            let queue_full = waiting.load(Ordering::Relaxed) >= routing.queue_limit;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if queue_full || left.is_zero() {
+                let why = if queue_full {
+                    format!("{} requests already wait", routing.queue_limit)
+                } else {
+                    format!(
+                        "waited {} for a free slot",
+                        humantime::format_duration(routing.queue_timeout)
+                    )
+                };
+                let busy: Vec<String> = route
+                    .nodes
+                    .iter()
+                    .take(8)
+                    .map(|n| {
+                        format!(
+                            "{}: {} of {} slots busy",
+                            n.id,
+                            n.in_flight(),
+                            n.max_concurrency
+                        )
+                    })
+                    .collect();
+                let message = format!(
+                    "every node that holds model \"{model}\" is busy ({why}): {}",
+                    busy.join("; ")
+                );
+                unavailable(session, openai, &message).await?;
+                return Ok(None);
+            }
+            waiting.fetch_add(1, Ordering::Relaxed);
+            let _ = tokio::time::timeout(left, slot_freed).await;
+            waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// 503 with `Retry-After`, in the client protocol's error shape.
+pub async fn unavailable(
+    session: &mut Session,
+    openai: bool,
+    message: &str,
+) -> pingora::Result<()> {
+    let body = respond::error_body(openai, 503, message);
+    respond::json(session, 503, &body, &[("Retry-After", "1".into())]).await
+}
