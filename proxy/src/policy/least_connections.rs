@@ -1,5 +1,6 @@
 //! `least_connections`: a baseline that sends to the node with the fewest requests in flight
-//! (ties by id). It must look at every node: O(n) atomic loads.
+//! (ties to the earlier in the route, the better scored). It must look at every node: O(n)
+//! atomic loads; it stops early once it holds enough idle nodes.
 
 use rand::RngCore;
 
@@ -24,20 +25,25 @@ impl Policy for LeastConnections {
         _: &mut dyn RngCore,
     ) -> Vec<usize> {
         // The `want` least loaded, kept sorted; `want` is small (the relay's attempts).
-        let mut best: Vec<(u32, &str, usize)> = Vec::with_capacity(want + 1);
+        let mut best: Vec<(u32, usize)> = Vec::with_capacity(want + 1);
         for (i, node) in route.nodes.iter().enumerate() {
+            // `want` idle nodes found: nothing later can beat them.
+            if best.len() == want && best.last().is_some_and(|worst| worst.0 == 0) {
+                break;
+            }
+            let in_flight = node.in_flight();
+            if best.len() == want && best.last().is_some_and(|worst| worst.0 <= in_flight) {
+                continue;
+            }
             if !request.usable(node) {
                 continue;
             }
-            let key = (node.in_flight(), node.id.as_str(), i);
-            if best.len() == want && best.last().is_some_and(|worst| key >= *worst) {
-                continue;
-            }
+            let key = (in_flight, i);
             let at = best.partition_point(|b| *b < key);
             best.insert(at, key);
             best.truncate(want);
         }
-        best.into_iter().map(|(_, _, i)| i).collect()
+        best.into_iter().map(|(_, i)| i).collect()
     }
 }
 
