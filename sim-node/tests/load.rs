@@ -122,13 +122,39 @@ fn failures_are_counted_not_fatal() {
 #[test]
 fn sigint_ends_the_run_with_a_summary() {
     let node = start_node();
-    let child = Command::new(LOAD)
+    let mut child = Command::new(LOAD)
         .args(["--api", &node.base, "--rate", "5", "--num-predict", "4"])
+        .args(["--report-every", "100ms"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Signalled once a request has come back (its progress lines say so): its signal handlers
+    // are in place from before the first request.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .expect("wes-sim-load never reported an answered request");
+        let ok = line
+            .split_once(" ok ")
+            .and_then(|(_, rest)| rest.split(' ').next()?.parse::<u64>().ok());
+        if ok.is_some_and(|n| n >= 1) {
+            break;
+        }
+    }
     let pid = i32::try_from(child.id()).unwrap();
     // SAFETY: kill(2) on a child we spawned; no memory is shared.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);

@@ -393,8 +393,9 @@ async fn main() -> anyhow::Result<()> {
     let deadline = cli.duration.map(|d| tokio::time::Instant::now() + d);
     let mut next_arrival = tokio::time::Instant::now();
     let mut next_report = (!cli.report_every.is_zero()).then(|| start + cli.report_every);
-    let stop = stop_signal();
-    tokio::pin!(stop);
+    let mut stop = StopSignal::new()?;
+    // Scripts and tests wait for this line: from here on a signal ends the run cleanly.
+    eprintln!("wes-sim-load: sending to {api} at {} requests/s", cli.rate);
 
     loop {
         next_arrival += gap(&mut rng, cli.rate);
@@ -403,14 +404,14 @@ async fn main() -> anyhow::Result<()> {
             if let Some(d) = deadline {
                 tokio::select! {
                     _ = tokio::time::sleep_until(d) => {}
-                    _ = &mut stop => {}
+                    _ = stop.recv() => {}
                 }
             }
             break;
         }
         tokio::select! {
             _ = tokio::time::sleep_until(next_arrival) => {}
-            _ = &mut stop => break,
+            _ = stop.recv() => break,
         }
         // Reap finished tasks so the set does not grow over a long run.
         while tasks.try_join_next().is_some() {}
@@ -451,7 +452,7 @@ async fn main() -> anyhow::Result<()> {
     // Let open requests finish (bounded by their own timeout), unless asked to stop again.
     tokio::select! {
         _ = async { while tasks.join_next().await.is_some() {} } => {}
-        _ = &mut stop => tasks.abort_all(),
+        _ = stop.recv() => tasks.abort_all(),
     }
     let done = outcomes.lock().map(|o| o.clone()).unwrap_or_default();
     let summary = summarize(&api, start.elapsed(), dropped, &done);
@@ -461,18 +462,26 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGINT or SIGTERM; a second call keeps waiting for the next one.
-async fn stop_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+/// SIGINT and SIGTERM, registered when made (so a signal that comes early is not lost to the
+/// default action); each `recv` waits for the next one.
+struct StopSignal {
+    term: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl StopSignal {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignal {
+            term: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.interrupt.recv() => {}
         }
     }
 }
