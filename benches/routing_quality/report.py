@@ -32,19 +32,28 @@ FINDINGS_START, FINDINGS_END = "<!-- findings -->", "<!-- /findings -->"
 SLO_TTFT_MS = 2000.0  # routing.slo_ttft's default, the TTFT target
 
 
+def _load1(uptime: str) -> float | None:
+    m = re.search(r"load average: ([0-9.]+)", uptime)
+    return float(m.group(1)) if m else None
+
+
 def write(out: Path, policies: list[str], load_raw) -> None:
+    summaries_load: dict[str, float | None] = {}
     runs, summaries, metas = {}, {}, []
     for p in policies:
         run, m = load_raw(p)
         runs[p] = run
         metas.append(m)
+        summaries_load[p] = _load1(m["machine"]["load_before"])
         heat_node = m["heat"]["node"] if m["heat"] else None
         summaries[p] = summarize(run, heat_node, m["idle_watts"])
+        summaries[p]["load_1min_before"] = summaries_load[p]
     if not runs:
         raise SystemExit("no runs to report")
     # The setup is the same for every run; the load is the first run's before, the last's after.
     meta = dict(metas[0])
     meta["machine"] = {**metas[0]["machine"], "load_after": metas[-1]["machine"]["load_after"]}
+    out.mkdir(parents=True, exist_ok=True)
     plots = [_efficiency_plot(out, summaries)]
     plots += [_timeline_plot(out, runs[p], summaries[p], meta) for p in TIMELINE_POLICIES if p in runs]
     path = out / REPORT
@@ -71,8 +80,8 @@ def _fmt(v, spec=".0f", none="–"):
     return none if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
 
-def _pct(v):
-    return _fmt(None if v is None else v * 100, ".0f") + ("%" if v is not None else "")
+def _pct(v, spec=".0f"):
+    return _fmt(None if v is None else v * 100, spec) + ("%" if v is not None else "")
 
 
 def _markdown(summaries: dict, runs: dict, meta: dict, plots: list[str], findings: str) -> str:
@@ -138,8 +147,8 @@ def _markdown(summaries: dict, runs: dict, meta: dict, plots: list[str], finding
         "",
         "| policy | tok/J | vs oracle | tok/J × PUE | tok/J above idle | TTFT p50 | TTFT p95 | "
         "completed | failed | unfinished | hot node's share, before → after | left after | "
-        "sent to it while Critical |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        "sent to it while Critical | load before |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
     for p, s in summaries.items():
         hn = s["heat_node"]
@@ -149,11 +158,11 @@ def _markdown(summaries: dict, runs: dict, meta: dict, plots: list[str], finding
         crit = sum(o.node == hn and o.node_state == "Critical" for o in runs[p].outcomes) if hn else None
         lines.append(
             f"| {'**' + p + '** (default)' if p == 'top' else p} | {_fmt(s['tok_per_j'], '.3f')} | "
-            f"{_pct(vs) if vs else '–'} | {_fmt(s['tok_per_j_facility'], '.3f')} | "
+            f"{_pct(vs, '.1f') if vs else '–'} | {_fmt(s['tok_per_j_facility'], '.3f')} | "
             f"{_fmt(s['tok_per_j_above_idle'], '.3f')} | {_fmt(s['ttft_p50_ms'])} ms | "
             f"{_fmt(s['ttft_p95_ms'])} ms | {s['completed']} | {s['failed']} | {s['unfinished']} | "
             f"{_pct(node.get('share_before'))} → {_pct(node.get('share_after'))} | {left} | "
-            f"{_fmt(crit, 'd')} |")
+            f"{_fmt(crit, 'd')} | {_fmt(s.get('load_1min_before'), '.2f')} |")
     lines += [
         "",
         "- **tok/J**: output tokens the clients received ÷ the sum over all six nodes of the",
@@ -168,6 +177,8 @@ def _markdown(summaries: dict, runs: dict, meta: dict, plots: list[str], finding
         f"  sent in the next {EXIT_WINDOW_S:.0f} s first drops below {EXIT_SHARE * 100:.0f}%. "
         "**while Critical**: requests it was sent while",
         "  its ground-truth state (sampled every 200 ms) was Critical, which the config excludes.",
+        "  **load before**: the machine's 1-minute load average as that run started (2 cores,",
+        "  shared: timings, TTFT above all, carry that noise).",
     ]
     if oracle:
         lines += [
@@ -280,10 +291,10 @@ def _timeline_plot(out: Path, run, summary: dict, meta: dict) -> str:
         temp.tick_params(labelsize=7)
         ax.tick_params(labelsize=7)
         if run.heat_at_s is not None:
-            ax.axvline(run.heat_at_s, color="#dc2626", lw=1.2)
+            ax.axvline(run.heat_at_s, color="#111827", ls="--", lw=1.2, zorder=5)
         ax.set_xlim(0, end)
     axes[-1].set_xlabel("seconds since the first request (bars: share of the requests sent in "
-                        f"each {SHARE_BIN_S:.0f} s; line: die temperature; red line: heat event)",
+                        f"each {SHARE_BIN_S:.0f} s; line: die temperature; dashed: heat event)",
                         fontsize=8)
     legend = [Patch(color=c, label=s) for s, c in STATE_COLOURS.items() if c and s != "Unknown"]
     fig.legend(handles=legend, loc="upper right", ncol=3, fontsize=8, title="thermal state",
