@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -102,15 +103,13 @@ def proxy_toml(policy: str, api: str, nodes: list[tuple[NodeSpec, str]], routing
 class Fleet:
     """One fresh fleet. `start()` returns once every node is ranked by the proxy."""
 
-    def __init__(self, bin_dir: Path, policy: str, time_scale: float, routing_extra: str = "",
-                 keep_logs: bool = False):
+    def __init__(self, bin_dir: Path, policy: str, time_scale: float, routing_extra: str = ""):
         self.bin = bin_dir
         self.policy = policy
         self.time_scale = time_scale
         self.routing_extra = routing_extra
-        self.keep_logs = keep_logs
         self.work = Path(tempfile.mkdtemp(prefix="wes-routing-quality."))
-        self.procs: list[subprocess.Popen] = []  # reporters first, then proxy and nodes
+        self.procs: list[subprocess.Popen] = []
         self.node_urls: dict[str, str] = {}
         self.profiles: dict[str, dict] = {}
         self.api = ""
@@ -192,8 +191,8 @@ class Fleet:
                     raise RuntimeError(f"{p.args[0]} exited early ({p.returncode}); logs in {self.work}")
             time.sleep(0.25)
 
-    def stop(self) -> None:
-        """SIGTERM to every process started, reporters first; SIGKILL what is left after 5 s."""
+    def stop(self, keep_logs: bool = False) -> None:
+        """SIGTERM to every process started; SIGKILL what is left after 5 s."""
         for p in self.procs:
             if p.poll() is None:
                 try:
@@ -208,7 +207,9 @@ class Fleet:
                 p.kill()
                 p.wait()
         self.procs.clear()
-        if not self.keep_logs:
+        if keep_logs:
+            print(f"routing-quality: logs kept in {self.work}", file=sys.stderr)
+        else:
             for f in self.work.iterdir():
                 f.unlink()
             self.work.rmdir()

@@ -124,7 +124,7 @@ def _markdown(summaries: dict, runs: dict, meta: dict, plots: list[str], finding
     extra = meta.get("routing_extra") or ""
     lines.append("| proxy config | `[routing]` defaults (`exploration_share` 0.05, `hysteresis` 0.05, "
                  "`slo_ttft` 2s, `queue_timeout` 10s, `exclude_thermal = [\"Critical\"]`)"
-                 + (f"; plus `{extra}`" if extra else "") + "; `[[nodes]]` as below |")
+                 + (f"; changed by `{extra}`" if extra else "") + "; `[[nodes]]` as below |")
     lines += [
         "",
         "The fleet (`config/demo-proxy.toml`'s mix). Single-stream figures are the profiles' own,",

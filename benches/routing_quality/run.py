@@ -38,7 +38,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--grace", type=float,
                    help="seconds the window runs after arrivals stop (default 24; --quick 20)")
     p.add_argument("--rate", type=float, default=Workload.rate, help="requests per second")
-    p.add_argument("--seed", type=int, default=Workload.seed)
+    p.add_argument("--seed", type=int, default=Workload.seed,
+                   help="seeds arrivals and prompt and output lengths (the same for every policy)")
     p.add_argument("--time-scale", type=float, default=8.0,
                    help="the simulated thermal clock runs this much faster (default 8)")
     p.add_argument("--heat-node", default="m2-studio")
@@ -48,14 +49,18 @@ def parse_args() -> argparse.Namespace:
                    help="when, as a fraction of the arrival window (default 1/3)")
     p.add_argument("--routing-extra", default="",
                    help="extra TOML lines for the proxy's [routing] table, e.g. 'hysteresis = 0.1'")
-    p.add_argument("--bin-dir", type=Path, default=REPO / "target" / "release")
-    p.add_argument("--out", type=Path, help="where the report, plots and raw data go")
+    p.add_argument("--bin-dir", type=Path, default=REPO / "target" / "release",
+                   help="where wes-proxy, wes-reporter and wes-sim-node are")
+    p.add_argument("--out", type=Path,
+                   help="where the report, its plots and routing-quality.json go "
+                        "(default docs/benchmarks)")
     p.add_argument("--raw", type=Path,
                    help="where each run's raw records go (default target/routing-quality/raw, "
                         "or raw-quick; not committed: about 1.5 MB a run)")
     p.add_argument("--report-only", action="store_true",
                    help="rebuild the report and plots from the raw records in --raw")
-    p.add_argument("--keep-logs", action="store_true")
+    p.add_argument("--keep-logs", action="store_true",
+                   help="keep each fleet's logs and proxy.toml (a failed start always keeps them)")
     a = p.parse_args()
     a.policies = (a.policies.split(",") if a.policies
                   else QUICK_POLICIES if a.quick else ALL_POLICIES)
@@ -128,15 +133,19 @@ def main() -> int:
         for policy in a.policies:
             t = time.monotonic()
             host = machine()
+            # The oracle's fleet runs the proxy and reporters too (same probes, same load on
+            # the machine); its requests bypass the proxy.
             f = Fleet(a.bin_dir, "top" if policy == "oracle" else policy, a.time_scale,
-                      a.routing_extra, a.keep_logs)
+                      a.routing_extra)
+            ok = False
             try:
                 f.start()
                 startup = time.monotonic() - t
                 run = asyncio.run(measure(f, policy, schedule, a.duration, a.grace, heat))
                 idle = {n: f.profiles[n]["power"]["idle_watts"] for n in f.profiles}
+                ok = True
             finally:
-                f.stop()
+                f.stop(keep_logs=a.keep_logs or not ok)
             host["load_after"] = subprocess.run(["uptime"], capture_output=True,
                                                 text=True).stdout.strip()
             save_raw(a.raw, run, {**meta, "idle_watts": idle, "startup_s": startup,
