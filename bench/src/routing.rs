@@ -355,7 +355,9 @@ pub fn run(args: RoutingArgs) -> anyhow::Result<()> {
     let _ = writeln!(out, "### Ranking rebuild\n");
     let _ = writeln!(
         out,
-        "After each burst of samples (at most every 10 ms) and every 250 ms the proxy rebuilds both the ranking (`RankingSnapshot::build`) and the routing table (`RoutingTable::build`) and publishes them (`AppState::rebuild_ranking`). Per call, µs, over {} timed rebuilds after a warm-up.\n",
+        "After each burst of samples (at most every {} ms) and every {} ms the proxy rebuilds both the ranking (`RankingSnapshot::build`) and the routing table (`RoutingTable::build`) and publishes them (`AppState::rebuild_ranking`). Per call, µs, over {} timed rebuilds after a warm-up.\n",
+        wes_proxy::server::REBUILD_SPACING.as_millis(),
+        wes_proxy::server::REBUILD_EVERY.as_millis(),
         args.rebuilds
     );
     let _ = writeln!(out, "| nodes | call | median | p90 | p99 | mean |");
@@ -436,11 +438,12 @@ pub fn run(args: RoutingArgs) -> anyhow::Result<()> {
         // The ranking service pauses this long after each rebuild (`REBUILD_SPACING` in
         // proxy/src/server.rs), so samples arriving continuously keep it rebuilding at
         // 1 / (spacing + rebuild time).
-        let spacing_ns = 10_000_000.0;
+        let spacing_ns = wes_proxy::server::REBUILD_SPACING.as_nanos() as f64;
         let per_second = 1e9 / (spacing_ns + median as f64);
         let _ = writeln!(
             out,
-            "Rebuild at 1,000 nodes: median {} µs, p99 {} µs. With samples arriving continuously the proxy rebuilds after each 10 ms pause, about {per_second:.0} times a second: {:.1}% of one core.\n",
+            "Rebuild at 1,000 nodes: median {} µs, p99 {} µs. With samples arriving continuously the proxy rebuilds after each {} ms pause, about {per_second:.0} times a second: {:.1}% of one core.\n",
+            wes_proxy::server::REBUILD_SPACING.as_millis(),
             us(median as f64),
             us(p99 as f64),
             per_second * median as f64 / 1e9 * 100.0

@@ -17,11 +17,11 @@ use crate::relay::Relay;
 use crate::state::AppState;
 
 /// How often the ranking is rebuilt even without new samples, so staleness shows.
-const REBUILD_EVERY: Duration = Duration::from_millis(250);
+pub const REBUILD_EVERY: Duration = Duration::from_millis(250);
 /// Bursts of samples coalesce into at most one rebuild per this interval: 20 a second at most,
 /// which keeps a 1,000-node fleet's rebuilds to a few percent of a core while a change still
 /// routes within a twentieth of a second (reporters sample once a second).
-const REBUILD_SPACING: Duration = Duration::from_millis(50);
+pub const REBUILD_SPACING: Duration = Duration::from_millis(50);
 
 /// Binds the listeners this process owns (so a busy port fails at start, loudly), then runs
 /// until SIGTERM or SIGINT.
