@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::response::IntoResponse;
 use serde_json::{Value, json};
 use support::{NodeSpec, Proxy, Reporter, node_sample, push_sample, wait_for, write_atomically};
 use wes_proto::ThermalState;
@@ -256,65 +255,6 @@ fn span(html: &str, class_prefix: &str) -> Option<(String, String)> {
     Some((class, text_of(html, end + 1, "span")))
 }
 
-/// A node's own Ollama, for the reporter's probe and for relayed requests: `/api/tags`, and
-/// `/api/generate` streaming `tokens` tokens `gap` apart. A model named `broken*` answers 500.
-async fn fake_ollama(gap: Duration, tokens: usize) -> SocketAddr {
-    use axum::routing::{get, post};
-    let app = axum::Router::new()
-        // The proxy's active health check.
-        .route("/", get(|| async { "Ollama is running" }))
-        .route(
-            "/api/tags",
-            get(|| async {
-                axum::Json(json!({
-                    "models": [
-                        {"name": "llama3.2:3b", "size": 2019393189u64, "digest": "a80c4f17acd5"},
-                        {"name": "smollm2:135m", "size": 98000000u64, "digest": "9077fe9d2ae1"},
-                        {"name": "broken:1b", "size": 1000000u64, "digest": "0000000000aa"}
-                    ]
-                }))
-            }),
-        )
-        .route(
-            "/api/generate",
-            post(move |body: axum::body::Bytes| async move {
-                if body.windows(6).any(|w| w == b"broken") {
-                    return (
-                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                        axum::Json(json!({"error": "model runner crashed"})),
-                    )
-                        .into_response();
-                }
-                let lines = futures::stream::unfold(0usize, move |i| async move {
-                    if i > tokens {
-                        return None;
-                    }
-                    tokio::time::sleep(gap).await;
-                    let line = if i < tokens {
-                        format!("{{\"model\":\"llama3.2:3b\",\"response\":\"t{i}\",\"done\":false}}\n")
-                    } else {
-                        let ns = gap.as_nanos() as u64 * tokens as u64;
-                        format!("{{\"model\":\"llama3.2:3b\",\"response\":\"\",\"done\":true,\"eval_count\":{tokens},\"eval_duration\":{ns}}}\n")
-                    };
-                    Some((Ok::<_, std::convert::Infallible>(line), i + 1))
-                });
-                (
-                    [("content-type", "application/x-ndjson")],
-                    axum::body::Body::from_stream(lines),
-                )
-                    .into_response()
-            }),
-        );
-    serve(app).await
-}
-
-async fn serve(app: axum::Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
-}
-
 fn command_reporter(
     dir: &Path,
     proxy: &Proxy,
@@ -355,7 +295,7 @@ fn command_reporter(
 async fn page_shows_the_live_ranking_as_proxy_ranks_it() {
     chromium();
     let dir = tempfile::tempdir().unwrap();
-    let ollama = fake_ollama(Duration::from_millis(10), 20).await;
+    let ollama = support::fake_ollama(Duration::from_millis(10), 20, &["broken:1b"]).await;
     let url = format!("http://{ollama}");
     // Penalized WES 5x apart (100 tok/s at 5 W, 20 W Fair, 80 W Serious): probe noise on a
     // loaded machine cannot reorder them.
@@ -548,7 +488,7 @@ async fn scripted_admin(script: Vec<Value>) -> SocketAddr {
                 }
             }),
         );
-    serve(app).await
+    support::serve(app).await
 }
 
 fn entry(id: &str, rank: Option<u32>, wes: f64) -> Value {
@@ -631,7 +571,7 @@ async fn rank_changes_show_an_arrow_and_a_highlight_that_fade() {
 #[tokio::test]
 async fn relayed_requests_reach_the_metrics() {
     let dir = tempfile::tempdir().unwrap();
-    let ollama = fake_ollama(Duration::from_millis(5), 20).await;
+    let ollama = support::fake_ollama(Duration::from_millis(5), 20, &["broken:1b"]).await;
     let url = format!("http://{ollama}");
     let proxy = Proxy::start(
         dir.path(),

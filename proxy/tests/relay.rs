@@ -42,14 +42,7 @@ async fn fake_node(name: &'static str) -> SocketAddr {
         )
         // Real nodes take image payloads of many MiB.
         .layer(axum::extract::DefaultBodyLimit::disable());
-    serve(app).await
-}
-
-async fn serve(app: axum::Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
+    support::serve(app).await
 }
 
 fn fnv(bytes: &[u8]) -> u64 {
@@ -587,7 +580,7 @@ async fn endless_node(released: std::sync::Arc<std::sync::atomic::AtomicBool>) -
                 }
             }),
         );
-    serve(app).await
+    support::serve(app).await
 }
 
 #[tokio::test]

@@ -319,51 +319,10 @@ async fn failing_or_garbage_sensor_command_shows_unknown_with_the_reason() {
     assert!(reporter.process.is_running());
 }
 
-/// A stand-in for a node's Ollama: `/api/tags`, and `/api/generate` streaming one token per
-/// `gap` like the real one, so the reporter's probe has something to time.
-async fn fake_ollama(gap: Duration, tokens: usize) -> std::net::SocketAddr {
-    use axum::routing::{get, post};
-    let app = axum::Router::new()
-        .route(
-            "/api/tags",
-            get(|| async {
-                axum::Json(serde_json::json!({
-                    "models": [
-                        {"name": "llama3.2:3b", "size": 2019393189u64, "digest": "a80c4f17acd5"},
-                        {"name": "smollm2:135m", "size": 98000000u64, "digest": "9077fe9d2ae1"}
-                    ]
-                }))
-            }),
-        )
-        .route(
-            "/api/generate",
-            post(move || async move {
-                let lines = futures::stream::unfold(0usize, move |i| async move {
-                    if i > tokens {
-                        return None;
-                    }
-                    tokio::time::sleep(gap).await;
-                    let line = if i < tokens {
-                        format!("{{\"model\":\"llama3.2:3b\",\"response\":\"t{i}\",\"done\":false}}\n")
-                    } else {
-                        let ns = gap.as_nanos() as u64 * tokens as u64;
-                        format!("{{\"model\":\"llama3.2:3b\",\"response\":\"\",\"done\":true,\"eval_count\":{tokens},\"eval_duration\":{ns}}}\n")
-                    };
-                    Some((Ok::<_, std::convert::Infallible>(line), i + 1))
-                });
-                axum::body::Body::from_stream(lines)
-            }),
-        );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
-}
-
 #[tokio::test]
 async fn models_and_probe_reach_the_ranking_on_every_proxy() {
     let dir = tempfile::tempdir().unwrap();
-    let ollama = fake_ollama(Duration::from_millis(10), 20).await;
+    let ollama = support::fake_ollama(Duration::from_millis(10), 20, &[]).await;
     let first = Proxy::start(dir.path(), &proxy_config(0, &[node("n1", "tok-1")], ""));
     let second = Proxy::start(dir.path(), &proxy_config(0, &[node("n1", "tok-1")], ""));
     let sensor = dir.path().join("sensor.json");

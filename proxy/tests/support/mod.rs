@@ -397,3 +397,63 @@ pub fn node_sample(
         ..wes_proto::Sample::default()
     }
 }
+
+/// Serves `app` on a free port in this test's runtime.
+pub async fn serve(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// A stand-in Ollama: lists llama3.2:3b, smollm2:135m and `extra` models, answers the health
+/// check, and streams `/api/generate` as `tokens` lines `gap` apart, with Ollama's own
+/// `eval_count` / `eval_duration` at the end. A body naming a "broken" model gets a 500.
+pub async fn fake_ollama(gap: Duration, tokens: usize, extra: &[&str]) -> SocketAddr {
+    use axum::response::IntoResponse;
+    use axum::routing::{get, post};
+    let mut models = vec![
+        serde_json::json!({"name": "llama3.2:3b", "size": 2019393189u64, "digest": "a80c4f17acd5"}),
+        serde_json::json!({"name": "smollm2:135m", "size": 98000000u64, "digest": "9077fe9d2ae1"}),
+    ];
+    models.extend(
+        extra
+            .iter()
+            .map(|m| serde_json::json!({"name": m, "size": 1000000u64, "digest": "0000000000aa"})),
+    );
+    let tags = serde_json::json!({ "models": models });
+    let app = axum::Router::new()
+        .route("/", get(|| async { "Ollama is running" }))
+        .route("/api/tags", get(move || async move { axum::Json(tags) }))
+        .route(
+            "/api/generate",
+            post(move |body: axum::body::Bytes| async move {
+                if body.windows(6).any(|w| w == b"broken") {
+                    return (
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        axum::Json(serde_json::json!({"error": "model runner crashed"})),
+                    )
+                        .into_response();
+                }
+                let lines = futures::stream::unfold(0usize, move |i| async move {
+                    if i > tokens {
+                        return None;
+                    }
+                    tokio::time::sleep(gap).await;
+                    let line = if i < tokens {
+                        format!("{{\"model\":\"llama3.2:3b\",\"response\":\"t{i}\",\"done\":false}}\n")
+                    } else {
+                        let ns = gap.as_nanos() as u64 * tokens as u64;
+                        format!("{{\"model\":\"llama3.2:3b\",\"response\":\"\",\"done\":true,\"eval_count\":{tokens},\"eval_duration\":{ns}}}\n")
+                    };
+                    Some((Ok::<_, std::convert::Infallible>(line), i + 1))
+                });
+                (
+                    [("content-type", "application/x-ndjson")],
+                    axum::body::Body::from_stream(lines),
+                )
+                    .into_response()
+            }),
+        );
+    serve(app).await
+}
