@@ -641,3 +641,52 @@ fn a_taken_api_port_is_a_clear_error_at_start() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_node_whose_host_name_does_not_resolve_is_failed_over_not_fatal() {
+    let good = format!("http://{}", fake_node("good").await);
+    // Ranked first (fewest watts), but its name resolves to nothing.
+    let f = fleet(
+        &[
+            ("nowhere", "http://no-such-host.invalid:11434".into(), 10.0),
+            ("good", good, 90.0),
+        ],
+        "[health]\nactive_checks = false\n",
+    )
+    .await;
+    wait_api_up(&f.proxy).await;
+    let http = reqwest::Client::new();
+    for _ in 0..2 {
+        let response = http
+            .post(api(&f.proxy, "/api/generate"))
+            .json(&json!({"model": "m1", "prompt": "x", "stream": false}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-wes-node"], "good");
+    }
+    // Alone, it is a 502 in Ollama's shape that names it, and the proxy stays up.
+    let f = fleet(
+        &[("nowhere", "http://no-such-host.invalid:11434".into(), 10.0)],
+        "[health]\nactive_checks = false\n",
+    )
+    .await;
+    wait_api_up(&f.proxy).await;
+    let response = http
+        .post(api(&f.proxy, "/api/generate"))
+        .json(&json!({"model": "m1", "prompt": "x", "stream": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("nowhere"),
+        "{body}"
+    );
+    assert_eq!(
+        reqwest::get(api(&f.proxy, "/")).await.unwrap().status(),
+        200
+    );
+}

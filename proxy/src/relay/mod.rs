@@ -86,6 +86,24 @@ impl Attempt {
     }
 }
 
+/// `host:port` to an address. Pingora's `HttpPeer::new` would resolve a host name with a
+/// blocking lookup on the request's thread and panic when it fails; an IP literal (the common
+/// case) is only parsed, a name is looked up off the runtime's threads.
+async fn resolve(peer: &str) -> pingora::Result<std::net::SocketAddr> {
+    if let Ok(addr) = peer.parse() {
+        return Ok(addr);
+    }
+    let found = tokio::net::lookup_host(peer).await.map_err(|e| {
+        pingora::Error::because(ErrorType::ConnectNoRoute, format!("resolving {peer}"), e)
+    })?;
+    found.into_iter().next().ok_or_else(|| {
+        pingora::Error::explain(
+            ErrorType::ConnectNoRoute,
+            format!("{peer} resolves to no address"),
+        )
+    })
+}
+
 /// Pingora-proxied requests: the nodes left to try, and what the tried ones did.
 struct Failover {
     next: VecDeque<RouteNode>,
@@ -188,8 +206,17 @@ impl ProxyHttp for Relay {
         let attempt = ctx.attempt.as_ref().ok_or_else(|| {
             pingora::Error::explain(ErrorType::InternalError, "no node chosen for this request")
         })?;
+        let addr = match resolve(&attempt.peer).await {
+            Ok(addr) => addr,
+            Err(mut e) => {
+                // Like a refused connection: the next node, if there is one.
+                let retry = ctx.failover.is_some() && self.attempt_failed(ctx, &e);
+                e.set_retry(retry);
+                return Err(e);
+            }
+        };
         ctx.sent_at = Some(Instant::now());
-        let mut peer = HttpPeer::new(attempt.peer.as_str(), false, String::new());
+        let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(Duration::from_secs(2));
         peer.options.total_connection_timeout = Some(Duration::from_secs(3));
         Ok(Box::new(peer))
