@@ -135,22 +135,13 @@ impl RankingSnapshot {
                     node.state
                         .note_clean_raw(m, wes.raw, thermal == ThermalState::Normal)
                 });
-                let unhealthy_reason = match &telemetry {
-                    None => Some("no telemetry yet".to_owned()),
-                    Some(t)
-                        if now.saturating_duration_since(t.received_at) > routing.stale_after =>
-                    {
-                        Some(format!(
-                            "telemetry older than {}",
-                            humantime::format_duration(routing.stale_after)
-                        ))
-                    }
-                    Some(t) if routing.exclude_thermal.contains(&t.thermal) => Some(format!(
-                        "thermal state {} is excluded",
-                        t.thermal.display_name()
-                    )),
-                    Some(_) => node.state.health_problem(now, health.cooldown),
-                };
+                let unhealthy_reason = crate::policy::unavailable_reason(
+                    telemetry.as_deref(),
+                    &node.state,
+                    routing,
+                    health,
+                    now,
+                );
                 if let Some(list) = telemetry.as_ref().and_then(|t| t.models.as_ref()) {
                     models.extend(list.iter().cloned());
                 }

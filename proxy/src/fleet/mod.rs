@@ -24,7 +24,8 @@ use crate::config::NodeConfig;
 /// The live state of one node, shared by ingest, the router and the admin listener.
 #[derive(Debug, Default)]
 pub struct NodeState {
-    telemetry: Mutex<Option<Telemetry>>,
+    /// Shared, not copied: every ranking rebuild reads every node's (model list included).
+    telemetry: Mutex<Option<Arc<Telemetry>>>,
     probes: Mutex<HashMap<String, ProbeObservation>>,
     /// Measured by the proxy on relayed responses, per model.
     relayed: Mutex<HashMap<String, RateEstimate>>,
@@ -42,7 +43,7 @@ pub struct NodeState {
 }
 
 impl NodeState {
-    pub fn telemetry(&self) -> Option<Telemetry> {
+    pub fn telemetry(&self) -> Option<Arc<Telemetry>> {
         lock(&self.telemetry).clone()
     }
 
@@ -354,7 +355,7 @@ impl Fleet {
             let busy = power::is_busy(node.state.in_flight(), telemetry.utilization_pct);
             lock(&node.state.power).observe(watts, busy);
         }
-        *lock(&node.state.telemetry) = Some(telemetry);
+        *lock(&node.state.telemetry) = Some(Arc::new(telemetry));
         self.changed.notify_one();
         true
     }

@@ -121,6 +121,34 @@ pub fn fill(
     }
 }
 
+/// Why a node must not take traffic now, or `None` when it may: no telemetry, stale telemetry,
+/// an excluded thermal state, or a health problem (draining, open circuit, failed check). The
+/// ranking shows this reason; the routing table leaves such a node out.
+pub fn unavailable_reason(
+    telemetry: Option<&crate::fleet::Telemetry>,
+    state: &crate::fleet::NodeState,
+    routing: &crate::config::RoutingConfig,
+    health: &crate::config::HealthConfig,
+    now: Instant,
+) -> Option<String> {
+    let Some(t) = telemetry else {
+        return Some("no telemetry yet".to_owned());
+    };
+    if now.saturating_duration_since(t.received_at) > routing.stale_after {
+        return Some(format!(
+            "telemetry older than {}",
+            humantime::format_duration(routing.stale_after)
+        ));
+    }
+    if routing.exclude_thermal.contains(&t.thermal) {
+        return Some(format!(
+            "thermal state {} is excluded",
+            t.thermal.display_name()
+        ));
+    }
+    state.health_problem(now, health.cooldown)
+}
+
 /// `http://host:port/...` → `host:port` (config validation guarantees the form).
 pub fn peer_address(url: &str) -> String {
     let rest = url.strip_prefix("http://").unwrap_or(url);

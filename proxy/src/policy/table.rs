@@ -114,33 +114,39 @@ impl RoutingTable {
                 continue;
             };
             let id = &node.config.id;
-            let problem = if now.saturating_duration_since(t.received_at) > routing.stale_after {
-                Some("telemetry is stale".to_owned())
-            } else if routing.exclude_thermal.contains(&t.thermal) {
-                Some(format!("thermal state {}", t.thermal.display_name()))
-            } else {
-                node.state.health_problem(now, health.cooldown)
-            };
-            for model in models {
-                if let Some(why) = &problem {
-                    excluded
-                        .entry(model.clone())
-                        .or_default()
-                        .push(format!("{id}: {why}"));
-                    continue;
+            let problem = super::unavailable_reason(Some(&t), &node.state, routing, health, now);
+            if let Some(why) = problem {
+                for model in models {
+                    let reason = format!("{id}: {why}");
+                    match excluded.get_mut(model.as_str()) {
+                        Some(list) => list.push(reason),
+                        None => {
+                            excluded.insert(model.clone(), vec![reason]);
+                        }
+                    }
                 }
+                continue;
+            }
+            let peer = super::peer_address(&node.config.url);
+            for model in models {
                 let tok_s = node.state.tok_s_for(model, now).map(|(v, _)| v);
                 let watts = node.state.scoring_watts(Some(model), t.watts);
                 let wes = score::wes_pair(tok_s, watts, node.config.pue, t.thermal);
-                eligible.entry(model.clone()).or_default().push(RouteNode {
+                let entry = RouteNode {
                     id: id.clone(),
-                    peer: super::peer_address(&node.config.url),
+                    peer: peer.clone(),
                     state: node.state.clone(),
                     max_concurrency: node.config.max_concurrency,
                     penalized_wes: wes.penalized,
                     ttft: node.state.ttft_for(model),
                     received_at: t.received_at,
-                });
+                };
+                match eligible.get_mut(model.as_str()) {
+                    Some(list) => list.push(entry),
+                    None => {
+                        eligible.insert(model.clone(), vec![entry]);
+                    }
+                }
             }
         }
         let mut models: HashMap<String, ModelRoute> = HashMap::new();
@@ -219,7 +225,7 @@ mod tests {
         assert_eq!(m.measured, 3);
         assert_eq!(m.cumulative_wes, [30.0, 46.0, 56.0]);
         assert_eq!(m.nodes[0].peer, "127.0.0.1:1");
-        assert_eq!(m.excluded, ["hot: thermal state Critical"]);
+        assert_eq!(m.excluded, ["hot: thermal state Critical is excluded"]);
         // No one measured "other": all unmeasured, by id.
         assert_eq!(table.route("other").unwrap().measured, 0);
         assert!(table.route("absent").is_none());
