@@ -33,11 +33,10 @@ impl Relay {
             return Ok(None);
         };
         let deadline = Instant::now() + routing.queue_timeout;
+        // Armed only once every node is full (the common request never registers): after
+        // arming, one more look, so a slot freed between that look and the wait still wakes us.
+        let mut slot_freed = None;
         loop {
-            // Listen before looking, so a slot freed between the look and the wait still wakes us.
-            let slot_freed = self.state.fleet.slot_freed().notified();
-            tokio::pin!(slot_freed);
-            slot_freed.as_mut().enable();
             let table = self.state.routing.load_full();
             let Some(route) = table.route(model) else {
                 let message =
@@ -89,6 +88,12 @@ impl Relay {
                 }));
             }
             // Every node that could serve is full: wait for a slot, bounded in time and count.
+            let Some(armed) = slot_freed.take() else {
+                let mut notified = Box::pin(self.state.fleet.slot_freed().notified());
+                notified.as_mut().enable();
+                slot_freed = Some(notified);
+                continue;
+            };
             let waiting = &self.state.fleet.waiting;
             let queue_full = waiting.load(Ordering::Relaxed) >= routing.queue_limit;
             let left = deadline.saturating_duration_since(Instant::now());
@@ -122,7 +127,7 @@ impl Relay {
                 return Ok(None);
             }
             waiting.fetch_add(1, Ordering::Relaxed);
-            let _ = tokio::time::timeout(left, slot_freed).await;
+            let _ = tokio::time::timeout(left, armed).await;
             waiting.fetch_sub(1, Ordering::Relaxed);
         }
     }
