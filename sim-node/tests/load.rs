@@ -3,9 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -13,40 +11,28 @@ use serde_json::Value;
 const NODE: &str = env!("CARGO_BIN_EXE_wes-sim-node");
 const LOAD: &str = env!("CARGO_BIN_EXE_wes-sim-load");
 
+mod common;
+
 struct Node {
-    child: Child,
+    _running: common::Running,
     base: String,
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start_node() -> Node {
-    let mut child = Command::new(NODE)
-        .args(["--listen", "127.0.0.1:0", "--profile", "h100"])
-        .args(["--models", "llama3.2:3b,smollm2:135m"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        if let Some(Ok(line)) = lines.next() {
-            let _ = tx.send(line);
-        }
-        for _ in lines {}
-    });
-    let line = rx.recv_timeout(Duration::from_secs(20)).unwrap();
-    let addr = line.strip_prefix("wes-sim-node listening on ").unwrap();
+    let running = common::spawn_binary(
+        NODE,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--profile",
+            "h100",
+            "--models",
+            "llama3.2:3b,smollm2:135m",
+        ],
+    );
     Node {
-        base: format!("http://{addr}"),
-        child,
+        base: format!("http://{}", running.addr),
+        _running: running,
     }
 }
 

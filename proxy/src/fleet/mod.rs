@@ -135,10 +135,6 @@ impl NodeState {
         self.slot_freed.notify_waiters();
     }
 
-    pub fn circuit(&self) -> Circuit {
-        lock(&self.circuit).clone()
-    }
-
     /// The active check's verdict; a failure keeps the node out until a check passes again.
     pub fn record_check(&self, outcome: Result<(), String>) {
         *lock(&self.check_failure) = outcome.err();

@@ -158,3 +158,48 @@ pub fn client_rate(times: &[Instant]) -> f64 {
     };
     (times.len() - 1) as f64 / last.duration_since(*first).as_secs_f64()
 }
+
+/// The `wes-sim-node` binary, running; killed when dropped.
+pub struct Running {
+    pub child: std::process::Child,
+    /// `host:port` from its `listening on` line.
+    pub addr: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the `wes-sim-node` binary at `bin` with `args` and waits (bounded) for its one stdout
+/// line, `wes-sim-node listening on ADDR`.
+pub fn spawn_binary(bin: &str, args: &[&str]) -> Running {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        // Keep draining so the child never blocks on a full pipe.
+        for _ in lines {}
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("no listening line within 20 s");
+    let addr = line
+        .strip_prefix("wes-sim-node listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    Running { child, addr }
+}
