@@ -357,7 +357,8 @@ impl ProxyHttp for Relay {
         } else if session.response_written().is_some() {
             // Mid-stream: the client has part of an answer; nothing can be replayed.
             if let Some(guard) = ctx.guard.as_mut() {
-                self.settle_failure(guard, ctx.attempt.as_ref());
+                let node = ctx.attempt.as_ref().map_or("?", |a| a.node_id.as_str());
+                self.settle_failure(guard, node);
             }
             false
         } else if client_reused && matches!(e.retry, RetryType::ReusedOnly) {
@@ -479,7 +480,7 @@ impl Relay {
     fn attempt_failed(&self, ctx: &mut RelayCtx, e: &pingora::Error) -> bool {
         if let (Some(mut guard), Some(attempt)) = (ctx.guard.take(), ctx.attempt.as_ref()) {
             tracing::warn!(node = %attempt.node_id, "attempt failed before answering: {e}");
-            self.settle_failure(&mut guard, Some(attempt));
+            self.settle_failure(&mut guard, &attempt.node_id);
             self.state.stats.record(&crate::stats::Outcome {
                 node: &attempt.node_id,
                 model: &attempt.model,
@@ -500,10 +501,11 @@ impl Relay {
         !failover.next.is_empty()
     }
 
-    fn settle_failure(&self, guard: &mut InFlightGuard, attempt: Option<&Attempt>) {
+    /// Counts a failure against the node; an opened circuit asks for a ranking rebuild.
+    pub(super) fn settle_failure(&self, guard: &mut InFlightGuard, node: &str) {
         let threshold = self.state.config.load().health.failure_threshold;
         if guard.failed(Instant::now(), threshold) {
-            tracing::warn!(node = ?attempt.map(|a| &a.node_id), "circuit opened");
+            tracing::warn!(node, "circuit opened");
             self.state.fleet.mark_changed();
         }
     }

@@ -32,16 +32,13 @@ impl Relay {
         body: Bytes,
     ) -> pingora::Result<()> {
         let config = self.state.config.load();
-        let (threshold, cooldown) = (config.health.failure_threshold, config.health.cooldown);
+        let cooldown = config.health.cooldown;
         let mut failures = Vec::new();
         let mut rest = selection.rest.into_iter();
         let mut next = Some((selection.first, selection.guard));
         while let Some((node, guard)) = next.take() {
             let attempt = template.on(&node);
-            match self
-                .attempt(session, &node, attempt, guard, &body, threshold)
-                .await?
-            {
+            match self.attempt(session, &node, attempt, guard, &body).await? {
                 AttemptOutcome::Finished => return Ok(()),
                 AttemptOutcome::FailedBeforeAnswer(why) => failures.push(why),
             }
@@ -64,7 +61,6 @@ impl Relay {
         attempt: Attempt,
         mut guard: InFlightGuard,
         body: &Bytes,
-        failure_threshold: u32,
     ) -> pingora::Result<AttemptOutcome> {
         let openai = attempt.endpoint.is_openai();
         let sse = openai && attempt.stream;
@@ -93,10 +89,7 @@ impl Relay {
             }
             Err(e) if !e.state.header_received => {
                 tracing::warn!(node = %node.id, "attempt failed before answering: {}", e.error);
-                if guard.failed(Instant::now(), failure_threshold) {
-                    tracing::warn!(node = %node.id, "circuit opened");
-                    self.state.fleet.mark_changed();
-                }
+                self.settle_failure(&mut guard, &node.id);
                 Ok(AttemptOutcome::FailedBeforeAnswer(format!(
                     "{}: {}",
                     node.id,
@@ -105,10 +98,7 @@ impl Relay {
             }
             Err(e) => {
                 tracing::warn!(node = %node.id, "stream broke after it started: {}", e.error);
-                if guard.failed(Instant::now(), failure_threshold) {
-                    tracing::warn!(node = %node.id, "circuit opened");
-                    self.state.fleet.mark_changed();
-                }
+                self.settle_failure(&mut guard, &node.id);
                 let message = format!(
                     "node {} failed mid-response: {}",
                     node.id,
