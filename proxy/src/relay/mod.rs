@@ -391,11 +391,7 @@ impl ProxyHttp for Relay {
             // raises an error instead of taking a truncated answer.
             let sse = openai && ctx.attempt.as_ref().is_some_and(|a| a.stream);
             let node = ctx.attempt.as_ref().map_or("?", |a| a.node_id.as_str());
-            tracing::warn!(node, "stream broke after it started: {e}");
-            let message = format!("node {node} failed mid-response: {}", e.etype().as_str());
-            let _ = session
-                .write_response_body(Some(respond::mid_stream_error(sse, &message)), true)
-                .await;
+            respond::end_broken_stream(session, sse, node, e).await;
             return quiet;
         }
         if let Some(failover) = ctx.failover.as_ref().filter(|f| !f.failures.is_empty()) {

@@ -97,16 +97,8 @@ impl Relay {
                 )))
             }
             Err(e) => {
-                tracing::warn!(node = %node.id, "stream broke after it started: {}", e.error);
                 self.settle_failure(&mut guard, &node.id);
-                let message = format!(
-                    "node {} failed mid-response: {}",
-                    node.id,
-                    e.error.etype().as_str()
-                );
-                let _ = session
-                    .write_response_body(Some(respond::mid_stream_error(sse, &message)), true)
-                    .await;
+                respond::end_broken_stream(session, sse, &node.id, &e.error).await;
                 Ok(AttemptOutcome::Finished)
             }
         }

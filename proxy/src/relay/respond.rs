@@ -79,6 +79,16 @@ pub async fn every_node_failed(
     json(session, 502, &body, &[("Retry-After", "1".into())]).await
 }
 
+/// Ends a response whose node broke after the header went out, in the stream's own framing.
+/// The client may be gone too; then there is no one to tell.
+pub async fn end_broken_stream(session: &mut Session, sse: bool, node: &str, e: &pingora::Error) {
+    tracing::warn!(node, "stream broke after it started: {e}");
+    let message = format!("node {node} failed mid-response: {}", e.etype().as_str());
+    let _ = session
+        .write_response_body(Some(mid_stream_error(sse, &message)), true)
+        .await;
+}
+
 /// What ends a stream that broke after its header went out, in the stream's own framing, so
 /// the client's library raises an error rather than hanging or taking a truncated answer.
 pub fn mid_stream_error(sse: bool, message: &str) -> Bytes {
