@@ -85,8 +85,13 @@ impl NodeState {
     pub fn note_clean_raw(&self, model: &str, raw: Option<f64>, clean: bool) -> Option<f64> {
         let mut best = lock(&self.best_clean_raw);
         if let (Some(raw), true) = (raw, clean) {
-            let entry = best.entry(model.to_owned()).or_insert(raw);
-            *entry = entry.max(raw);
+            // Looked up first: every rebuild passes here, and a new key costs an allocation.
+            match best.get_mut(model) {
+                Some(b) => *b = b.max(raw),
+                None => {
+                    best.insert(model.to_owned(), raw);
+                }
+            }
         }
         best.get(model).copied()
     }
