@@ -64,7 +64,8 @@ impl RankEntry {
 }
 
 impl RankingSnapshot {
-    /// The fleet-wide ranking: each node by its most recently measured model.
+    /// The fleet-wide ranking: each node scored on the reference model where it has a rate for
+    /// it, else on its most recently measured model.
     pub fn build(
         fleet: &FleetView,
         routing: &RoutingConfig,
@@ -142,8 +143,11 @@ impl RankingSnapshot {
                     health,
                     now,
                 );
-                if let Some(list) = telemetry.as_ref().and_then(|t| t.models.as_ref()) {
-                    models.extend(list.iter().cloned());
+                for name in telemetry.iter().flat_map(|t| t.models.iter().flatten()) {
+                    // Most nodes hold the same few models: copy a name only the first time.
+                    if !models.contains(name) {
+                        models.insert(name.clone());
+                    }
                 }
                 Some(RankEntry {
                     id: node.config.id.clone(),
