@@ -443,9 +443,9 @@ pub fn run(args: RoutingArgs) -> anyhow::Result<()> {
         let _ = writeln!(
             out,
             "Rebuild at 1,000 nodes: median {} µs, p99 {} µs. With samples arriving continuously the proxy rebuilds after each {} ms pause, about {per_second:.0} times a second: {:.1}% of one core.\n",
-            wes_proxy::server::REBUILD_SPACING.as_millis(),
             us(median as f64),
             us(p99 as f64),
+            wes_proxy::server::REBUILD_SPACING.as_millis(),
             per_second * median as f64 / 1e9 * 100.0
         );
     }
