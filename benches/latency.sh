@@ -62,6 +62,15 @@ address_from "$work/proxy.out" "api listening on" >/dev/null
 pids+=($!)
 "$bin/wes-bench" wait-healthy --admin "http://$admin" --node bench-node --model "$model" --timeout 60s
 
+# Pingora with no hooks of ours in front of the same node: the floor under wes-proxy's overhead.
+pingora_port=$(free_port)
+"$bin/wes-bench" bare-pingora --listen "127.0.0.1:$pingora_port" --upstream "$node" \
+  >"$work/pingora.out" 2>"$work/pingora.log" &
+pingora_pid=$!
+pids+=("$pingora_pid")
+for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$pingora_port/api/tags" && break; sleep 0.1; done
+curl -sf -o /dev/null "http://127.0.0.1:$pingora_port/api/tags" || { echo "bare Pingora did not start:" >&2; cat "$work/pingora.log" >&2; exit 1; }
+
 nginx_port=$(free_port)
 mkdir -p "$work/nginx"
 cat >"$work/nginx/nginx.conf" <<NGINX
@@ -109,11 +118,14 @@ machine_header
 echo
 echo "wes-proxy: release build, \`threads = 2\` (its server default), policy \`top\`, default log level."
 echo "nginx: $("$nginx_bin" -v 2>&1 | sed 's/^nginx version: //'), 2 workers, upstream keepalive 512, proxy_buffering off, access_log off."
+pingora_version=$(awk '/^name = "pingora-core"$/ { getline; gsub(/[^0-9.]/, ""); print; exit }' Cargo.lock)
+echo "pingora: Pingora $pingora_version with no hooks of ours (\`wes-bench bare-pingora\`: one fixed upstream peer, 2 threads with work stealing like wes-proxy), the floor under wes-proxy's overhead."
 echo "Node: \`wes-bench node\` (hyper, 2 threads). Client: \`wes-bench latency\` (one tokio thread plus a pacing thread)."
 echo
 "$bin/wes-bench" latency --model "$model" --node-pid "$node_pid" \
   --target "direct=http://$node" \
   --target "wes-proxy=http://127.0.0.1:$api_port@$proxy_pid" \
+  --target "pingora=http://127.0.0.1:$pingora_port@$pingora_pid" \
   --target "nginx=http://127.0.0.1:$nginx_port@$nginx_pid" "$@"
 # Where wes-proxy's time goes per request: a profile under the same closed-loop load.
 if command -v perf >/dev/null 2>&1; then

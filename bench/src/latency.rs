@@ -415,7 +415,7 @@ fn report(
             if b > 0 {
                 format!("{:.2}×", a as f64 / b as f64)
             } else {
-                "n/a (nginx added ≤ 0)".into()
+                "n/a (baseline added ≤ 0)".into()
             }
         };
         let verdict = |ok: bool| if ok { "met" } else { "**missed**" };
@@ -475,6 +475,26 @@ fn report(
                     "| {target} | {endpoint} | {measured} | {} |",
                     verdict(ok)
                 );
+            }
+            // Pingora with no hooks of ours is the floor under wes-proxy: its rows split the
+            // overhead into Pingora's own and ours.
+            if let Some(Some(pa)) = find("pingora")
+                .and_then(|p| added_by_target.get(p))
+                .map(|a| a[slot].as_ref())
+            {
+                let rows = [
+                    ("Pingora alone: p50 added vs nginx's", pa.p50, na.p50),
+                    ("wes-proxy: p50 added vs Pingora alone's", wa.p50, pa.p50),
+                ];
+                for (what, a, b) in rows {
+                    let _ = writeln!(
+                        s,
+                        "| {what} (reference) | {endpoint} | {} vs {} ms: {} | – |",
+                        signed_ms(a),
+                        signed_ms(b),
+                        ratio(a, b)
+                    );
+                }
             }
         }
         let _ = writeln!(s);

@@ -1,6 +1,7 @@
 //! `wes-bench`: the tools behind `benches/*.sh`. Each subcommand measures one thing and prints
 //! markdown on stdout (progress on stderr); the scripts start the processes under test.
 
+mod bare_pingora;
 mod ingest;
 mod latency;
 mod load;
@@ -33,6 +34,20 @@ enum Command {
         /// Runtime worker threads.
         #[arg(long, default_value_t = 2)]
         threads: usize,
+    },
+    /// Pingora with no logic of ours in front of one upstream: the floor under wes-proxy's
+    /// overhead (prints `bare-pingora listening on ADDR`). Pingora binds the port itself, so
+    /// `listen` must name one.
+    BarePingora {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        upstream: SocketAddr,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// One single-threaded runtime per thread instead of Tokio's work-stealing scheduler.
+        #[arg(long)]
+        no_steal: bool,
     },
     /// Waits until the proxy's `/ranking?model=M` shows the node healthy.
     WaitHealthy {
@@ -92,6 +107,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             model,
             threads,
         } => runtime(threads)?.block_on(node::run(listen, &model)),
+        Command::BarePingora {
+            listen,
+            upstream,
+            threads,
+            no_steal,
+        } => bare_pingora::run(listen, upstream, threads, !no_steal),
         Command::WaitHealthy {
             admin,
             node,

@@ -34,6 +34,9 @@ pub struct ListenConfig {
     pub api: SocketAddr,
     pub telemetry: SocketAddr,
     pub admin: SocketAddr,
+    /// Worker threads serving the client API (Pingora's `threads`); the telemetry and admin
+    /// listeners get as many of their own.
+    pub threads: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -192,6 +195,7 @@ struct RawListen {
     api: Spanned<String>,
     telemetry: Spanned<String>,
     admin: Spanned<String>,
+    threads: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -359,6 +363,11 @@ impl Checker<'_> {
     }
 }
 
+/// One worker thread per CPU the process may use, as nginx's `worker_processes auto`.
+fn default_threads() -> u32 {
+    std::thread::available_parallelism().map_or(2, |n| u32::try_from(n.get()).unwrap_or(2))
+}
+
 impl Config {
     /// Parses and validates a whole file. Either every check passes or nothing is returned, so a
     /// reload can never apply half a file.
@@ -386,6 +395,12 @@ impl Config {
             api: c.addr("api", &listen_raw.api),
             telemetry: c.addr("telemetry", &listen_raw.telemetry),
             admin: c.addr("admin", &listen_raw.admin),
+            threads: c.count(
+                "listen.threads",
+                listen_raw.threads.as_ref(),
+                1024,
+                default_threads(),
+            ),
         };
         let mut ports = HashSet::new();
         for (name, addr) in [
@@ -708,6 +723,24 @@ max_concurrency = 4
         let lines: Vec<_> = errs.iter().map(|e| e.line).collect();
         assert_eq!(lines, vec![Some(8), Some(9), Some(16)], "{errs:?}");
         assert!(errs[0].message.contains("fastest"));
+    }
+
+    #[test]
+    fn worker_threads_default_to_the_cpus_and_must_be_positive() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.listen.threads, default_threads());
+        let one = GOOD.replace(
+            "admin = \"127.0.0.1:9090\"",
+            "admin = \"127.0.0.1:9090\"\nthreads = 1",
+        );
+        assert_eq!(Config::parse(&one).unwrap().listen.threads, 1);
+        let zero = GOOD.replace(
+            "admin = \"127.0.0.1:9090\"",
+            "admin = \"127.0.0.1:9090\"\nthreads = 0",
+        );
+        let errs = Config::parse(&zero).unwrap_err().0;
+        assert_eq!(errs[0].line, Some(6), "{errs:?}");
+        assert!(errs[0].message.contains("listen.threads 0"), "{errs:?}");
     }
 
     #[test]

@@ -36,6 +36,7 @@ pub fn run(config: Config, config_path: std::path::PathBuf) -> anyhow::Result<()
     println!("wes-proxy admin listening on {}", admin.local_addr()?);
 
     let api_addr = config.listen.api;
+    let threads = config.listen.threads as usize;
     // Pingora binds the API listener itself, later, and retries a busy port instead of failing;
     // a trial bind now makes a taken port a clear error at start.
     drop(bind("api", api_addr)?);
@@ -45,7 +46,7 @@ pub fn run(config: Config, config_path: std::path::PathBuf) -> anyhow::Result<()
         // Pingora's default waits 300 s before an idle shutdown even starts.
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(5),
-        threads: 2,
+        threads,
         pid_file: std::env::temp_dir()
             .join(format!("wes-proxy-{pid}.pid"))
             .display()

@@ -1,0 +1,64 @@
+//! The floor under wes-proxy: Pingora 0.9 with no logic of ours, one fixed upstream, the same
+//! server settings as wes-proxy (2 threads, work stealing). Measured beside wes-proxy and nginx,
+//! it splits wes-proxy's added latency into what Pingora itself costs and what our hooks add.
+
+use std::net::SocketAddr;
+
+use async_trait::async_trait;
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::server::Server;
+use pingora::server::configuration::ServerConf;
+
+struct Fixed {
+    upstream: SocketAddr,
+}
+
+#[async_trait]
+impl ProxyHttp for Fixed {
+    type CTX = ();
+
+    fn new_ctx(&self) -> Self::CTX {}
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Self::CTX,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+    }
+}
+
+/// Serves until killed; prints `bare-pingora listening on ADDR` once the port is chosen.
+pub fn run(
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    threads: usize,
+    work_stealing: bool,
+) -> anyhow::Result<()> {
+    let pid = std::process::id();
+    let conf = ServerConf {
+        threads,
+        work_stealing,
+        pid_file: std::env::temp_dir()
+            .join(format!("bare-pingora-{pid}.pid"))
+            .display()
+            .to_string(),
+        upgrade_sock: std::env::temp_dir()
+            .join(format!("bare-pingora-{pid}.sock"))
+            .display()
+            .to_string(),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Fixed { upstream },
+        "bare",
+    );
+    proxy.add_tcp(&listen.to_string());
+    server.add_service(proxy);
+    println!("bare-pingora listening on {listen}");
+    server.run_forever();
+}
