@@ -38,6 +38,9 @@ pub fn run(
 ) -> anyhow::Result<()> {
     let pid = std::process::id();
     let conf = ServerConf {
+        // As wes-proxy: SIGTERM stops it at once instead of after Pingora's 300 s grace period.
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(5),
         threads,
         work_stealing,
         pid_file: std::env::temp_dir()
