@@ -116,7 +116,7 @@ curl -sf -o /dev/null "http://127.0.0.1:$nginx_port/api/tags" || { echo "nginx d
 
 machine_header
 echo
-echo "wes-proxy: release build, \`threads = 2\` (its server default), policy \`top\`, default log level."
+echo "wes-proxy: release build, \`[listen] threads\` at its default (one per CPU: $(nproc)), policy \`top\`, default log level."
 echo "nginx: $("$nginx_bin" -v 2>&1 | sed 's/^nginx version: //'), 2 workers, upstream keepalive 512, proxy_buffering off, access_log off."
 pingora_version=$(awk '/^name = "pingora-core"$/ { getline; gsub(/[^0-9.]/, ""); print; exit }' Cargo.lock)
 echo "pingora: Pingora $pingora_version with no hooks of ours (\`wes-bench bare-pingora\`: one fixed upstream peer, 2 threads with work stealing like wes-proxy), the floor under wes-proxy's overhead."
