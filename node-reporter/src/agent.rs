@@ -27,6 +27,7 @@ pub async fn run(
     for url in &config.proxies {
         let target = StreamTarget {
             url: url.clone(),
+            ca_pem: config.ca_pem.clone(),
             token: config.token.clone(),
             node_id: config.node_id.clone(),
         };

@@ -34,6 +34,10 @@ pub struct ReporterFlags {
     /// A proxy's telemetry URL, e.g. http://10.0.0.5:50051; repeat for one stream per proxy.
     #[arg(long = "proxy", global = true)]
     pub proxies: Vec<String>,
+    /// PEM file of the CA (or self-signed certificate) to trust for `https://` proxies;
+    /// without it the system's trust store is used.
+    #[arg(long, global = true)]
+    pub ca_cert: Option<PathBuf>,
     /// Bearer token the proxy binds to this node id.
     #[arg(
         long,
@@ -70,6 +74,7 @@ pub struct ReporterFile {
     pub node_id: Option<String>,
     #[serde(default)]
     pub proxies: Vec<String>,
+    pub ca_cert: Option<PathBuf>,
     pub token: Option<String>,
     pub ollama: Option<String>,
     #[serde(default, with = "humantime_serde::option")]
@@ -99,6 +104,8 @@ pub struct ReporterFile {
 pub struct ReporterConfig {
     pub node_id: String,
     pub proxies: Vec<String>,
+    /// The PEM read from `ca_cert`, trusted for `https://` proxies instead of the system store.
+    pub ca_pem: Option<Vec<u8>>,
     pub token: String,
     pub ollama: Option<String>,
     pub interval: Duration,
@@ -149,6 +156,23 @@ impl ReporterConfig {
                 anyhow::bail!("proxy URL {url:?} must start with http:// or https://");
             }
         }
+        let ca_pem = match flags.ca_cert.or(file.ca_cert) {
+            Some(path) => {
+                if !proxies.iter().any(|u| u.starts_with("https://")) {
+                    anyhow::bail!(
+                        "ca_cert {} is only used for https:// proxies, and none is given",
+                        path.display()
+                    );
+                }
+                let pem = std::fs::read(&path)
+                    .map_err(|e| anyhow::anyhow!("cannot read ca_cert {}: {e}", path.display()))?;
+                if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+                    anyhow::bail!("ca_cert {} holds no PEM certificate", path.display());
+                }
+                Some(pem)
+            }
+            None => None,
+        };
         let token = flags.token.or(file.token).ok_or_else(|| {
             anyhow::anyhow!("a token is required (--token, WES_REPORTER_TOKEN or token)")
         })?;
@@ -168,6 +192,7 @@ impl ReporterConfig {
         Ok(ReporterConfig {
             node_id,
             proxies,
+            ca_pem,
             token,
             ollama: flags
                 .ollama
@@ -248,6 +273,31 @@ mod tests {
         let mut f = flags();
         f.sensor = Some(SensorChoice::Command);
         assert!(ReporterConfig::merge(ReporterFile::default(), f).is_err());
+    }
+
+    #[test]
+    fn ca_cert_is_read_at_start_and_needs_an_https_proxy() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("ca.pem");
+        std::fs::write(
+            &pem,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let mut f = flags();
+        f.ca_cert = Some(pem.clone());
+        let err = ReporterConfig::merge(ReporterFile::default(), f.clone()).unwrap_err();
+        assert!(err.to_string().contains("https://"), "{err}");
+        f.proxies = vec!["https://proxy.example:50051".into()];
+        let cfg = ReporterConfig::merge(ReporterFile::default(), f.clone()).unwrap();
+        assert!(cfg.ca_pem.is_some_and(|p| p.starts_with(b"-----BEGIN")));
+        f.ca_cert = Some(dir.path().join("missing.pem"));
+        let err = ReporterConfig::merge(ReporterFile::default(), f.clone()).unwrap_err();
+        assert!(err.to_string().contains("missing.pem"), "{err}");
+        std::fs::write(&pem, "not a certificate").unwrap();
+        f.ca_cert = Some(pem);
+        let err = ReporterConfig::merge(ReporterFile::default(), f).unwrap_err();
+        assert!(err.to_string().contains("no PEM certificate"), "{err}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use rand::Rng;
 use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
-use tonic::transport::Endpoint;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request};
 use wes_proto::Sample;
 use wes_proto::telemetry_client::TelemetryClient;
@@ -53,6 +53,8 @@ impl Backoff {
 
 pub struct StreamTarget {
     pub url: String,
+    /// Trusted for an `https://` URL instead of the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
     pub token: String,
     pub node_id: String,
 }
@@ -129,6 +131,17 @@ async fn session(
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true);
+    let endpoint = if target.url.starts_with("https://") {
+        let tls = match &target.ca_pem {
+            Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+            None => ClientTlsConfig::new().with_native_roots(),
+        };
+        endpoint
+            .tls_config(tls)
+            .map_err(|e| SessionError::Transient(format!("TLS: {}", error_chain(&e))))?
+    } else {
+        endpoint
+    };
     let channel = endpoint
         .connect()
         .await
@@ -172,8 +185,12 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
+        // Some errors already print their source; say each cause once.
+        let cause = s.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
         source = s.source();
     }
     text

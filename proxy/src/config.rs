@@ -37,6 +37,15 @@ pub struct ListenConfig {
     /// Worker threads serving the client API (Pingora's `threads`); the telemetry and admin
     /// listeners get as many of their own.
     pub threads: u32,
+    /// When set, the telemetry listener speaks TLS only (reporters connect with `https://`).
+    pub telemetry_tls: Option<TlsFiles>,
+}
+
+/// A PEM certificate chain and its private key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -196,6 +205,8 @@ struct RawListen {
     telemetry: Spanned<String>,
     admin: Spanned<String>,
     threads: Option<Spanned<i64>>,
+    telemetry_tls_cert: Option<Spanned<String>>,
+    telemetry_tls_key: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -401,6 +412,23 @@ impl Config {
                 1024,
                 default_threads(),
             ),
+            telemetry_tls: match (
+                &listen_raw.telemetry_tls_cert,
+                &listen_raw.telemetry_tls_key,
+            ) {
+                (Some(cert), Some(key)) => Some(TlsFiles {
+                    cert: cert.get_ref().into(),
+                    key: key.get_ref().into(),
+                }),
+                (None, None) => None,
+                (Some(one), None) | (None, Some(one)) => {
+                    c.error(
+                        one.span(),
+                        "listen.telemetry_tls_cert and listen.telemetry_tls_key go together: set both or neither",
+                    );
+                    None
+                }
+            },
         };
         let mut ports = HashSet::new();
         for (name, addr) in [
@@ -653,7 +681,13 @@ impl Config {
                 message: format!("cannot read {}: {e}", path.display()),
             }])
         })?;
-        Config::parse(&text)
+        let mut config = Config::parse(&text)?;
+        // Relative key and certificate paths are read from the config file's directory.
+        if let (Some(tls), Some(dir)) = (config.listen.telemetry_tls.as_mut(), path.parent()) {
+            tls.cert = dir.join(&tls.cert);
+            tls.key = dir.join(&tls.key);
+        }
+        Ok(config)
     }
 }
 

@@ -43,6 +43,10 @@ fn main() -> ExitCode {
 fn check_config(path: &std::path::Path) -> ExitCode {
     match Config::load(path) {
         Ok(config) => {
+            if let Err(e) = wes_proxy::server::telemetry_tls(&config.listen) {
+                eprintln!("{}: {e:#}", path.display());
+                return ExitCode::FAILURE;
+            }
             println!(
                 "{}: ok ({} nodes, policy {})",
                 path.display(),

@@ -10,8 +10,9 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Identity, ServerTlsConfig};
 
-use crate::config::Config;
+use crate::config::{Config, ListenConfig};
 use crate::ingest::TelemetryService;
 use crate::relay::Relay;
 use crate::state::AppState;
@@ -28,6 +29,7 @@ pub const REBUILD_SPACING: Duration = Duration::from_millis(50);
 pub fn run(config: Config, config_path: std::path::PathBuf) -> anyhow::Result<()> {
     let telemetry = bind("telemetry", config.listen.telemetry)?;
     let admin = bind("admin", config.listen.admin)?;
+    let telemetry_tls = telemetry_tls(&config.listen)?;
     // Scripts and tests read these lines to learn the ports when the config says port 0.
     println!(
         "wes-proxy telemetry listening on {}",
@@ -64,6 +66,7 @@ pub fn run(config: Config, config_path: std::path::PathBuf) -> anyhow::Result<()
         IngestService {
             state: state.clone(),
             listener: Mutex::new(Some(telemetry)),
+            tls: telemetry_tls,
         },
     ));
     server.add_service(background_service(
@@ -103,6 +106,49 @@ pub fn run(config: Config, config_path: std::path::PathBuf) -> anyhow::Result<()
     server.run_forever();
 }
 
+/// The telemetry listener's TLS settings, read and checked now: a missing or malformed file
+/// stops the start (and `check-config`) instead of surfacing as a log line later.
+pub fn telemetry_tls(listen: &ListenConfig) -> anyhow::Result<Option<ServerTlsConfig>> {
+    let Some(files) = &listen.telemetry_tls else {
+        return Ok(None);
+    };
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read the telemetry TLS {what} {}: {e}",
+                path.display()
+            )
+        })
+    };
+    let identity = Identity::from_pem(read(&files.cert, "certificate")?, read(&files.key, "key")?);
+    let tls = ServerTlsConfig::new().identity(identity);
+    // Building the acceptor parses the certificate chain and the key.
+    if let Err(e) = tonic::transport::Server::builder().tls_config(tls.clone()) {
+        anyhow::bail!(
+            "telemetry TLS ({}, {}): {}",
+            files.cert.display(),
+            files.key.display(),
+            error_chain(&e)
+        );
+    }
+    Ok(Some(tls))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        // Some errors already print their source; say each cause once.
+        let cause = s.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+        source = s.source();
+    }
+    text
+}
+
 fn bind(name: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
     let listener = TcpListener::bind(addr)
         .map_err(|e| anyhow::anyhow!("cannot listen for {name} on {addr}: {e}"))?;
@@ -129,6 +175,7 @@ async fn shutdown_signal(mut shutdown: ShutdownWatch) {
 struct IngestService {
     state: Arc<AppState>,
     listener: Mutex<Option<TcpListener>>,
+    tls: Option<ServerTlsConfig>,
 }
 
 #[async_trait]
@@ -137,7 +184,17 @@ impl BackgroundService for IngestService {
         let Some(listener) = take_listener(&self.listener) else {
             return;
         };
-        let outcome = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &self.tls {
+            builder = match builder.tls_config(tls.clone()) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!("telemetry ingest not started: TLS: {}", error_chain(&e));
+                    return;
+                }
+            };
+        }
+        let outcome = builder
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(5)))

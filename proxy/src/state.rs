@@ -73,7 +73,7 @@ impl AppState {
             // Listeners are bound once at start; half-applying a new address would be a lie.
             return Err(ConfigErrors(vec![ConfigError {
                 line: None,
-                message: "[listen] changed: listener addresses and threads take effect only on restart; nothing was applied".into(),
+                message: "[listen] changed: listener settings (addresses, threads, TLS) take effect only on restart; nothing was applied".into(),
             }]));
         }
         let changed = *old != new;
