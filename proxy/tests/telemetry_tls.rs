@@ -101,11 +101,19 @@ async fn reporter_streams_over_tls_and_plaintext_is_refused() {
     })
     .await;
     assert_eq!(seen["healthy"], true, "{seen}");
-    assert!(
-        reporter.process.log_text().contains("telemetry stream up"),
-        "{}",
-        reporter.process.log_text()
-    );
+    // The proxy's acknowledgement reaches the reporter just after the sample shows.
+    wait_for(
+        Duration::from_secs(10),
+        "the reporter's stream-up line",
+        || async {
+            reporter
+                .process
+                .log_text()
+                .contains("telemetry stream up")
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
