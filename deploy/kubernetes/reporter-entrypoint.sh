@@ -10,7 +10,9 @@
 # second, and a new replica gets telemetry within WES_RESOLVE_EVERY seconds.
 #
 # Environment: NODE_NAME (the Kubernetes node: the reporter's node id and the token's key),
-# WES_PROXY_TELEMETRY (host:port of the headless Service), WES_RESOLVE_EVERY (default 10).
+# WES_PROXY_TELEMETRY (host:port of the headless Service), WES_RESOLVE_EVERY (default 10),
+# WES_TELEMETRY_CA (optional: a PEM CA file; the streams then use TLS, and since they dial pod
+# IPs, each replica's certificate is checked against the Service's host name).
 set -u
 : "${NODE_NAME:?set NODE_NAME from spec.nodeName}"
 : "${WES_PROXY_TELEMETRY:?set WES_PROXY_TELEMETRY to the headless Service host:port}"
@@ -29,6 +31,16 @@ if [ ! -r "$token_file" ]; then
 fi
 WES_REPORTER_TOKEN=$(cat "$token_file")
 export WES_REPORTER_TOKEN
+
+scheme=http
+if [ -n "${WES_TELEMETRY_CA:-}" ]; then
+  if [ ! -r "$WES_TELEMETRY_CA" ]; then
+    echo "reporter-entrypoint: WES_TELEMETRY_CA=$WES_TELEMETRY_CA is not readable; mount the CA there" >&2
+    sleep 30
+    exit 1
+  fi
+  scheme=https
+fi
 
 # Every address of the Service, sorted, space-separated ("" when it resolves to nothing).
 resolve() {
@@ -59,10 +71,13 @@ while :; do
     set --
     for ip in $ips; do
       case $ip in
-        *:*) set -- "$@" --proxy "http://[$ip]:$port" ;;
-        *) set -- "$@" --proxy "http://$ip:$port" ;;
+        *:*) set -- "$@" --proxy "$scheme://[$ip]:$port" ;;
+        *) set -- "$@" --proxy "$scheme://$ip:$port" ;;
       esac
     done
+    if [ "$scheme" = https ]; then
+      set -- "$@" --ca-cert "$WES_TELEMETRY_CA" --tls-server-name "$host"
+    fi
     wes-reporter --config "$config" --node-id "$NODE_NAME" "$@" &
     child=$!
     current=$ips

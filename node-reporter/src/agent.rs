@@ -28,6 +28,7 @@ pub async fn run(
         let target = StreamTarget {
             url: url.clone(),
             ca_pem: config.ca_pem.clone(),
+            tls_server_name: config.tls_server_name.clone(),
             token: config.token.clone(),
             node_id: config.node_id.clone(),
         };

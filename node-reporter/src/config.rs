@@ -38,6 +38,10 @@ pub struct ReporterFlags {
     /// without it the system's trust store is used.
     #[arg(long, global = true)]
     pub ca_cert: Option<PathBuf>,
+    /// The name an `https://` proxy's certificate must carry when it is not the URL's host, e.g.
+    /// when reporters dial each replica's IP but replicas share one service name.
+    #[arg(long, global = true)]
+    pub tls_server_name: Option<String>,
     /// Bearer token the proxy binds to this node id.
     #[arg(
         long,
@@ -75,6 +79,7 @@ pub struct ReporterFile {
     #[serde(default)]
     pub proxies: Vec<String>,
     pub ca_cert: Option<PathBuf>,
+    pub tls_server_name: Option<String>,
     pub token: Option<String>,
     pub ollama: Option<String>,
     #[serde(default, with = "humantime_serde::option")]
@@ -106,6 +111,8 @@ pub struct ReporterConfig {
     pub proxies: Vec<String>,
     /// The PEM read from `ca_cert`, trusted for `https://` proxies instead of the system store.
     pub ca_pem: Option<Vec<u8>>,
+    /// Checked against `https://` proxies' certificates instead of the URL's host.
+    pub tls_server_name: Option<String>,
     pub token: String,
     pub ollama: Option<String>,
     pub interval: Duration,
@@ -173,6 +180,14 @@ impl ReporterConfig {
             }
             None => None,
         };
+        let tls_server_name = flags.tls_server_name.or(file.tls_server_name);
+        if let Some(name) = &tls_server_name
+            && !proxies.iter().any(|u| u.starts_with("https://"))
+        {
+            anyhow::bail!(
+                "tls_server_name {name:?} is only used for https:// proxies, and none is given"
+            );
+        }
         let token = flags.token.or(file.token).ok_or_else(|| {
             anyhow::anyhow!("a token is required (--token, WES_REPORTER_TOKEN or token)")
         })?;
@@ -193,6 +208,7 @@ impl ReporterConfig {
             node_id,
             proxies,
             ca_pem,
+            tls_server_name,
             token,
             ollama: flags
                 .ollama
@@ -285,6 +301,10 @@ mod tests {
         )
         .unwrap();
         let mut f = flags();
+        f.tls_server_name = Some("telemetry.wes.svc".into());
+        let err = ReporterConfig::merge(ReporterFile::default(), f.clone()).unwrap_err();
+        assert!(err.to_string().contains("https://"), "{err}");
+        f.tls_server_name = None;
         f.ca_cert = Some(pem.clone());
         let err = ReporterConfig::merge(ReporterFile::default(), f.clone()).unwrap_err();
         assert!(err.to_string().contains("https://"), "{err}");

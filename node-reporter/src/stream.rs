@@ -55,6 +55,8 @@ pub struct StreamTarget {
     pub url: String,
     /// Trusted for an `https://` URL instead of the system's roots.
     pub ca_pem: Option<Vec<u8>>,
+    /// The name the certificate must carry, when not the URL's host.
+    pub tls_server_name: Option<String>,
     pub token: String,
     pub node_id: String,
 }
@@ -132,10 +134,13 @@ async fn session(
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true);
     let endpoint = if target.url.starts_with("https://") {
-        let tls = match &target.ca_pem {
+        let mut tls = match &target.ca_pem {
             Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
             None => ClientTlsConfig::new().with_native_roots(),
         };
+        if let Some(name) = &target.tls_server_name {
+            tls = tls.domain_name(name.clone());
+        }
         endpoint
             .tls_config(tls)
             .map_err(|e| SessionError::Transient(format!("TLS: {}", error_chain(&e))))?

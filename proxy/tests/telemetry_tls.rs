@@ -15,8 +15,12 @@ use wes_proto::telemetry_client::TelemetryClient;
 /// A self-signed certificate for 127.0.0.1 and localhost, written as `NAME.pem` and
 /// `NAME.key` in `dir`.
 fn self_signed(dir: &Path, name: &str) {
-    let made =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    self_signed_for(dir, name, &["127.0.0.1", "localhost"]);
+}
+
+fn self_signed_for(dir: &Path, name: &str, subjects: &[&str]) {
+    let subjects: Vec<String> = subjects.iter().map(|s| (*s).to_owned()).collect();
+    let made = rcgen::generate_simple_self_signed(subjects).unwrap();
     std::fs::write(dir.join(format!("{name}.pem")), made.cert.pem()).unwrap();
     std::fs::write(
         dir.join(format!("{name}.key")),
@@ -41,26 +45,36 @@ fn https_url(proxy: &Proxy) -> String {
 }
 
 fn reporter(dir: &Path, url: &str, id: &str, token: &str, ca: &Path) -> Reporter {
+    reporter_with(dir, url, id, token, ca, &[])
+}
+
+fn reporter_with(
+    dir: &Path,
+    url: &str,
+    id: &str,
+    token: &str,
+    ca: &Path,
+    extra: &[&str],
+) -> Reporter {
     let ca = ca.display().to_string();
-    Reporter::start(
-        dir,
-        &[
-            "--node-id",
-            id,
-            "--proxy",
-            url,
-            "--ca-cert",
-            &ca,
-            "--token",
-            token,
-            "--interval",
-            "300ms",
-            "--sensor",
-            "command",
-            "--sensor-command",
-            r#"echo '{"watts": 123.0, "thermal_state": "Normal"}'"#,
-        ],
-    )
+    let mut args = vec![
+        "--node-id",
+        id,
+        "--proxy",
+        url,
+        "--ca-cert",
+        &ca,
+        "--token",
+        token,
+        "--interval",
+        "300ms",
+        "--sensor",
+        "command",
+        "--sensor-command",
+        r#"echo '{"watts": 123.0, "thermal_state": "Normal"}'"#,
+    ];
+    args.extend_from_slice(extra);
+    Reporter::start(dir, &args)
 }
 
 #[tokio::test]
@@ -140,6 +154,44 @@ async fn reporter_refuses_a_proxy_whose_certificate_it_does_not_trust() {
     .await;
     let n = proxy.node("gpu-1").await;
     assert_eq!(n["watts"], serde_json::Value::Null, "{n}");
+}
+
+/// Reporters dial each replica by IP (Kubernetes' headless Service) while the replicas share
+/// one certificate for the service name: `--tls-server-name` checks that name instead.
+#[tokio::test]
+async fn a_proxy_dialled_by_ip_is_checked_against_the_named_server() {
+    let dir = tempfile::tempdir().unwrap();
+    self_signed_for(dir.path(), "proxy", &["telemetry.wes.test"]);
+    let proxy = tls_proxy(dir.path(), "gpu-1", "secret-1");
+    let ca = dir.path().join("proxy.pem");
+
+    let by_ip = reporter(dir.path(), &https_url(&proxy), "gpu-1", "secret-1", &ca);
+    wait_for(
+        Duration::from_secs(15),
+        "the reporter to refuse a certificate without the IP",
+        || async {
+            let log = by_ip.process.log_text();
+            log.contains("invalid peer certificate").then_some(())
+        },
+    )
+    .await;
+    drop(by_ip);
+    assert_eq!(proxy.node("gpu-1").await["watts"], serde_json::Value::Null);
+
+    let named = reporter_with(
+        dir.path(),
+        &https_url(&proxy),
+        "gpu-1",
+        "secret-1",
+        &ca,
+        &["--tls-server-name", "telemetry.wes.test"],
+    );
+    wait_for(Duration::from_secs(15), "a sample over TLS", || async {
+        let n = proxy.node("gpu-1").await;
+        (n["watts"] == 123.0).then_some(())
+    })
+    .await;
+    drop(named);
 }
 
 #[test]
