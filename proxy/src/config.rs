@@ -34,8 +34,8 @@ pub struct ListenConfig {
     pub api: SocketAddr,
     pub telemetry: SocketAddr,
     pub admin: SocketAddr,
-    /// Worker threads serving the client API (Pingora's `threads`); the telemetry and admin
-    /// listeners get as many of their own.
+    /// Worker threads serving the client API (Pingora's `threads`). Telemetry ingest, admin,
+    /// ranking and health checks run as background services on one thread each.
     pub threads: u32,
     /// When set, the telemetry listener speaks TLS only (reporters connect with `https://`).
     pub telemetry_tls: Option<TlsFiles>,
