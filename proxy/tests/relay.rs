@@ -28,8 +28,13 @@ async fn fake_node(name: &'static str) -> SocketAddr {
             post(move |body: axum::body::Bytes| async move {
                 // A "slow" request streams over about a second, to hold a request in flight.
                 let gap = if body.windows(6).any(|w| w == b"\"slow\"") { 200 } else { 0 };
+                // "linger": the done line, then the body stays open a while before it ends.
+                let linger = body.windows(8).any(|w| w == b"\"linger\"");
                 let lines = futures::stream::unfold(0u32, move |i| async move {
                     if i == 5 {
+                        if linger {
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
                         return None;
                     }
                     tokio::time::sleep(Duration::from_millis(gap)).await;
@@ -549,6 +554,56 @@ async fn measured_decode_rate_feeds_the_ranking_and_the_next_choice() {
         .await
         .unwrap();
     assert_eq!(next.headers()["x-wes-node"], "b");
+}
+
+/// SDKs close the connection as soon as they see the last event; the node's answer was whole,
+/// so its measured rate still counts.
+#[tokio::test]
+async fn a_client_that_hangs_up_after_the_done_line_still_feeds_the_ranking() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = fake_node("a").await;
+    let f = fleet(&[("a", format!("http://{a}"), 50.0)], "").await;
+    wait_api_up(&f.proxy).await;
+    let body = r#"{"model":"m1","messages":[],"tag":"slow","linger":true}"#;
+    let mut client = tokio::net::TcpStream::connect(f.proxy.api).await.unwrap();
+    let request = format!(
+        "POST /api/chat HTTP/1.1\r\nhost: wes\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    client.write_all(request.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        while !seen.windows(11).any(|w| w == b"\"done\":true") {
+            let n = client.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "closed before the done line: {}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("no done line within 10 s");
+    // Hang up while the node's body is still open (it lingers 500 ms after the done line).
+    drop(client);
+
+    let entry = support::wait_for(
+        Duration::from_secs(10),
+        "the relayed measurement",
+        || async {
+            let r = f.proxy.ranking().await;
+            r["nodes"]
+                .as_array()?
+                .iter()
+                .find(|n| n["id"] == "a" && n["tok_s_source"] == "relayed")
+                .cloned()
+        },
+    )
+    .await;
+    let tok_s = entry["tok_s"].as_f64().unwrap();
+    assert!((3.5..=6.0).contains(&tok_s), "measured {tok_s}: {entry}");
 }
 
 /// Streams a line every 50 ms for a long while, and says when its stream was dropped: the

@@ -269,15 +269,24 @@ impl ProxyHttp for Relay {
         error: Option<&pingora::Error>,
         ctx: &mut RelayCtx,
     ) {
+        let now = Instant::now();
+        let report = ctx.meter.take().map(|m| m.finish(now));
+        // A client that hangs up once the node's answer is complete (SDKs close at `[DONE]`,
+        // sometimes before the proxy's last chunk) leaves the node's answer a success.
+        let node_answered = match error {
+            None => true,
+            Some(e) => {
+                e.esource() == &ErrorSource::Downstream
+                    && report.as_ref().is_some_and(|r| r.succeeded())
+            }
+        };
         // The node answered: its circuit closes. (Failures were settled where they happened.)
-        if let (Some(guard), None) = (ctx.guard.as_mut(), error) {
+        if let (Some(guard), true) = (ctx.guard.as_mut(), node_answered) {
             guard.succeeded();
         }
         let Some(attempt) = &ctx.attempt else {
             return;
         };
-        let now = Instant::now();
-        let report = ctx.meter.take().map(|m| m.finish(now));
         // Every attempt counts, metered or not: a `show`, a refused connection and an error
         // status are requests the node was sent too.
         let status = session.response_written().map(|r| r.status.as_u16());
@@ -304,7 +313,7 @@ impl ProxyHttp for Relay {
             return;
         };
         tracing::debug!(node = %attempt.node_id, model = %attempt.model, tokens = report.tokens, tok_s = ?report.decode_tok_s, claimed = ?report.claimed.decode_tok_s(), "relayed");
-        if error.is_some()
+        if !node_answered
             || !report.succeeded()
             || report.tokens_source != meter::TokensSource::Measured
         {
