@@ -1,6 +1,7 @@
 //! The floor under wes-proxy: Pingora 0.9 with no logic of ours, one fixed upstream, the same
-//! server settings as wes-proxy (2 threads, work stealing). Measured beside wes-proxy and nginx,
-//! it splits wes-proxy's added latency into what Pingora itself costs and what our hooks add.
+//! server settings as wes-proxy (`wes_proxy::server::server_conf`). Measured beside wes-proxy
+//! and nginx, it splits wes-proxy's added latency into what Pingora itself costs and what our
+//! hooks add.
 
 use std::net::SocketAddr;
 
@@ -36,22 +37,9 @@ pub fn run(
     threads: usize,
     work_stealing: bool,
 ) -> anyhow::Result<()> {
-    let pid = std::process::id();
     let conf = ServerConf {
-        // As wes-proxy: SIGTERM stops it at once instead of after Pingora's 300 s grace period.
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(5),
-        threads,
         work_stealing,
-        pid_file: std::env::temp_dir()
-            .join(format!("bare-pingora-{pid}.pid"))
-            .display()
-            .to_string(),
-        upgrade_sock: std::env::temp_dir()
-            .join(format!("bare-pingora-{pid}.sock"))
-            .display()
-            .to_string(),
-        ..ServerConf::default()
+        ..wes_proxy::server::server_conf(threads)
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();

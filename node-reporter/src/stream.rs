@@ -11,8 +11,8 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request};
-use wes_proto::Sample;
 use wes_proto::telemetry_client::TelemetryClient;
+use wes_proto::{Sample, error_chain};
 
 /// Exponential backoff with full jitter, so that many reporters cut off by one proxy restart
 /// do not reconnect in lockstep.
@@ -184,21 +184,6 @@ async fn session(
             None => return Ok(acked),
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        // Some errors already print their source; say each cause once.
-        let cause = s.to_string();
-        if !text.contains(&cause) {
-            text.push_str(": ");
-            text.push_str(&cause);
-        }
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

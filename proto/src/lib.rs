@@ -10,6 +10,23 @@ pub mod telemetry {
 
 pub use telemetry::v1::*;
 
+/// An error and its causes on one line, each cause once: tonic's transport errors hide the
+/// useful part (a refused certificate, a bad key) in their sources, and some sources repeat
+/// their own source in their text.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let cause = s.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+        source = s.source();
+    }
+    text
+}
+
 impl ThermalState {
     /// The name operators see in `/ranking` and write in config and the command sensor.
     pub fn display_name(self) -> &'static str {

@@ -43,7 +43,7 @@ fn main() -> ExitCode {
 fn check_config(path: &std::path::Path) -> ExitCode {
     match Config::load(path) {
         Ok(config) => {
-            if let Err(e) = wes_proxy::server::telemetry_tls(&config.listen) {
+            if let Err(e) = wes_proxy::server::telemetry_server(&config.listen) {
                 eprintln!("{}: {e:#}", path.display());
                 return ExitCode::FAILURE;
             }

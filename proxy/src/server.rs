@@ -11,6 +11,7 @@ use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Identity, ServerTlsConfig};
+use wes_proto::error_chain;
 
 use crate::config::{Config, ListenConfig};
 use crate::ingest::TelemetryService;
@@ -29,7 +30,7 @@ pub const REBUILD_SPACING: Duration = Duration::from_millis(50);
 pub fn run(config: Config, config_path: std::path::PathBuf) -> anyhow::Result<()> {
     let telemetry = bind("telemetry", config.listen.telemetry)?;
     let admin = bind("admin", config.listen.admin)?;
-    let telemetry_tls = telemetry_tls(&config.listen)?;
+    let telemetry_server = telemetry_server(&config.listen)?;
     // Scripts and tests read these lines to learn the ports when the config says port 0.
     println!(
         "wes-proxy telemetry listening on {}",
@@ -43,22 +44,7 @@ pub fn run(config: Config, config_path: std::path::PathBuf) -> anyhow::Result<()
     // a trial bind now makes a taken port a clear error at start.
     drop(bind("api", api_addr)?);
     let state = AppState::new(config, Some(config_path));
-    let pid = std::process::id();
-    let conf = ServerConf {
-        // Pingora's default waits 300 s before an idle shutdown even starts.
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(5),
-        threads,
-        pid_file: std::env::temp_dir()
-            .join(format!("wes-proxy-{pid}.pid"))
-            .display()
-            .to_string(),
-        upgrade_sock: std::env::temp_dir()
-            .join(format!("wes-proxy-{pid}.sock"))
-            .display()
-            .to_string(),
-        ..ServerConf::default()
-    };
+    let conf = server_conf(threads);
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     server.add_service(background_service(
@@ -66,7 +52,7 @@ pub fn run(config: Config, config_path: std::path::PathBuf) -> anyhow::Result<()
         IngestService {
             state: state.clone(),
             listener: Mutex::new(Some(telemetry)),
-            tls: telemetry_tls,
+            server: telemetry_server,
         },
     ));
     server.add_service(background_service(
@@ -106,11 +92,36 @@ pub fn run(config: Config, config_path: std::path::PathBuf) -> anyhow::Result<()
     server.run_forever();
 }
 
-/// The telemetry listener's TLS settings, read and checked now: a missing or malformed file
-/// stops the start (and `check-config`) instead of surfacing as a log line later.
-pub fn telemetry_tls(listen: &ListenConfig) -> anyhow::Result<Option<ServerTlsConfig>> {
+/// wes-proxy's Pingora settings (the overhead benchmark's bare Pingora uses the same).
+pub fn server_conf(threads: usize) -> ServerConf {
+    let pid = std::process::id();
+    ServerConf {
+        // Pingora's default waits 300 s before an idle shutdown even starts.
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(5),
+        threads,
+        pid_file: std::env::temp_dir()
+            .join(format!("wes-proxy-{pid}.pid"))
+            .display()
+            .to_string(),
+        upgrade_sock: std::env::temp_dir()
+            .join(format!("wes-proxy-{pid}.sock"))
+            .display()
+            .to_string(),
+        ..ServerConf::default()
+    }
+}
+
+/// The telemetry listener's gRPC server, TLS included when configured. Built once at start (and
+/// by `check-config`): a missing or malformed certificate or key stops the start with its path
+/// named instead of surfacing as a log line later.
+pub fn telemetry_server(listen: &ListenConfig) -> anyhow::Result<tonic::transport::Server> {
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)));
     let Some(files) = &listen.telemetry_tls else {
-        return Ok(None);
+        return Ok(server);
     };
     let read = |path: &std::path::Path, what: &str| {
         std::fs::read(path).map_err(|e| {
@@ -121,32 +132,17 @@ pub fn telemetry_tls(listen: &ListenConfig) -> anyhow::Result<Option<ServerTlsCo
         })
     };
     let identity = Identity::from_pem(read(&files.cert, "certificate")?, read(&files.key, "key")?);
-    let tls = ServerTlsConfig::new().identity(identity);
     // Building the acceptor parses the certificate chain and the key.
-    if let Err(e) = tonic::transport::Server::builder().tls_config(tls.clone()) {
-        anyhow::bail!(
-            "telemetry TLS ({}, {}): {}",
-            files.cert.display(),
-            files.key.display(),
-            error_chain(&e)
-        );
-    }
-    Ok(Some(tls))
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        // Some errors already print their source; say each cause once.
-        let cause = s.to_string();
-        if !text.contains(&cause) {
-            text.push_str(": ");
-            text.push_str(&cause);
-        }
-        source = s.source();
-    }
-    text
+    server
+        .tls_config(ServerTlsConfig::new().identity(identity))
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "telemetry TLS ({}, {}): {}",
+                files.cert.display(),
+                files.key.display(),
+                error_chain(&e)
+            )
+        })
 }
 
 fn bind(name: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
@@ -175,7 +171,7 @@ async fn shutdown_signal(mut shutdown: ShutdownWatch) {
 struct IngestService {
     state: Arc<AppState>,
     listener: Mutex<Option<TcpListener>>,
-    tls: Option<ServerTlsConfig>,
+    server: tonic::transport::Server,
 }
 
 #[async_trait]
@@ -184,20 +180,9 @@ impl BackgroundService for IngestService {
         let Some(listener) = take_listener(&self.listener) else {
             return;
         };
-        let mut builder = tonic::transport::Server::builder();
-        if let Some(tls) = &self.tls {
-            builder = match builder.tls_config(tls.clone()) {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!("telemetry ingest not started: TLS: {}", error_chain(&e));
-                    return;
-                }
-            };
-        }
-        let outcome = builder
-            .tcp_nodelay(true)
-            .http2_keepalive_interval(Some(Duration::from_secs(10)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        let outcome = self
+            .server
+            .clone()
             .add_service(TelemetryService::server(self.state.clone()))
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(listener),

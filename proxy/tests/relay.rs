@@ -499,6 +499,29 @@ async fn reload_applies_a_valid_policy_and_refuses_a_bad_file() {
     assert_eq!(chat(false).await.unwrap().status(), 200);
 }
 
+/// `id`'s `/ranking` entry once its rate comes from a relayed response.
+async fn relayed_measurement(proxy: &Proxy, id: &str) -> Value {
+    support::wait_for(
+        Duration::from_secs(10),
+        "the relayed measurement",
+        || async {
+            // The published ranking: the routing table is published with it, never later.
+            let r: Value = reqwest::get(format!("http://{}/ranking", proxy.admin))
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            r["nodes"]
+                .as_array()?
+                .iter()
+                .find(|n| n["id"] == id && n["tok_s_source"] == "relayed")
+                .cloned()
+        },
+    )
+    .await
+}
+
 #[tokio::test]
 async fn measured_decode_rate_feeds_the_ranking_and_the_next_choice() {
     let a = fake_node("a").await;
@@ -524,25 +547,7 @@ async fn measured_decode_rate_feeds_the_ranking_and_the_next_choice() {
     assert_eq!(response.text().await.unwrap().lines().count(), 5);
 
     // a really streams 5 tokens 200 ms apart: about 5 tok/s, measured by the proxy.
-    let entry = support::wait_for(
-        Duration::from_secs(10),
-        "the relayed measurement",
-        || async {
-            // The published ranking: the routing table is published with it, never later.
-            let r: Value = reqwest::get(format!("http://{}/ranking", f.proxy.admin))
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            r["nodes"]
-                .as_array()?
-                .iter()
-                .find(|n| n["id"] == "a" && n["tok_s_source"] == "relayed")
-                .cloned()
-        },
-    )
-    .await;
+    let entry = relayed_measurement(&f.proxy, "a").await;
     let tok_s = entry["tok_s"].as_f64().unwrap();
     assert!((3.5..=6.0).contains(&tok_s), "measured {tok_s}: {entry}");
     assert_eq!(entry["rank"], 2, "{entry}");
@@ -589,19 +594,7 @@ async fn a_client_that_hangs_up_after_the_done_line_still_feeds_the_ranking() {
     // Hang up while the node's body is still open (it lingers 500 ms after the done line).
     drop(client);
 
-    let entry = support::wait_for(
-        Duration::from_secs(10),
-        "the relayed measurement",
-        || async {
-            let r = f.proxy.ranking().await;
-            r["nodes"]
-                .as_array()?
-                .iter()
-                .find(|n| n["id"] == "a" && n["tok_s_source"] == "relayed")
-                .cloned()
-        },
-    )
-    .await;
+    let entry = relayed_measurement(&f.proxy, "a").await;
     let tok_s = entry["tok_s"].as_f64().unwrap();
     assert!((3.5..=6.0).contains(&tok_s), "measured {tok_s}: {entry}");
 }
