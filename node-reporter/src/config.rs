@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
 use crate::sensor::sim::SimParams;
-use crate::thermal::ThermalThresholds;
+use crate::sensor::thermal::ThermalThresholds;
 
 /// Which sensor backend to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum, Default)]

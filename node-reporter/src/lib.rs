@@ -5,7 +5,5 @@ pub mod agent;
 pub mod config;
 pub mod ollama;
 pub mod sample;
-pub mod select;
 pub mod sensor;
 pub mod stream;
-pub mod thermal;

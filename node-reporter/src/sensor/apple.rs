@@ -7,7 +7,7 @@
 //! but never run. IOReport is a private Apple library; its signatures here follow the
 //! declarations that open-source tools (macmon, asitop, socpowerbud) have used for years.
 //! What can be tested anywhere is tested here: the unit conversion and the choice of
-//! channels, and the pressure mapping in `crate::thermal`.
+//! channels, and the pressure mapping in `crate::sensor::thermal`.
 //!
 //! Not read on macOS: temperature (needs the SMC or HID sensors) and utilization; both stay
 //! unknown.
@@ -119,7 +119,7 @@ mod macos {
 
     use super::total_joules;
     use crate::sensor::Reading;
-    use crate::thermal::{apple_pressure_state, apple_process_info_state};
+    use crate::sensor::thermal::{apple_pressure_state, apple_process_info_state};
 
     const NOTIFY_STATUS_OK: u32 = 0;
     const PRESSURE_KEY: &CStr = c"com.apple.system.thermalpressurelevel";

@@ -14,7 +14,7 @@ use wes_proto::SensorKind;
 use super::command::CommandSensor;
 use super::linux::{self, LinuxSensor};
 use super::{Reading, Sensor, apple, nvml};
-use crate::thermal::ThermalThresholds;
+use crate::sensor::thermal::ThermalThresholds;
 
 #[derive(Debug, Clone)]
 pub struct AutoOptions {

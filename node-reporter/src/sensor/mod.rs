@@ -9,7 +9,9 @@ pub mod auto;
 pub mod command;
 pub mod linux;
 pub mod nvml;
+pub mod select;
 pub mod sim;
+pub mod thermal;
 
 use futures::future::BoxFuture;
 use wes_proto::{SensorKind, ThermalState};

@@ -13,7 +13,7 @@ use nvml_wrapper::error::NvmlError;
 use wes_proto::{SensorKind, ThermalState};
 
 use super::{Reading, Sensor};
-use crate::thermal::{
+use crate::sensor::thermal::{
     HwSlowdownDebounce, NvidiaSignals, ThermalThresholds, nvidia_power_capped, nvidia_state,
 };
 
@@ -342,7 +342,7 @@ pub fn open_real(thresholds: ThermalThresholds) -> Result<NvmlSensor<RealNvml>, 
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::thermal::{NV_HW_SLOWDOWN, NV_SW_POWER_CAP, NV_SW_THERMAL_SLOWDOWN};
+    use crate::sensor::thermal::{NV_HW_SLOWDOWN, NV_SW_POWER_CAP, NV_SW_THERMAL_SLOWDOWN};
     use std::collections::VecDeque;
 
     /// Values handed out in order; the last one repeats once the script runs out.

@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
 # Routing-quality benchmark: does efficiency routing save energy, and at what latency?
 #
-#   benches/routing-quality.sh            all seven runs (~14 min): top, weighted, p2c, slo,
+#   benchmarks/routing-quality.sh            all seven runs (~14 min): top, weighted, p2c, slo,
 #                                         round_robin, least_connections and the oracle;
 #                                         writes docs/benchmarks/routing-quality.md + PNGs
-#   benches/routing-quality.sh --quick    top, round_robin and the oracle on 30 s of traffic
+#   benchmarks/routing-quality.sh --quick    top, round_robin and the oracle on 30 s of traffic
 #                                         (~3 min); writes target/routing-quality/
-#   benches/routing-quality.sh --help     every option (policies, rate, duration, heat event,
+#   benchmarks/routing-quality.sh --help     every option (policies, rate, duration, heat event,
 #                                         extra [routing] lines for the proxy, --report-only)
 #
 # Each run starts a fresh simulated fleet (six wes-sim-node, a wes-reporter per node, the
 # wes-proxy with the policy under test), replays the same seeded Poisson workload, heats the
 # node the efficiency policies favour at 1/3 of the run, and measures fleet tokens per joule
 # from every node's energy counter, time to first token, failures, and how fast traffic left the
-# hot node. The harness is Python (benches/routing_quality/, aiohttp and matplotlib, installed
+# hot node. The harness is Python (benchmarks/routing_quality/, aiohttp and matplotlib, installed
 # into the repository's .venv). Ctrl-C stops every process it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +27,7 @@ esac
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -r benches/routing_quality/requirements.txt
+.venv/bin/python -m pip install -q --disable-pip-version-check -r benchmarks/routing_quality/requirements.txt
 
 bins=""
 case " $* " in
@@ -48,7 +48,7 @@ esac
 # Not exec: the EXIT trap removes the copied binaries. A background job of a script ignores
 # SIGINT, so Ctrl-C and SIGTERM are both passed on as SIGTERM, on which the harness stops its
 # fleet and exits.
-.venv/bin/python benches/routing_quality/run.py "$@" &
+.venv/bin/python benchmarks/routing_quality/run.py "$@" &
 child=$!
 trap 'kill -TERM "$child" 2>/dev/null || true' INT TERM
 rc=0

@@ -74,7 +74,7 @@ def wait_line(path: Path, prefix: str, limit_s: float, proc: subprocess.Popen) -
 
 def proxy_toml(policy: str, api: str, nodes: list[tuple[NodeSpec, str]], routing_extra: str) -> str:
     lines = [
-        "# Written by benches/routing_quality for one benchmark run.",
+        "# Written by benchmarks/routing_quality for one benchmark run.",
         "[listen]",
         f'api = "{api}"',
         'telemetry = "127.0.0.1:0"',

@@ -92,7 +92,7 @@ def _markdown(summaries: dict, runs: dict, meta: dict, plots: list[str], finding
     lines = [
         "# Routing quality: efficiency policies against baselines and an oracle",
         "",
-        "`benches/routing-quality.sh` writes this file, its plots and `routing-quality.json` (the",
+        "`benchmarks/routing-quality.sh` writes this file, its plots and `routing-quality.json` (the",
         "numbers; each run's raw records go to `target/routing-quality/raw/`). `--quick` runs a",
         "3-minute subset. Each policy runs",
         "against a fresh simulated fleet: six `wes-sim-node`s, a real `wes-reporter` per node (its",

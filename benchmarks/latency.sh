@@ -6,10 +6,10 @@
 # rate (interleaved rounds), closed-loop throughput at saturation, proxy CPU and peak RSS, and
 # 5,000 slow streams held open through each proxy. A real wes-reporter (command sensor) keeps
 # the node's telemetry live in wes-proxy. Release builds; nginx is installed if missing.
-# Usage: benches/latency.sh [wes-bench latency flags, e.g. --rate 500 --segment 8s] > result.md
+# Usage: benchmarks/latency.sh [wes-bench latency flags, e.g. --rate 500 --segment 8s] > result.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source benches/common.sh
+source benchmarks/common.sh
 scripts/ensure-tools.sh
 if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
   echo "installing: nginx" >&2

@@ -1,6 +1,6 @@
 """Routing-quality benchmark: the same seeded workload and thermal event against a fresh
 simulated fleet per policy, the oracle as the ceiling. Run it through
-`benches/routing-quality.sh` (which builds the binaries and this venv); `--help` lists options.
+`benchmarks/routing-quality.sh` (which builds the binaries and this venv); `--help` lists options.
 """
 
 from __future__ import annotations

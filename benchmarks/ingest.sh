@@ -3,10 +3,10 @@
 # opens one authenticated gRPC stream per node of a generated config, sends at 1 Hz each and
 # checks every sample is acknowledged and counted, then steps the rate up to find the sustained
 # accepted samples/s, with the proxy's CPU and RSS.
-# Usage: benches/ingest.sh [NODES] [wes-bench ingest flags] > result.md
+# Usage: benchmarks/ingest.sh [NODES] [wes-bench ingest flags] > result.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source benches/common.sh
+source benchmarks/common.sh
 nodes=${1:-1000}
 shift || true
 scripts/ensure-tools.sh

@@ -3,10 +3,10 @@
 # (release build): every policy `policy::by_name` builds, at 10, 100 and 1,000 nodes, timed call
 # by call, and the ranking rebuild; then, when `perf` is installed, profiles of the slowest
 # decision (`least_connections`) and of the rebuild at 1,000 nodes.
-# Usage: benches/routing.sh [ITERATIONS] > result.md
+# Usage: benchmarks/routing.sh [ITERATIONS] > result.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source benches/common.sh
+source benchmarks/common.sh
 iterations=${1:-100000}
 scripts/ensure-tools.sh
 cargo build --release --locked -p wes-bench -q

@@ -1,4 +1,4 @@
-//! `wes-bench`: the tools behind `benches/*.sh`. Each subcommand measures one thing and prints
+//! `wes-bench`: the tools behind `benchmarks/*.sh`. Each subcommand measures one thing and prints
 //! markdown on stdout (progress on stderr); the scripts start the processes under test.
 
 mod bare_pingora;

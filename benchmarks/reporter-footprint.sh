@@ -2,7 +2,7 @@
 # Measures wes-reporter's own footprint at a 1 s interval: CPU share of one core and peak RSS.
 # Runs the release reporter against a real wes-proxy for DURATION seconds (default 60) with each
 # sensor that works without hardware, polling a static stand-in for Ollama's /api/tags.
-# Usage: benches/reporter-footprint.sh [DURATION] > result.md
+# Usage: benchmarks/reporter-footprint.sh [DURATION] > result.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=${1:-60}
