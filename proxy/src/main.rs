@@ -51,7 +51,7 @@ fn check_config(path: &std::path::Path) -> ExitCode {
                 "{}: ok ({} nodes, policy {})",
                 path.display(),
                 config.nodes.len(),
-                config.routing.policy
+                config.routing.policy.as_str()
             );
             ExitCode::SUCCESS
         }

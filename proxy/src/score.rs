@@ -27,7 +27,7 @@ pub fn wes(tok_s: Option<f64>, watts: Option<f64>, pue: f64, penalty: f64) -> Op
 }
 
 /// Raw and penalized WES and the thermal cost between them, for one sample.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct WesPair {
     pub raw: Option<f64>,
     pub penalized: Option<f64>,
@@ -57,30 +57,33 @@ pub fn baseline_loss(penalized: Option<f64>, best_clean_raw: Option<f64>) -> Opt
 }
 
 /// Joules per output token, gross (everything the node drew) and net of its idle baseline.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct JoulesPerToken {
     pub gross: Option<f64>,
     pub net: Option<f64>,
 }
 
-pub fn joules_per_token(
-    joules: Option<f64>,
-    seconds: f64,
+/// Energy per output token at a node's current rate: `watts × pue ÷ tok/s`, the facility's
+/// joules and not just the board's; net subtracts the idle baseline first (what generating
+/// adds over standing by). It is the reciprocal of raw WES, computed apart so that a rate of 0
+/// gives `None`, not infinity.
+pub fn rate_joules_per_token(
+    tok_s: Option<f64>,
+    watts: Option<f64>,
     idle_watts: Option<f64>,
-    tokens: u64,
+    pue: f64,
 ) -> JoulesPerToken {
-    if tokens == 0 || !seconds.is_finite() || seconds < 0.0 {
-        return JoulesPerToken {
-            gross: None,
-            net: None,
-        };
-    }
-    let gross = joules
-        .filter(|j| j.is_finite() && *j >= 0.0)
-        .map(|j| j / tokens as f64);
-    let net = match (joules, idle_watts) {
-        (Some(j), Some(idle)) if j.is_finite() && idle.is_finite() && idle >= 0.0 => {
-            Some((j - idle * seconds).max(0.0) / tokens as f64)
+    let gross = match (watts, tok_s) {
+        (Some(w), Some(t)) => {
+            let j = w * pue / t;
+            (w > 0.0 && t > 0.0 && pue > 0.0 && j.is_finite()).then_some(j)
+        }
+        _ => None,
+    };
+    let net = match (watts, idle_watts, tok_s) {
+        (Some(w), Some(idle), Some(t)) if t > 0.0 => {
+            let j = (w - idle).max(0.0) * pue / t;
+            j.is_finite().then_some(j)
         }
         _ => None,
     };
@@ -147,11 +150,35 @@ mod tests {
     }
 
     #[test]
-    fn joules_per_token_gross_and_net() {
-        // 100 W for 2 s over 50 tokens, idle 40 W: gross 4 J/token, net (200-80)/50 = 2.4.
-        let j = joules_per_token(Some(200.0), 2.0, Some(40.0), 50);
-        assert!(close(j.gross.unwrap(), 4.0));
-        assert!(close(j.net.unwrap(), 2.4));
-        assert_eq!(joules_per_token(Some(200.0), 2.0, None, 0).gross, None);
+    fn joules_per_token_is_facility_energy_per_token() {
+        // The seed's clean node: 0.6 W at 108.9 tok/s.
+        let j = rate_joules_per_token(Some(108.9), Some(0.6), None, 1.0).gross;
+        assert_eq!(j, Some(0.6 / 108.9));
+        let raw = wes(Some(108.9), Some(0.6), 1.5, 1.0);
+        let with_pue = rate_joules_per_token(Some(108.9), Some(0.6), None, 1.5).gross;
+        assert!(
+            matches!((raw, with_pue), (Some(r), Some(j)) if (r * j - 1.0).abs() < 1e-12),
+            "{raw:?} {with_pue:?}"
+        );
+    }
+
+    #[test]
+    fn joules_per_token_unknown_is_none() {
+        let gross = |watts, tok_s| rate_joules_per_token(tok_s, watts, None, 1.0).gross;
+        assert_eq!(gross(None, Some(10.0)), None);
+        assert_eq!(gross(Some(10.0), None), None);
+        assert_eq!(gross(Some(10.0), Some(0.0)), None);
+        assert_eq!(gross(Some(0.0), Some(10.0)), None);
+        assert_eq!(gross(Some(-1.0), Some(10.0)), None);
+        assert_eq!(gross(Some(f64::NAN), Some(10.0)), None);
+    }
+
+    #[test]
+    fn net_joules_per_token_subtracts_the_idle_baseline() {
+        // 100 W generating at 50 tok/s, idle 40 W: gross 2 J/token, net 60/50 = 1.2.
+        let j = rate_joules_per_token(Some(50.0), Some(100.0), Some(40.0), 1.0);
+        assert!(close(j.gross.unwrap(), 2.0));
+        assert!(close(j.net.unwrap(), 1.2));
+        assert_eq!(rate_joules_per_token(Some(50.0), Some(100.0), None, 1.0).net, None);
     }
 }

@@ -242,7 +242,7 @@ struct HealthCheckService {
 #[async_trait]
 impl BackgroundService for HealthCheckService {
     async fn start(&self, shutdown: ShutdownWatch) {
-        crate::checker::run(self.state.clone(), shutdown_signal(shutdown)).await;
+        crate::fleet::health::run_checks(self.state.clone(), shutdown_signal(shutdown)).await;
     }
 }
 

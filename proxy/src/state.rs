@@ -1,15 +1,16 @@
-//! What the proxy's services share: the running config, fleet state, the published ranking.
+//! What the proxy's services share: the running config, fleet state, the published ranking and
+//! the metrics.
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use parking_lot::Mutex;
 
 use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::fleet::Fleet;
-use crate::policy::RoutingTable;
-use crate::ranking::RankingSnapshot;
+use crate::metrics::Metrics;
+use crate::ranking::Ranking;
 
 pub struct AppState {
     pub config: ArcSwap<Config>,
@@ -18,12 +19,9 @@ pub struct AppState {
     /// Serializes reloads so two at once cannot interleave their checks and stores.
     reload_lock: Mutex<()>,
     pub fleet: Fleet,
-    pub ranking: ArcSwap<RankingSnapshot>,
-    /// Per model, the nodes that may serve it, scored and sorted: what requests choose from.
-    pub routing: ArcSwap<RoutingTable>,
-    pub counters: Counters,
-    /// Per-node request counts and latency histograms, recorded by the relay.
-    pub stats: crate::stats::Stats,
+    /// The board and the routing table of the latest rebuild, published together.
+    pub ranking: Arc<ArcSwap<Ranking>>,
+    pub metrics: Metrics,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,26 +30,17 @@ pub struct ReloadOutcome {
     pub changed: bool,
 }
 
-/// Process-wide counters for `/metrics`.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub samples_accepted: AtomicU64,
-    pub samples_refused: AtomicU64,
-    pub streams_refused: AtomicU64,
-}
-
 impl AppState {
     pub fn new(config: Config, config_path: Option<PathBuf>) -> Arc<Self> {
         let fleet = Fleet::new(&config.nodes);
+        let ranking = Arc::new(ArcSwap::from_pointee(Ranking::default()));
         let state = AppState {
             config: ArcSwap::from_pointee(config),
             config_path,
             reload_lock: Mutex::new(()),
             fleet,
-            ranking: ArcSwap::from_pointee(RankingSnapshot::default()),
-            routing: ArcSwap::from_pointee(RoutingTable::default()),
-            counters: Counters::default(),
-            stats: crate::stats::Stats::default(),
+            metrics: Metrics::new(ranking.clone()),
+            ranking,
         };
         state.rebuild_ranking();
         Arc::new(state)
@@ -60,7 +49,7 @@ impl AppState {
     /// Re-reads the config file and applies it whole, or refuses it whole and keeps the running
     /// one. Requests in flight keep the node state they hold; new requests see the new config.
     pub fn reload(&self) -> Result<ReloadOutcome, ConfigErrors> {
-        let _serial = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _serial = self.reload_lock.lock();
         let Some(path) = &self.config_path else {
             return Err(ConfigErrors(vec![ConfigError {
                 line: None,
@@ -85,15 +74,12 @@ impl AppState {
         Ok(ReloadOutcome { changed })
     }
 
-    /// Builds and publishes a fresh ranking and routing table from the current fleet state.
+    /// Builds and publishes a fresh ranking (board and routing table) from fleet state.
     pub fn rebuild_ranking(&self) {
         let config = self.config.load();
         let view = self.fleet.view();
         let now = std::time::Instant::now();
-        let snapshot = RankingSnapshot::build(&view, &config.routing, &config.health, now);
-        let table = RoutingTable::build(&view, &config.routing, &config.health, now);
-        // The table first: whoever sees the new ranking can count on routing by it.
-        self.routing.store(Arc::new(table));
-        self.ranking.store(Arc::new(snapshot));
+        let ranking = Ranking::build(&view, &config.routing, &config.health, now);
+        self.ranking.store(Arc::new(ranking));
     }
 }

@@ -40,8 +40,9 @@ async fn ranking(
 ) -> Response {
     let now = std::time::Instant::now();
     let published = state.ranking.load();
+    let models = &published.board.models;
     let body = match query.model {
-        None => ranking_json::render(&published, &published.models, now),
+        None => ranking_json::render(&published.board, models, now),
         Some(model) => {
             let config = state.config.load();
             let snapshot = crate::ranking::RankingSnapshot::build_for_model(
@@ -51,7 +52,7 @@ async fn ranking(
                 now,
                 &model,
             );
-            ranking_json::render(&snapshot, &published.models, now)
+            ranking_json::render(&snapshot, models, now)
         }
     };
     axum::Json(body).into_response()

@@ -2,26 +2,31 @@
 //! flight. The node set follows the config; a node's state survives a reload that keeps its id.
 
 mod estimate;
-mod health;
+pub mod health;
 mod power;
 mod telemetry;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
+use wes_proto::ThermalState;
 
 pub use estimate::{HALF_LIFE, RateEstimate};
-pub use health::{Admission, Circuit};
+pub use health::{Admission, Circuit, NodeHealth};
 pub use power::PowerEstimate;
 pub use telemetry::{ProbeObservation, Telemetry};
 
 use crate::config::NodeConfig;
 
-/// The live state of one node, shared by ingest, the router and the admin listener.
+/// The live state of one node, shared by ingest, the router and the admin listener. Written by
+/// what happens to the node (samples, relayed measurements, failures, checks, drain); the
+/// ranking only reads it.
 #[derive(Debug, Default)]
 pub struct NodeState {
     /// Shared, not copied: every ranking rebuild reads every node's (model list included).
@@ -30,25 +35,36 @@ pub struct NodeState {
     /// Measured by the proxy on relayed responses, per model.
     relayed: Mutex<HashMap<String, RateEstimate>>,
     power: Mutex<PowerEstimate>,
-    /// Per model, the best raw WES seen under Normal thermal state: the node's clean baseline.
-    best_clean_raw: Mutex<HashMap<String, f64>>,
+    /// Per model, the best tok/s per watt seen under Normal thermal state: the node's clean
+    /// baseline (PUE is the site's, applied by the ranking).
+    best_clean: Mutex<HashMap<String, f64>>,
     in_flight: AtomicU32,
-    circuit: Mutex<Circuit>,
-    /// Set by an admin: no new requests, those in flight finish.
-    draining: AtomicBool,
-    /// Why the newest active health check failed; `None` when it passed or none ran yet.
-    check_failure: Mutex<Option<String>>,
+    pub health: NodeHealth,
     /// Shared by the whole fleet: woken whenever any node frees a slot, for queued requests.
     slot_freed: Arc<Notify>,
 }
 
+/// The rate a model is scored on: the proxy's own measurement while it is fresh, else the
+/// reporter's newest probe. One rule for the score and for the clean baseline.
+fn current_rate(
+    relayed: &HashMap<String, RateEstimate>,
+    probes: &HashMap<String, ProbeObservation>,
+    model: &str,
+    now: Instant,
+) -> Option<(f64, RateSource)> {
+    if let Some(v) = relayed.get(model).and_then(|e| e.current(now, HALF_LIFE)) {
+        return Some((v, RateSource::Relayed));
+    }
+    probes.get(model).map(|p| (p.tok_s, RateSource::Probe))
+}
+
 impl NodeState {
     pub fn telemetry(&self) -> Option<Arc<Telemetry>> {
-        lock(&self.telemetry).clone()
+        self.telemetry.lock().clone()
     }
 
     pub fn probes(&self) -> HashMap<String, ProbeObservation> {
-        lock(&self.probes).clone()
+        self.probes.lock().clone()
     }
 
     fn with_slot_signal(slot_freed: Arc<Notify>) -> Self {
@@ -60,56 +76,86 @@ impl NodeState {
 
     /// Records a decode rate the relay measured for `model`.
     pub fn observe_relayed(&self, model: &str, tok_s: f64, ttft: Option<Duration>, at: Instant) {
-        let mut relayed = lock(&self.relayed);
-        let entry = relayed
-            .entry(model.to_owned())
-            .and_modify(|e| e.observe(tok_s, at, HALF_LIFE))
-            .or_insert_with(|| RateEstimate::new(tok_s, at));
-        if let Some(ttft) = ttft {
-            entry.observe_ttft(ttft);
+        {
+            let mut relayed = self.relayed.lock();
+            // Looked up first: a known model is the common case and needs no allocation.
+            if let Some(e) = relayed.get_mut(model) {
+                e.observe(tok_s, at, HALF_LIFE);
+                if let Some(ttft) = ttft {
+                    e.observe_ttft(ttft);
+                }
+            } else {
+                let mut e = RateEstimate::new(tok_s, at);
+                if let Some(ttft) = ttft {
+                    e.observe_ttft(ttft);
+                }
+                relayed.insert(model.to_owned(), e);
+            }
+        }
+        if let Some(t) = self.telemetry() {
+            self.note_clean_baseline(&t, at);
         }
     }
 
     pub fn power(&self) -> PowerEstimate {
-        *lock(&self.power)
+        *self.power.lock()
     }
 
     /// The watts `model`'s score divides by (see `power`): generating power, else the power
     /// its probe drew, else the latest reading.
     pub fn scoring_watts(&self, model: Option<&str>, latest: Option<f64>) -> Option<f64> {
-        let probe_watts = model.and_then(|m| lock(&self.probes).get(m).and_then(|p| p.watts));
-        lock(&self.power).generating(probe_watts, latest)
+        let probe_watts = model.and_then(|m| self.probes.lock().get(m).and_then(|p| p.watts));
+        self.power.lock().generating(probe_watts, latest)
     }
 
-    /// Keeps the best clean raw WES for `model` and returns it.
-    pub fn note_clean_raw(&self, model: &str, raw: Option<f64>, clean: bool) -> Option<f64> {
-        let mut best = lock(&self.best_clean_raw);
-        if let (Some(raw), true) = (raw, clean) {
-            // Looked up first: every rebuild passes here, and a new key costs an allocation.
+    /// The best tok/s per watt seen for `model` under Normal thermal state.
+    pub fn best_clean(&self, model: &str) -> Option<f64> {
+        self.best_clean.lock().get(model).copied()
+    }
+
+    /// Raises each rated model's clean baseline when the node runs at Normal. Called where its
+    /// inputs change (a sample, a relayed measurement), so that building a ranking only reads.
+    fn note_clean_baseline(&self, telemetry: &Telemetry, now: Instant) {
+        if telemetry.thermal != ThermalState::Normal {
+            return;
+        }
+        let relayed = self.relayed.lock();
+        let probes = self.probes.lock();
+        let power = *self.power.lock();
+        let mut best = self.best_clean.lock();
+        let models = relayed.keys().chain(probes.keys().filter(|m| !relayed.contains_key(*m)));
+        for model in models {
+            let Some((tok_s, _)) = current_rate(&relayed, &probes, model, now) else {
+                continue;
+            };
+            let watts = power.generating(probes.get(model).and_then(|p| p.watts), telemetry.watts);
+            let Some(efficiency) = crate::score::wes(Some(tok_s), watts, 1.0, 1.0) else {
+                continue;
+            };
+            // Looked up first: most samples change nothing, and a new key costs an allocation.
             match best.get_mut(model) {
-                Some(b) => *b = b.max(raw),
+                Some(b) => *b = b.max(efficiency),
                 None => {
-                    best.insert(model.to_owned(), raw);
+                    best.insert(model.clone(), efficiency);
                 }
             }
         }
-        best.get(model).copied()
     }
 
     /// The smoothed time to first token measured for `model`, if any.
     pub fn ttft_for(&self, model: &str) -> Option<Duration> {
-        lock(&self.relayed).get(model).and_then(RateEstimate::ttft)
+        self.relayed.lock().get(model).and_then(RateEstimate::ttft)
     }
 
-    /// Takes one slot if the node has one free and its circuit admits a request. The check and
-    /// the increment are one atomic step, so concurrent requests never overfill a node.
+    /// Takes one slot if the node has one free and its circuit admits a request. The slot is
+    /// reserved atomically, so concurrent requests never overfill a node; a refused admission
+    /// gives it back.
     pub fn try_acquire(
         self: &Arc<Self>,
         max_concurrency: u32,
         now: Instant,
         cooldown: Duration,
     ) -> Option<InFlightGuard> {
-        let mut circuit = lock(&self.circuit);
         let reserved = self
             .in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -119,11 +165,10 @@ impl NodeState {
         if !reserved {
             return None;
         }
-        let trial = match circuit.admit(now, cooldown) {
+        let trial = match self.health.admit(now, cooldown) {
             Admission::Closed => false,
             Admission::Trial => true,
             Admission::Refused => {
-                drop(circuit);
                 self.release_slot();
                 return None;
             }
@@ -140,61 +185,16 @@ impl NodeState {
         self.slot_freed.notify_waiters();
     }
 
-    /// The active check's verdict; a failure keeps the node out until a check passes again.
-    pub fn record_check(&self, outcome: Result<(), String>) {
-        *lock(&self.check_failure) = outcome.err();
-    }
-
-    pub fn check_failed(&self) -> bool {
-        lock(&self.check_failure).is_some()
-    }
-
-    pub fn set_draining(&self, draining: bool) {
-        self.draining.store(draining, Ordering::Relaxed);
-    }
-
-    pub fn draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
-    }
-
-    /// Why the node must not take traffic now, apart from telemetry; `None` when it may.
-    pub fn health_problem(&self, now: Instant, cooldown: Duration) -> Option<String> {
-        if self.draining() {
-            return Some("draining".into());
-        }
-        let circuit = lock(&self.circuit);
-        if circuit.is_open(now, cooldown) {
-            let retry = circuit.retry_in(now, cooldown).unwrap_or_default();
-            return Some(format!(
-                "circuit open after {} failures in a row (trial in {:.1}s)",
-                circuit.failures_in_row(),
-                retry.as_secs_f64()
-            ));
-        }
-        drop(circuit);
-        lock(&self.check_failure)
-            .as_ref()
-            .map(|why| format!("health check failed: {why}"))
-    }
-
     /// The decode rate for `model` and where it came from: the proxy's own measurement while it
     /// is fresh, else the reporter's newest probe, else nothing (unmeasured).
     pub fn tok_s_for(&self, model: &str, now: Instant) -> Option<(f64, RateSource)> {
-        if let Some(v) = lock(&self.relayed)
-            .get(model)
-            .and_then(|e| e.current(now, HALF_LIFE))
-        {
-            return Some((v, RateSource::Relayed));
-        }
-        lock(&self.probes)
-            .get(model)
-            .map(|p| (p.tok_s, RateSource::Probe))
+        current_rate(&self.relayed.lock(), &self.probes.lock(), model, now)
     }
 
     /// The model measured most recently by either source, with its rate: the node's headline
     /// figure when no model is asked for.
     pub fn newest_rate(&self, now: Instant) -> Option<(String, f64, RateSource)> {
-        let relayed = lock(&self.relayed);
+        let relayed = self.relayed.lock();
         let newest_relayed = relayed
             .iter()
             .filter_map(|(m, e)| {
@@ -205,7 +205,8 @@ impl NodeState {
         if let Some((model, v, _)) = newest_relayed {
             return Some((model, v, RateSource::Relayed));
         }
-        lock(&self.probes)
+        self.probes
+            .lock()
             .values()
             .max_by_key(|p| p.finished_unix_ms)
             .map(|p| (p.model.clone(), p.tok_s, RateSource::Probe))
@@ -213,12 +214,14 @@ impl NodeState {
 
     /// Every model with a current rate from either source.
     pub fn rated_models(&self, now: Instant) -> Vec<String> {
-        let mut models: Vec<String> = lock(&self.relayed)
+        let mut models: Vec<String> = self
+            .relayed
+            .lock()
             .iter()
             .filter(|(_, e)| e.current(now, HALF_LIFE).is_some())
             .map(|(m, _)| m.clone())
             .collect();
-        for model in lock(&self.probes).keys() {
+        for model in self.probes.lock().keys() {
             if !models.contains(model) {
                 models.push(model.clone());
             }
@@ -252,7 +255,17 @@ impl RateSource {
 #[derive(Debug, Clone)]
 pub struct FleetNode {
     pub config: NodeConfig,
+    /// `config.id`, shared: routes and requests carry it without copying.
+    pub id: Arc<str>,
+    /// `host:port` of the node's Ollama, from its url.
+    pub peer: Arc<str>,
     pub state: Arc<NodeState>,
+}
+
+/// `http://host:port/...` → `host:port` (config validation guarantees the form).
+fn peer_address(url: &str) -> &str {
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    rest.split('/').next().unwrap_or(rest)
 }
 
 /// The node set of one config generation.
@@ -301,6 +314,8 @@ impl Fleet {
             );
             view.by_id.insert(config.id.clone(), view.nodes.len());
             view.nodes.push(FleetNode {
+                id: Arc::from(config.id.as_str()),
+                peer: Arc::from(peer_address(&config.url)),
                 config: config.clone(),
                 state,
             });
@@ -342,7 +357,7 @@ impl Fleet {
             return false;
         };
         {
-            let mut known = lock(&node.state.probes);
+            let mut known = node.state.probes.lock();
             for probe in probes {
                 let newer = known
                     .get(&probe.model)
@@ -354,9 +369,11 @@ impl Fleet {
         }
         if let Some(watts) = telemetry.watts {
             let busy = power::is_busy(node.state.in_flight(), telemetry.utilization_pct);
-            lock(&node.state.power).observe(watts, busy);
+            node.state.power.lock().observe(watts, busy);
         }
-        *lock(&node.state.telemetry) = Some(Arc::new(telemetry));
+        let telemetry = Arc::new(telemetry);
+        *node.state.telemetry.lock() = Some(telemetry.clone());
+        node.state.note_clean_baseline(&telemetry, Instant::now());
         self.changed.notify_one();
         true
     }
@@ -383,7 +400,7 @@ impl Fleet {
         let Some(node) = view.get(id) else {
             return false;
         };
-        node.state.set_draining(draining);
+        node.state.health.set_draining(draining);
         self.changed.notify_one();
         true
     }
@@ -402,36 +419,29 @@ pub struct InFlightGuard {
 impl InFlightGuard {
     /// The node answered: its circuit closes.
     pub fn succeeded(&mut self) {
-        lock(&self.state.circuit).on_success();
+        self.state.health.succeeded();
         self.settled = true;
     }
 
     /// The node failed this request; returns true when that opened its circuit.
     pub fn failed(&mut self, now: Instant, threshold: u32) -> bool {
         self.settled = true;
-        lock(&self.state.circuit).on_failure(now, threshold)
+        self.state.health.failed(now, threshold)
     }
 }
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
         if self.trial && !self.settled {
-            lock(&self.state.circuit).release_trial();
+            self.state.health.release_trial();
         }
         self.state.release_slot();
     }
 }
 
+/// Equal-length inputs are compared in constant time; a token's length is not secret.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // State behind these mutexes is replaced whole, never left half-written by a panic.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    a.ct_eq(b).into()
 }
 
 #[cfg(test)]
@@ -505,7 +515,8 @@ mod tests {
         drop(g);
         assert!(
             state
-                .health_problem(t0, cool)
+                .health
+                .problem(t0, cool)
                 .unwrap()
                 .contains("circuit open")
         );
@@ -523,7 +534,7 @@ mod tests {
         );
         trial.succeeded();
         drop(trial);
-        assert!(state.health_problem(later, cool).is_none());
+        assert!(state.health.problem(later, cool).is_none());
         assert!(state.try_acquire(4, later, cool).is_some());
     }
 
@@ -535,17 +546,18 @@ mod tests {
         let cool = Duration::from_secs(5);
         assert!(fleet.set_draining("a", true));
         assert!(!fleet.set_draining("zz", true));
-        assert_eq!(state.health_problem(now, cool).as_deref(), Some("draining"));
+        assert_eq!(state.health.problem(now, cool).as_deref(), Some("draining"));
         fleet.set_draining("a", false);
-        state.record_check(Err("connection refused".into()));
+        state.health.record_check(Err("connection refused".into()));
         assert!(
             state
-                .health_problem(now, cool)
+                .health
+                .problem(now, cool)
                 .unwrap()
                 .contains("connection refused")
         );
-        state.record_check(Ok(()));
-        assert!(state.health_problem(now, cool).is_none());
+        state.health.record_check(Ok(()));
+        assert!(state.health.problem(now, cool).is_none());
     }
 
     #[test]

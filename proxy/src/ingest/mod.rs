@@ -5,7 +5,6 @@ mod validate;
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use futures::Stream;
@@ -43,17 +42,17 @@ impl Telemetry for TelemetryService {
         let peer = request
             .remote_addr()
             .map_or_else(|| "unknown peer".to_owned(), |a| a.to_string());
-        let counters = &self.state.counters;
+        let counters = &self.state.metrics.telemetry;
         let token = match bearer_token(request.metadata()) {
             Ok(t) => t.to_owned(),
             Err(status) => {
-                counters.streams_refused.fetch_add(1, Ordering::Relaxed);
+                counters.streams_refused.inc();
                 tracing::warn!(%peer, "telemetry stream refused: {}", status.message());
                 return Err(status);
             }
         };
         let Some(node_id) = self.state.fleet.authenticate(&token) else {
-            counters.streams_refused.fetch_add(1, Ordering::Relaxed);
+            counters.streams_refused.inc();
             tracing::warn!(%peer, "telemetry stream refused: token matches no configured node");
             return Err(Status::unauthenticated(
                 "the token matches no configured node",
@@ -87,7 +86,7 @@ async fn pump(
     inbound: &mut Streaming<Sample>,
     acks: &mpsc::Sender<Result<Ack, Status>>,
 ) -> Result<(), Status> {
-    let counters = &state.counters;
+    let counters = &state.metrics.telemetry;
     loop {
         let sample = match inbound.message().await {
             Ok(Some(sample)) => sample,
@@ -100,7 +99,7 @@ async fn pump(
         };
         // A reload may have revoked or rebound the token since the stream opened.
         if !state.fleet.token_matches(node_id, token) {
-            counters.samples_refused.fetch_add(1, Ordering::Relaxed);
+            counters.samples_refused.inc();
             return Err(Status::unauthenticated(format!(
                 "node {node_id:?} is no longer configured with this token"
             )));
@@ -109,17 +108,17 @@ async fn pump(
         match validate(&sample, node_id, unix_ms_now(), Instant::now(), &limits) {
             Ok((telemetry, probes)) => {
                 state.fleet.record(node_id, telemetry, probes);
-                counters.samples_accepted.fetch_add(1, Ordering::Relaxed);
+                counters.samples_accepted.inc();
                 if acks.send(Ok(Ack { seq: sample.seq })).await.is_err() {
                     return Ok(());
                 }
             }
             Err(Refusal::PermissionDenied(message)) => {
-                counters.samples_refused.fetch_add(1, Ordering::Relaxed);
+                counters.samples_refused.inc();
                 return Err(Status::permission_denied(message));
             }
             Err(Refusal::InvalidArgument(message)) => {
-                counters.samples_refused.fetch_add(1, Ordering::Relaxed);
+                counters.samples_refused.inc();
                 return Err(Status::invalid_argument(message));
             }
         }

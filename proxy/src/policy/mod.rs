@@ -1,28 +1,87 @@
-//! Routing policies. The routing table (`table`) holds, per model, the nodes that may serve it,
-//! sorted by penalized WES; a policy picks from it the few nodes a request will try, best first
-//! (the next only if the previous failed before answering, or filled up meanwhile). Policies
-//! look at as few nodes as they can, so a decision stays cheap at thousands of nodes. One
-//! module per policy.
+//! Routing policies. The routing table (`ranking::table`) holds, per model, the nodes that may
+//! serve it, sorted by penalized WES; a policy picks from it the few nodes a request will try,
+//! best first (the next only if the previous failed before answering, or filled up meanwhile).
+//! Policies look at as few nodes as they can, so a decision stays cheap at thousands of nodes.
+//! One module per policy; [`PolicyName`] is the one list of them (a new policy is its own file
+//! plus a variant there).
 
 mod least_connections;
 mod p2c;
 mod round_robin;
 mod slo;
-pub mod table;
 mod top;
 mod weighted;
 
 use std::time::{Duration, Instant};
 
 use rand::{Rng, RngCore};
+use serde::Deserialize;
 
 pub use least_connections::LeastConnections;
 pub use p2c::PowerOfTwo;
 pub use round_robin::RoundRobin;
 pub use slo::Slo;
-pub use table::{ModelRoute, RouteNode, RoutingTable};
 pub use top::Top;
 pub use weighted::Weighted;
+
+pub use crate::ranking::{ModelRoute, RouteNode, RoutingTable};
+
+/// Every policy, by the name the config gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyName {
+    Top,
+    Weighted,
+    P2c,
+    Slo,
+    RoundRobin,
+    LeastConnections,
+}
+
+impl PolicyName {
+    pub const ALL: [PolicyName; 6] = [
+        PolicyName::Top,
+        PolicyName::Weighted,
+        PolicyName::P2c,
+        PolicyName::Slo,
+        PolicyName::RoundRobin,
+        PolicyName::LeastConnections,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyName::Top => "top",
+            PolicyName::Weighted => "weighted",
+            PolicyName::P2c => "p2c",
+            PolicyName::Slo => "slo",
+            PolicyName::RoundRobin => "round_robin",
+            PolicyName::LeastConnections => "least_connections",
+        }
+    }
+
+    /// The policy named `name`, if there is one.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+
+    /// A fresh instance of the policy.
+    pub fn build(self) -> Box<dyn Policy> {
+        match self {
+            PolicyName::Top => Box::new(Top::default()),
+            PolicyName::Weighted => Box::new(Weighted),
+            PolicyName::P2c => Box::new(PowerOfTwo),
+            PolicyName::Slo => Box::new(Slo),
+            PolicyName::RoundRobin => Box::new(RoundRobin::default()),
+            PolicyName::LeastConnections => Box::new(LeastConnections),
+        }
+    }
+}
+
+impl std::fmt::Display for PolicyName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// What a policy knows about the request besides the route.
 #[derive(Debug, Clone, Copy)]
@@ -58,19 +117,6 @@ pub trait Policy: Send + Sync {
     /// Whether this policy ranks by efficiency, and so should explore unmeasured nodes.
     fn uses_wes(&self) -> bool {
         true
-    }
-}
-
-/// Builds a policy by its config name (`config::POLICIES`).
-pub fn by_name(name: &str) -> Option<Box<dyn Policy>> {
-    match name {
-        "top" => Some(Box::new(Top::default())),
-        "weighted" => Some(Box::new(Weighted)),
-        "p2c" => Some(Box::new(PowerOfTwo)),
-        "slo" => Some(Box::new(Slo)),
-        "round_robin" => Some(Box::new(RoundRobin::default())),
-        "least_connections" => Some(Box::new(LeastConnections)),
-        _ => None,
     }
 }
 
@@ -121,40 +167,6 @@ pub fn fill(
     }
 }
 
-/// Why a node must not take traffic now, or `None` when it may: no telemetry, stale telemetry,
-/// an excluded thermal state, or a health problem (draining, open circuit, failed check). The
-/// ranking shows this reason; the routing table leaves such a node out.
-pub fn unavailable_reason(
-    telemetry: Option<&crate::fleet::Telemetry>,
-    state: &crate::fleet::NodeState,
-    routing: &crate::config::RoutingConfig,
-    health: &crate::config::HealthConfig,
-    now: Instant,
-) -> Option<String> {
-    let Some(t) = telemetry else {
-        return Some("no telemetry yet".to_owned());
-    };
-    if now.saturating_duration_since(t.received_at) > routing.stale_after {
-        return Some(format!(
-            "telemetry older than {}",
-            humantime::format_duration(routing.stale_after)
-        ));
-    }
-    if routing.exclude_thermal.contains(&t.thermal) {
-        return Some(format!(
-            "thermal state {} is excluded",
-            t.thermal.display_name()
-        ));
-    }
-    state.health_problem(now, health.cooldown)
-}
-
-/// `http://host:port/...` → `host:port` (config validation guarantees the form).
-pub fn peer_address(url: &str) -> String {
-    let rest = url.strip_prefix("http://").unwrap_or(url);
-    rest.split('/').next().unwrap_or(rest).to_owned()
-}
-
 #[cfg(test)]
 pub(crate) mod testing {
     //! Routes built by hand for the policy tests.
@@ -177,8 +189,8 @@ pub(crate) mod testing {
             }
         }
         RouteNode {
-            id: id.into(),
-            peer: "127.0.0.1:1".into(),
+            id: Arc::from(id),
+            peer: Arc::from("127.0.0.1:1"),
             state,
             max_concurrency: 4,
             penalized_wes: wes,
@@ -188,7 +200,7 @@ pub(crate) mod testing {
     }
 
     pub fn route(nodes: Vec<RouteNode>) -> ModelRoute {
-        ModelRoute::from_nodes(nodes, Vec::new())
+        ModelRoute::from_nodes(Arc::from("m"), nodes, Vec::new())
     }
 
     pub fn request(model: &str) -> RouteRequest<'_> {
@@ -206,7 +218,7 @@ pub(crate) mod testing {
     }
 
     pub fn ids(route: &ModelRoute, chosen: &[usize]) -> Vec<String> {
-        chosen.iter().map(|i| route.nodes[*i].id.clone()).collect()
+        chosen.iter().map(|i| route.nodes[*i].id.to_string()).collect()
     }
 
     /// How often each id comes first over `n` choices.
@@ -219,7 +231,7 @@ pub(crate) mod testing {
         let mut counts = std::collections::BTreeMap::new();
         for _ in 0..n {
             let chosen = policy.choose(&request("m"), route, 3, &mut rng);
-            *counts.entry(route.nodes[chosen[0]].id.clone()).or_insert(0) += 1;
+            *counts.entry(route.nodes[chosen[0]].id.to_string()).or_insert(0) += 1;
         }
         counts
     }
@@ -242,9 +254,9 @@ mod tests {
             node("b", Some(5.0), 1),
             node("new", None, 0),
         ]);
-        for name in crate::config::POLICIES {
-            let policy = by_name(name).unwrap();
-            assert_eq!(policy.name(), *name);
+        for name in PolicyName::ALL {
+            let policy = name.build();
+            assert_eq!(policy.name(), name.as_str());
             let chosen = policy.choose(&request("m"), &r, 3, &mut rng());
             let mut got = ids(&r, &chosen);
             assert_eq!(got.len(), 3, "{name}: {got:?}");

@@ -4,7 +4,9 @@
 //! caches) on every sample's jitter.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use rand::RngCore;
 
@@ -13,7 +15,7 @@ use super::{ModelRoute, Policy, RouteRequest, fill};
 #[derive(Default)]
 pub struct Top {
     /// Model → the node it went to last.
-    last: Mutex<HashMap<String, String>>,
+    last: Mutex<HashMap<String, Arc<str>>>,
 }
 
 impl Policy for Top {
@@ -39,7 +41,7 @@ impl Policy for Top {
                         .penalized_wes
                         .is_some_and(|w| w >= best * (1.0 - request.hysteresis))
             };
-            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            let mut last = self.last.lock();
             let sticky = last.get(request.model).and_then(|prev| {
                 (first..route.measured)
                     .take_while(within)

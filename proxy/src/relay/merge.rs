@@ -7,8 +7,9 @@ use futures::future::join_all;
 use serde_json::{Value, json};
 
 use super::route::Listing;
-use crate::config::RoutingConfig;
+use crate::config::{HealthConfig, RoutingConfig};
 use crate::fleet::FleetView;
+use crate::ranking::eligibility::unavailable_reason;
 
 impl Listing {
     fn path(self) -> &'static str {
@@ -20,12 +21,13 @@ impl Listing {
     }
 }
 
-/// Asks each healthy node (fresh telemetry, not thermally excluded) concurrently; a node that
-/// fails or is slow is left out of the answer, not allowed to fail it.
+/// Asks each node that may take traffic (the ranking's one eligibility rule) concurrently; a
+/// node that fails or is slow is left out of the answer, not allowed to fail it.
 pub async fn fetch_and_merge(
     http: &reqwest::Client,
     fleet: &FleetView,
     routing: &RoutingConfig,
+    health: &HealthConfig,
     listing: Listing,
 ) -> Value {
     let now = Instant::now();
@@ -33,10 +35,8 @@ pub async fn fetch_and_merge(
         .nodes
         .iter()
         .filter(|n| {
-            n.state.telemetry().is_some_and(|t| {
-                now.saturating_duration_since(t.received_at) <= routing.stale_after
-                    && !routing.exclude_thermal.contains(&t.thermal)
-            })
+            let telemetry = n.state.telemetry();
+            unavailable_reason(telemetry.as_deref(), &n.state, routing, health, now).is_none()
         })
         .map(|n| format!("{}{}", n.config.url, listing.path()))
         .collect();

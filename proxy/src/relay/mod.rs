@@ -5,7 +5,11 @@
 //!   before answering is replaced in `upstream_peer` on Pingora's retry, which replays the
 //!   buffer (POST is not retried by default: `error_while_proxy` decides here);
 //! - a larger body goes through `replay`: one subrequest per attempt, fed the saved body.
+//!
+//! Both paths follow one rule for whose failure a failed attempt is (`blame`), and record each
+//! attempt in the metrics exactly once, where it ends.
 
+mod blame;
 mod merge;
 mod replay;
 mod request;
@@ -24,22 +28,27 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType, RetryType};
 use serde_json::json;
 
+use self::blame::{Blame, Verdict};
 use self::request::{BodyProblem, TooLarge};
 use self::route::{Endpoint, LocalAnswer, Route};
 use crate::fleet::InFlightGuard;
 use crate::meter::{self, Meter};
-use crate::policy::{self, Policy, RouteNode};
+use crate::metrics::{ErrorKind, Outcome};
+use crate::policy::{Policy, PolicyName, RouteNode};
 use crate::state::AppState;
 
 /// Attempts per request: the first choice and up to two replays.
 const MAX_ATTEMPTS: usize = 3;
+
+/// Said to the client when its request failed after reaching two nodes.
+const REQUEST_AT_FAULT: &str = "not tried further: the request failed after reaching two nodes, so it is likely the request itself that fails";
 
 pub struct Relay {
     state: Arc<AppState>,
     http: reqwest::Client,
     /// Every policy, built once: some remember (round-robin's turn, top's last choice), and a
     /// reload that switches policy back and forth finds that memory where it left it.
-    policies: HashMap<&'static str, Box<dyn Policy>>,
+    policies: HashMap<PolicyName, Box<dyn Policy>>,
 }
 
 impl Relay {
@@ -47,12 +56,7 @@ impl Relay {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
             .build()?;
-        let mut policies = HashMap::new();
-        for name in crate::config::POLICIES {
-            let policy = policy::by_name(name)
-                .ok_or_else(|| anyhow::anyhow!("policy {name} is configurable but missing"))?;
-            policies.insert(*name, policy);
-        }
+        let policies = PolicyName::ALL.into_iter().map(|p| (p, p.build())).collect();
         Ok(Relay {
             state,
             http,
@@ -60,18 +64,19 @@ impl Relay {
         })
     }
 
-    fn policy(&self, name: &str) -> Option<&dyn Policy> {
-        self.policies.get(name).map(|p| p.as_ref())
+    fn policy(&self, name: PolicyName) -> Option<&dyn Policy> {
+        self.policies.get(&name).map(|p| p.as_ref())
     }
 }
 
-/// One try of a request on one node; travels from the parent into a subrequest.
+/// One try of a request on one node; travels from the parent into a subrequest. The names are
+/// shared with the routing table, so a try allocates nothing for them.
 #[derive(Debug, Clone)]
 pub struct Attempt {
-    pub node_id: String,
-    pub peer: String,
+    pub node_id: Arc<str>,
+    pub peer: Arc<str>,
     pub endpoint: Endpoint,
-    pub model: String,
+    pub model: Arc<str>,
     pub stream: bool,
 }
 
@@ -110,6 +115,9 @@ struct Failover {
     failures: Vec<String>,
     /// The last attempt failed: `upstream_peer` moves to the next node.
     advance: bool,
+    blame: Blame,
+    /// The node the request is on now, for the blame rule.
+    current: RouteNode,
 }
 
 #[derive(Default)]
@@ -124,6 +132,8 @@ pub struct RelayCtx {
     sent_at: Option<Instant>,
     /// Watches the node's response for tokens, once its header has arrived.
     meter: Option<Meter>,
+    /// The current attempt is in the metrics already (it failed before answering).
+    recorded: bool,
 }
 
 #[async_trait]
@@ -150,6 +160,15 @@ impl ProxyHttp for Relay {
                 .map(|a| a.clone());
             return Ok(false);
         }
+        let limit = self.state.config.load().api.max_header_bytes;
+        if let Some(size) = request::header_size_over(session.req_header(), limit) {
+            let openai = session.req_header().uri.path().starts_with("/v1/");
+            let message = format!(
+                "request headers are {size} bytes, more than the proxy's limit of {limit} bytes"
+            );
+            respond::error(session, openai, 431, &message).await?;
+            return Ok(true);
+        }
         let route = route::classify(
             session.req_header().method.as_str(),
             session.req_header().uri.path(),
@@ -166,6 +185,7 @@ impl ProxyHttp for Relay {
                     &self.http,
                     &self.state.fleet.view(),
                     &config.routing,
+                    &config.health,
                     listing,
                 )
                 .await;
@@ -284,27 +304,34 @@ impl ProxyHttp for Relay {
         if let (Some(guard), true) = (ctx.guard.as_mut(), node_answered) {
             guard.succeeded();
         }
+        // The request is over: failures held as suspects were their nodes' after all, unless
+        // the request was shown to be at fault.
+        if let Some(failover) = ctx.failover.as_mut() {
+            let threshold = self.state.config.load().health.failure_threshold;
+            for node in failover.blame.settle(now, threshold) {
+                tracing::warn!(node = %node, "circuit opened");
+                self.state.fleet.mark_changed();
+            }
+        }
         let Some(attempt) = &ctx.attempt else {
             return;
         };
         // Every attempt counts, metered or not: a `show`, a refused connection and an error
         // status are requests the node was sent too.
-        let status = session.response_written().map(|r| r.status.as_u16());
-        self.state.stats.record(&crate::stats::Outcome {
-            node: &attempt.node_id,
-            model: &attempt.model,
-            duration: ctx.sent_at.map(|t| now.saturating_duration_since(t)),
-            ttft: report.as_ref().and_then(|r| r.first_token_at),
-            output_tokens: report
-                .as_ref()
-                .filter(|r| r.protocol != meter::Protocol::Embedding)
-                .map(|r| r.tokens),
-            error: crate::stats::ErrorKind::classify(
-                error,
-                status,
-                report.as_ref().map(|r| r.succeeded()),
-            ),
-        });
+        if !ctx.recorded {
+            ctx.recorded = true;
+            let status = session.response_written().map(|r| r.status.as_u16());
+            self.state.metrics.record(&Outcome {
+                duration: ctx.sent_at.map(|t| now.saturating_duration_since(t)),
+                ttft: report.as_ref().and_then(|r| r.first_token_at),
+                output_tokens: report
+                    .as_ref()
+                    .filter(|r| r.protocol != meter::Protocol::Embedding)
+                    .map(|r| r.tokens),
+                error: ErrorKind::classify(error, status, report.as_ref().map(|r| r.succeeded())),
+                ..Outcome::new(&attempt.node_id, &attempt.model)
+            });
+        }
         let Some(report) = report else {
             return;
         };
@@ -333,7 +360,7 @@ impl ProxyHttp for Relay {
         ctx: &mut RelayCtx,
     ) -> pingora::Result<()> {
         if let Some(attempt) = &ctx.attempt {
-            response.insert_header("X-WES-Node", attempt.node_id.as_str())?;
+            response.insert_header("X-WES-Node", &*attempt.node_id)?;
         }
         Ok(())
     }
@@ -366,7 +393,7 @@ impl ProxyHttp for Relay {
         } else if session.response_written().is_some() {
             // Mid-stream: the client has part of an answer; nothing can be replayed.
             if let Some(guard) = ctx.guard.as_mut() {
-                let node = ctx.attempt.as_ref().map_or("?", |a| a.node_id.as_str());
+                let node = ctx.attempt.as_ref().map_or("?", |a| &*a.node_id);
                 self.settle_failure(guard, node);
             }
             false
@@ -399,7 +426,7 @@ impl ProxyHttp for Relay {
             // The header went out: end the stream in its own framing so the client's library
             // raises an error instead of taking a truncated answer.
             let sse = openai && ctx.attempt.as_ref().is_some_and(|a| a.stream);
-            let node = ctx.attempt.as_ref().map_or("?", |a| a.node_id.as_str());
+            let node = ctx.attempt.as_ref().map_or("?", |a| &*a.node_id);
             respond::end_broken_stream(session, sse, node, e).await;
             return quiet;
         }
@@ -462,7 +489,7 @@ impl Relay {
             node_id: selection.first.id.clone(),
             peer: selection.first.peer.clone(),
             endpoint,
-            model: facts.model,
+            model: selection.model.clone(),
             stream: facts.stream.unwrap_or(endpoint.streams_by_default()),
         };
         if session.as_ref().retry_buffer_truncated() {
@@ -475,34 +502,46 @@ impl Relay {
             next: selection.rest.into(),
             failures: Vec::new(),
             advance: false,
+            blame: Blame::default(),
+            current: selection.first,
         });
         ctx.guard = Some(selection.guard);
         ctx.attempt = Some(template);
         Ok(false)
     }
 
-    /// Records a failure before the answer and says whether another node is left to try.
+    /// Records a failure before the answer, blames it (`blame`), and says whether the request
+    /// goes on to another node.
     fn attempt_failed(&self, ctx: &mut RelayCtx, e: &pingora::Error) -> bool {
-        if let (Some(mut guard), Some(attempt)) = (ctx.guard.take(), ctx.attempt.as_ref()) {
-            tracing::warn!(node = %attempt.node_id, "attempt failed before answering: {e}");
-            self.settle_failure(&mut guard, &attempt.node_id);
-            self.state.stats.record(&crate::stats::Outcome {
-                node: &attempt.node_id,
-                model: &attempt.model,
+        let kind = ErrorKind::classify(Some(e), None, None);
+        if let (Some(attempt), false) = (ctx.attempt.as_ref(), ctx.recorded) {
+            ctx.recorded = true;
+            self.state.metrics.record(&Outcome {
                 duration: ctx.sent_at.map(|t| t.elapsed()),
-                ttft: None,
-                output_tokens: None,
-                error: crate::stats::ErrorKind::classify(Some(e), None, None),
+                error: kind,
+                ..Outcome::new(&attempt.node_id, &attempt.model)
             });
         }
-        let node = ctx.attempt.as_ref().map_or("?", |a| a.node_id.as_str());
         let Some(failover) = ctx.failover.as_mut() else {
             return false;
         };
-        failover
-            .failures
-            .push(format!("{node}: {}", e.etype().as_str()));
+        let node = failover.current.id.clone();
+        tracing::warn!(node = %node, "attempt failed before answering: {e}");
+        let reached = kind != Some(ErrorKind::Connect);
+        let verdict = failover
+            .blame
+            .failed_before_answer(&node, &failover.current.state, reached);
+        failover.failures.push(format!("{node}: {}", e.etype().as_str()));
         failover.advance = true;
+        match (verdict, ctx.guard.take()) {
+            (Verdict::Node, Some(mut guard)) => self.settle_failure(&mut guard, &node),
+            // Dropped unsettled: the slot frees, a half-open trial is released, nothing counts.
+            (_, guard) => drop(guard),
+        }
+        if verdict == Verdict::Request {
+            failover.failures.push(REQUEST_AT_FAULT.to_owned());
+            return false;
+        }
         !failover.next.is_empty()
     }
 
@@ -531,6 +570,8 @@ impl Relay {
             };
             ctx.guard = Some(guard);
             ctx.attempt = ctx.attempt.as_ref().map(|a| a.on(&node));
+            ctx.recorded = false;
+            failover.current = node;
             return Ok(());
         }
         let mut e = pingora::Error::explain(

@@ -10,9 +10,11 @@ use pingora::proxy::Session;
 use pingora::proxy::subrequest::pipe::{InputBody, InputBodyType, pipe_subrequest};
 use pingora::proxy::subrequest::{BodyMode, Ctx as SubrequestCtx};
 
+use super::blame::{Blame, Verdict};
 use super::select::Selection;
-use super::{Attempt, Relay, respond};
+use super::{Attempt, REQUEST_AT_FAULT, Relay, respond};
 use crate::fleet::InFlightGuard;
+use crate::metrics::ErrorKind;
 use crate::policy::RouteNode;
 
 /// How one attempt on one node ended.
@@ -20,7 +22,7 @@ enum AttemptOutcome {
     /// The client has its answer, or as much of it as there will be.
     Finished,
     /// The node failed before sending anything: the request may go to another node.
-    FailedBeforeAnswer(String),
+    FailedBeforeAnswer { why: String, verdict: Verdict },
 }
 
 impl Relay {
@@ -34,13 +36,29 @@ impl Relay {
         let config = self.state.config.load();
         let cooldown = config.health.cooldown;
         let mut failures = Vec::new();
+        let mut blame = Blame::default();
         let mut rest = selection.rest.into_iter();
         let mut next = Some((selection.first, selection.guard));
-        while let Some((node, guard)) = next.take() {
+        let outcome = loop {
+            let Some((node, guard)) = next.take() else {
+                break respond::every_node_failed(session, template.endpoint.is_openai(), &failures)
+                    .await;
+            };
             let attempt = template.on(&node);
-            match self.attempt(session, &node, attempt, guard, &body).await? {
-                AttemptOutcome::Finished => return Ok(()),
-                AttemptOutcome::FailedBeforeAnswer(why) => failures.push(why),
+            match self.attempt(session, &node, attempt, guard, &body, &mut blame).await? {
+                AttemptOutcome::Finished => break Ok(()),
+                AttemptOutcome::FailedBeforeAnswer { why, verdict } => {
+                    failures.push(why);
+                    if verdict == Verdict::Request {
+                        failures.push(REQUEST_AT_FAULT.to_owned());
+                        break respond::every_node_failed(
+                            session,
+                            template.endpoint.is_openai(),
+                            &failures,
+                        )
+                        .await;
+                    }
+                }
             }
             // The next fallback that still has a slot.
             next = rest.by_ref().find_map(|n| {
@@ -49,8 +67,12 @@ impl Relay {
                     .try_acquire(n.max_concurrency, Instant::now(), cooldown)?;
                 Some((n, guard))
             });
+        };
+        for node in blame.settle(Instant::now(), config.health.failure_threshold) {
+            tracing::warn!(node = %node, "circuit opened");
+            self.state.fleet.mark_changed();
         }
-        respond::every_node_failed(session, template.endpoint.is_openai(), &failures).await
+        outcome
     }
 
     /// Runs one attempt as a subrequest fed the saved body, and settles the node's circuit.
@@ -61,6 +83,7 @@ impl Relay {
         attempt: Attempt,
         mut guard: InFlightGuard,
         body: &Bytes,
+        blame: &mut Blame,
     ) -> pingora::Result<AttemptOutcome> {
         let openai = attempt.endpoint.is_openai();
         let sse = openai && attempt.stream;
@@ -89,12 +112,17 @@ impl Relay {
             }
             Err(e) if !e.state.header_received => {
                 tracing::warn!(node = %node.id, "attempt failed before answering: {}", e.error);
-                self.settle_failure(&mut guard, &node.id);
-                Ok(AttemptOutcome::FailedBeforeAnswer(format!(
-                    "{}: {}",
-                    node.id,
-                    e.error.etype().as_str()
-                )))
+                let reached =
+                    ErrorKind::classify(Some(&e.error), None, None) != Some(ErrorKind::Connect);
+                let verdict = blame.failed_before_answer(&node.id, &node.state, reached);
+                if verdict == Verdict::Node {
+                    self.settle_failure(&mut guard, &node.id);
+                }
+                // Otherwise dropped unsettled: nothing counts against the node yet.
+                Ok(AttemptOutcome::FailedBeforeAnswer {
+                    why: format!("{}: {}", node.id, e.error.etype().as_str()),
+                    verdict,
+                })
             }
             Err(e) => {
                 self.settle_failure(&mut guard, &node.id);

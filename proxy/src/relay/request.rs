@@ -1,8 +1,20 @@
-//! Reads a model-routed request's body (bounded) and the facts routing needs from it.
+//! Reads a model-routed request's body (bounded) and the facts routing needs from it, and
+//! checks the request is sane before any node sees it: headers within their limit, the body
+//! one well-formed JSON object no deeper than [`MAX_JSON_DEPTH`].
+
+use std::fmt;
 
 use bytes::{Bytes, BytesMut};
+use pingora::http::RequestHeader;
 use pingora::proxy::Session;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+
+/// JSON nested deeper than this is refused with 400. Real requests (messages, tools, a JSON
+/// schema for structured output) stay within a few dozen levels; engines that parse JSON
+/// recursively crash on the depths a client can send, and a crash is a dropped connection
+/// that would count against the node.
+pub const MAX_JSON_DEPTH: usize = 100;
 
 /// What routing needs from a request body.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,18 +30,161 @@ pub enum BodyProblem {
     NoModel,
 }
 
-#[derive(Deserialize)]
+/// The top-level fields routing reads. `/api/show` still accepts the older `name`.
+#[derive(Default)]
 struct Fields {
-    #[serde(default)]
     model: Option<String>,
-    /// `/api/show` still accepts the older `name`.
-    #[serde(default)]
     name: Option<String>,
-    #[serde(default)]
     stream: Option<bool>,
 }
 
-/// Parses only the fields routing needs; everything else is skipped, not copied.
+impl<'de> Deserialize<'de> for Fields {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(FieldsVisitor)
+    }
+}
+
+struct FieldsVisitor;
+
+impl<'de> Visitor<'de> for FieldsVisitor {
+    type Value = Fields;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
+        let mut fields = Fields::default();
+        while let Some(key) = map.next_key::<Key>()? {
+            match key {
+                Key::Model => fields.model = map.next_value()?,
+                Key::Name => fields.name = map.next_value()?,
+                Key::Stream => fields.stream = map.next_value()?,
+                Key::Other => map.next_value_seed(Nested { depth: 2 })?,
+            }
+        }
+        Ok(fields)
+    }
+}
+
+enum Key {
+    Model,
+    Name,
+    Stream,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
+                Ok(match key {
+                    "model" => Key::Model,
+                    "name" => Key::Name,
+                    "stream" => Key::Stream,
+                    _ => Key::Other,
+                })
+            }
+        }
+        deserializer.deserialize_identifier(KeyVisitor)
+    }
+}
+
+/// Any JSON value at `depth` (the top-level object is depth 1): walked whole, so the body is
+/// checked to its end, and kept nowhere.
+struct Nested {
+    depth: usize,
+}
+
+impl Nested {
+    fn enter<E: de::Error>(&self) -> Result<Nested, E> {
+        if self.depth > MAX_JSON_DEPTH {
+            return Err(E::custom(format_args!(
+                "JSON nested deeper than {MAX_JSON_DEPTH} levels"
+            )));
+        }
+        Ok(Nested {
+            depth: self.depth + 1,
+        })
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Nested {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Nested {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let inner = self.enter()?;
+        while seq
+            .next_element_seed(Nested { depth: inner.depth })?
+            .is_some()
+        {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let inner = self.enter()?;
+        while map.next_key::<IgnoredAny>()?.is_some() {
+            map.next_value_seed(Nested { depth: inner.depth })?;
+        }
+        Ok(())
+    }
+}
+
+/// The size of the request line and headers, when it is over `limit`.
+pub fn header_size_over(header: &RequestHeader, limit: usize) -> Option<usize> {
+    let line = header.method.as_str().len() + header.raw_path().len() + 12;
+    let fields: usize = header
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    let size = line + fields;
+    (size > limit).then_some(size)
+}
+
+/// Parses the routing fields and checks the whole body: well-formed JSON, one object, no deeper
+/// than [`MAX_JSON_DEPTH`]. Other fields are walked, not copied.
 pub fn facts(body: &[u8]) -> Result<RequestFacts, BodyProblem> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(BodyProblem::Malformed(

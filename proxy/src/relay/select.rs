@@ -13,6 +13,8 @@ use crate::policy::{self, RouteNode, RouteRequest};
 
 /// The nodes a request will try: the first with its slot held, then the fallbacks in order.
 pub struct Selection {
+    /// The model's name as the routing table holds it (shared, not copied).
+    pub model: std::sync::Arc<str>,
     pub first: RouteNode,
     pub guard: InFlightGuard,
     pub rest: Vec<RouteNode>,
@@ -37,8 +39,8 @@ impl Relay {
         // arming, one more look, so a slot freed between that look and the wait still wakes us.
         let mut slot_freed = None;
         loop {
-            let table = self.state.routing.load_full();
-            let Some(route) = table.route(model) else {
+            let ranking = self.state.ranking.load_full();
+            let Some(route) = ranking.routes.route(model) else {
                 let message =
                     format!("model \"{model}\" not found on any node, try pulling it first");
                 respond::error(session, openai, 404, &message).await?;
@@ -82,6 +84,7 @@ impl Relay {
                     .map(|i| route.nodes[*i].clone())
                     .collect();
                 return Ok(Some(Selection {
+                    model: route.model.clone(),
                     first: node.clone(),
                     guard,
                     rest,

@@ -1,5 +1,5 @@
-//! A node's health beyond its telemetry: the passive circuit breaker fed by relayed requests,
-//! the active check's verdict, and draining. Pure state machines; the clock is passed in.
+//! The passive circuit breaker fed by relayed requests: a pure state machine; the clock is
+//! passed in.
 
 use std::time::{Duration, Instant};
 

@@ -1,5 +1,5 @@
-//! The ranking snapshot: every node with its scores and health, in rank order, built from fleet
-//! state and published whole through `arc-swap`, so readers never see half a rebuild.
+//! The board: every node with its scores and health, in rank order: what `/ranking`, the
+//! leaderboard and the node gauges in `/metrics` show.
 
 use std::cmp::Ordering;
 use std::collections::BTreeSet;
@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use wes_proto::ThermalState;
 
-use crate::config::{HealthConfig, RoutingConfig};
-use crate::fleet::{FleetView, NodeState, RateSource};
+use super::node_score::NodeScore;
+use crate::fleet::{FleetNode, FleetView, RateSource, Telemetry};
 use crate::score;
 
 #[derive(Debug, Default)]
@@ -41,6 +41,8 @@ pub struct RankEntry {
     pub scoring_watts: Option<f64>,
     /// Smoothed power while idle: the baseline for net J/token.
     pub idle_watts: Option<f64>,
+    /// Energy per output token at the current rate, gross and net of the idle baseline.
+    pub joules_per_token: score::JoulesPerToken,
     /// `1 − penalized / best clean raw WES` for this node and model (the seed's "losing 54%").
     pub baseline_loss: Option<f64>,
     pub pue: f64,
@@ -53,7 +55,7 @@ pub struct RankEntry {
     pub models: Option<Vec<String>>,
     pub sensor_errors: Vec<String>,
     pub power_capped: bool,
-    pub state: Arc<NodeState>,
+    pub state: Arc<crate::fleet::NodeState>,
 }
 
 impl RankEntry {
@@ -61,121 +63,61 @@ impl RankEntry {
         self.sample_received_at
             .map(|t| now.saturating_duration_since(t))
     }
+
+    /// One node's row, from its telemetry, its score and the eligibility verdict.
+    pub(super) fn new(
+        node: &FleetNode,
+        telemetry: Option<&Telemetry>,
+        scored: Option<NodeScore>,
+        unhealthy_reason: Option<String>,
+    ) -> Self {
+        let watts = telemetry.and_then(|t| t.watts);
+        let (scored, unscored_watts) = match scored {
+            Some(s) => (s, None),
+            // Unmeasured: still show the watts a score would divide by.
+            None => (NodeScore::default(), node.state.scoring_watts(None, watts)),
+        };
+        let scoring_watts = scored.scoring_watts.or(unscored_watts);
+        let idle_watts = node.state.power().idle;
+        RankEntry {
+            id: node.config.id.clone(),
+            rank: None,
+            wes: scored.wes,
+            baseline_loss: scored.baseline_loss,
+            scoring_watts,
+            idle_watts,
+            joules_per_token: score::rate_joules_per_token(
+                scored.tok_s,
+                scoring_watts,
+                idle_watts,
+                node.config.pue,
+            ),
+            tok_s: scored.tok_s,
+            tok_s_source: scored.source,
+            tok_s_model: scored.model,
+            watts,
+            pue: node.config.pue,
+            thermal: telemetry.map_or(ThermalState::Unknown, |t| t.thermal),
+            temperature_c: telemetry.and_then(|t| t.temperature_c),
+            healthy: unhealthy_reason.is_none(),
+            unhealthy_reason,
+            sample_received_at: telemetry.map(|t| t.received_at),
+            models: telemetry.and_then(|t| t.models.clone()),
+            sensor_errors: telemetry.map(|t| t.sensor_errors.clone()).unwrap_or_default(),
+            power_capped: telemetry.is_some_and(|t| t.power_capped),
+            state: node.state.clone(),
+        }
+    }
 }
 
 impl RankingSnapshot {
-    /// The fleet-wide ranking: each node scored on the reference model where it has a rate for
-    /// it, else on its most recently measured model.
-    pub fn build(
-        fleet: &FleetView,
-        routing: &RoutingConfig,
-        health: &HealthConfig,
+    /// Sorts the rows and numbers the rankable ones.
+    pub(super) fn from_entries(
+        mut nodes: Vec<RankEntry>,
+        models: BTreeSet<String>,
+        reference_model: Option<String>,
         now: Instant,
     ) -> Self {
-        Self::build_inner(fleet, routing, health, now, None)
-    }
-
-    /// The ranking for one model: only nodes that hold it, scored on that model's tok/s.
-    pub fn build_for_model(
-        fleet: &FleetView,
-        routing: &RoutingConfig,
-        health: &HealthConfig,
-        now: Instant,
-        model: &str,
-    ) -> Self {
-        Self::build_inner(fleet, routing, health, now, Some(model))
-    }
-
-    fn build_inner(
-        fleet: &FleetView,
-        routing: &RoutingConfig,
-        health: &HealthConfig,
-        now: Instant,
-        model: Option<&str>,
-    ) -> Self {
-        let reference = match model {
-            Some(_) => None,
-            None => reference_model(fleet, now),
-        };
-        let mut models = BTreeSet::new();
-        let mut nodes: Vec<RankEntry> = fleet
-            .nodes
-            .iter()
-            .filter_map(|node| {
-                let telemetry = node.state.telemetry();
-                if let Some(wanted) = model {
-                    let holds = telemetry
-                        .as_ref()
-                        .and_then(|t| t.models.as_ref())
-                        .is_some_and(|m| m.iter().any(|name| name == wanted));
-                    if !holds {
-                        return None;
-                    }
-                }
-                let rate = match model.or(reference.as_deref()) {
-                    Some(m) => node
-                        .state
-                        .tok_s_for(m, now)
-                        .map(|(v, src)| (m.to_owned(), v, src)),
-                    None => None,
-                };
-                // Fleet-wide, a node without a rate for the reference model shows its newest.
-                let rate = match (rate, model) {
-                    (None, None) => node.state.newest_rate(now),
-                    (rate, _) => rate,
-                };
-                let tok_s = rate.as_ref().map(|r| r.1);
-                let watts = telemetry.as_ref().and_then(|t| t.watts);
-                let rate_model = rate.as_ref().map(|r| r.0.as_str());
-                let scoring_watts = node.state.scoring_watts(rate_model, watts);
-                let thermal = telemetry
-                    .as_ref()
-                    .map_or(ThermalState::Unknown, |t| t.thermal);
-                let wes = score::wes_pair(tok_s, scoring_watts, node.config.pue, thermal);
-                let best_clean_raw = rate_model.and_then(|m| {
-                    node.state
-                        .note_clean_raw(m, wes.raw, thermal == ThermalState::Normal)
-                });
-                let unhealthy_reason = crate::policy::unavailable_reason(
-                    telemetry.as_deref(),
-                    &node.state,
-                    routing,
-                    health,
-                    now,
-                );
-                for name in telemetry.iter().flat_map(|t| t.models.iter().flatten()) {
-                    // Most nodes hold the same few models: copy a name only the first time.
-                    if !models.contains(name) {
-                        models.insert(name.clone());
-                    }
-                }
-                Some(RankEntry {
-                    id: node.config.id.clone(),
-                    rank: None,
-                    wes,
-                    baseline_loss: score::baseline_loss(wes.penalized, best_clean_raw),
-                    scoring_watts,
-                    idle_watts: node.state.power().idle,
-                    tok_s,
-                    tok_s_source: rate.as_ref().map(|r| r.2),
-                    tok_s_model: rate.map(|r| r.0),
-                    watts,
-                    pue: node.config.pue,
-                    thermal,
-                    temperature_c: telemetry.as_ref().and_then(|t| t.temperature_c),
-                    healthy: unhealthy_reason.is_none(),
-                    unhealthy_reason,
-                    sample_received_at: telemetry.as_ref().map(|t| t.received_at),
-                    models: telemetry.as_ref().and_then(|t| t.models.clone()),
-                    sensor_errors: telemetry
-                        .as_ref()
-                        .map(|t| t.sensor_errors.clone())
-                        .unwrap_or_default(),
-                    power_capped: telemetry.as_ref().is_some_and(|t| t.power_capped),
-                    state: node.state.clone(),
-                })
-            })
-            .collect();
         nodes.sort_by(rank_order);
         let mut next = 1u32;
         for entry in &mut nodes {
@@ -185,16 +127,16 @@ impl RankingSnapshot {
             }
         }
         RankingSnapshot {
-            reference_model: reference,
             built_at: Some(now),
             nodes,
             models,
+            reference_model,
         }
     }
 }
 
 /// The model the most nodes have a rate for; ties to the name first in order.
-fn reference_model(fleet: &FleetView, now: Instant) -> Option<String> {
+pub(super) fn reference_model(fleet: &FleetView, now: Instant) -> Option<String> {
     let mut counts: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for node in &fleet.nodes {
         for m in node.state.rated_models(now) {
@@ -228,7 +170,7 @@ fn rank_order(a: &RankEntry, b: &RankEntry) -> Ordering {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::config::NodeConfig;
+    use crate::config::{HealthConfig, NodeConfig, RoutingConfig};
     use crate::fleet::{Fleet, ProbeObservation, Telemetry};
 
     fn node(id: &str, pue: f64) -> NodeConfig {

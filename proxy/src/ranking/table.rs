@@ -1,23 +1,22 @@
 //! The routing table: per model, the nodes that may serve it, pre-scored and sorted by penalized
-//! WES. It is rebuilt with the ranking (on every burst of samples, and every 250 ms) and
-//! published whole, so that a request's peer choice reads a ready list and touches only the few
-//! nodes it considers: a handful of atomic loads, not a pass over the fleet.
+//! WES. It is built in the same pass as the board (on every burst of samples, and every
+//! 250 ms) and published with it, so that a request's peer choice reads a ready list and
+//! touches only the few nodes it considers: a handful of atomic loads, not a pass over the fleet.
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{HealthConfig, RoutingConfig};
-use crate::fleet::{FleetView, NodeState};
-use crate::score;
+use crate::fleet::NodeState;
 
 /// One node as a candidate for one model.
 #[derive(Debug, Clone)]
 pub struct RouteNode {
-    pub id: String,
+    /// Shared with the fleet view: a request carries it without copying.
+    pub id: Arc<str>,
     /// `host:port` of the node's Ollama.
-    pub peer: String,
+    pub peer: Arc<str>,
     pub state: Arc<NodeState>,
     pub max_concurrency: u32,
     /// For this model; `None` while unmeasured.
@@ -48,6 +47,8 @@ impl RouteNode {
 /// The nodes for one model.
 #[derive(Debug, Clone, Default)]
 pub struct ModelRoute {
+    /// The model's name, shared: the relay labels each attempt with it.
+    pub model: Arc<str>,
     /// Measured nodes by penalized WES (highest first, ties by id), then unmeasured by id.
     pub nodes: Vec<RouteNode>,
     /// `nodes[..measured]` have a score.
@@ -59,7 +60,7 @@ pub struct ModelRoute {
 }
 
 impl ModelRoute {
-    pub fn from_nodes(mut nodes: Vec<RouteNode>, excluded: Vec<String>) -> Self {
+    pub fn from_nodes(model: Arc<str>, mut nodes: Vec<RouteNode>, excluded: Vec<String>) -> Self {
         nodes.sort_by(by_wes);
         let measured = nodes
             .iter()
@@ -74,6 +75,7 @@ impl ModelRoute {
             })
             .collect();
         ModelRoute {
+            model,
             nodes,
             measured,
             cumulative_wes,
@@ -98,65 +100,7 @@ pub struct RoutingTable {
 }
 
 impl RoutingTable {
-    pub fn build(
-        fleet: &FleetView,
-        routing: &RoutingConfig,
-        health: &HealthConfig,
-        now: Instant,
-    ) -> Self {
-        let mut eligible: HashMap<String, Vec<RouteNode>> = HashMap::new();
-        let mut excluded: HashMap<String, Vec<String>> = HashMap::new();
-        for node in &fleet.nodes {
-            let Some(t) = node.state.telemetry() else {
-                continue;
-            };
-            let Some(models) = &t.models else {
-                continue;
-            };
-            let id = &node.config.id;
-            let problem = super::unavailable_reason(Some(&t), &node.state, routing, health, now);
-            if let Some(why) = problem {
-                for model in models {
-                    let reason = format!("{id}: {why}");
-                    match excluded.get_mut(model.as_str()) {
-                        Some(list) => list.push(reason),
-                        None => {
-                            excluded.insert(model.clone(), vec![reason]);
-                        }
-                    }
-                }
-                continue;
-            }
-            let peer = super::peer_address(&node.config.url);
-            for model in models {
-                let tok_s = node.state.tok_s_for(model, now).map(|(v, _)| v);
-                let watts = node.state.scoring_watts(Some(model), t.watts);
-                let wes = score::wes_pair(tok_s, watts, node.config.pue, t.thermal);
-                let entry = RouteNode {
-                    id: id.clone(),
-                    peer: peer.clone(),
-                    state: node.state.clone(),
-                    max_concurrency: node.config.max_concurrency,
-                    penalized_wes: wes.penalized,
-                    ttft: node.state.ttft_for(model),
-                    received_at: t.received_at,
-                };
-                match eligible.get_mut(model.as_str()) {
-                    Some(list) => list.push(entry),
-                    None => {
-                        eligible.insert(model.clone(), vec![entry]);
-                    }
-                }
-            }
-        }
-        let mut models: HashMap<String, ModelRoute> = HashMap::new();
-        for (model, nodes) in eligible {
-            let why = excluded.remove(&model).unwrap_or_default();
-            models.insert(model, ModelRoute::from_nodes(nodes, why));
-        }
-        for (model, why) in excluded {
-            models.insert(model, ModelRoute::from_nodes(Vec::new(), why));
-        }
+    pub(super) fn new(models: HashMap<String, ModelRoute>) -> Self {
         RoutingTable { models }
     }
 
@@ -169,9 +113,10 @@ impl RoutingTable {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::*;
-    use crate::config::NodeConfig;
+    use crate::config::{HealthConfig, NodeConfig, RoutingConfig};
     use crate::fleet::{Fleet, ProbeObservation, Telemetry};
+    use crate::ranking::Ranking;
+    use std::time::Instant;
     use wes_proto::ThermalState;
 
     fn node(id: &str) -> NodeConfig {
@@ -212,19 +157,20 @@ mod tests {
         report(&fleet, "hot", ThermalState::Critical, Some(900.0));
         report(&fleet, "new", ThermalState::Normal, None);
         fleet.set_draining("a", false);
-        let table = RoutingTable::build(
+        let ranking = Ranking::build(
             &fleet.view(),
             &RoutingConfig::default(),
             &HealthConfig::default(),
             Instant::now(),
         );
+        let table = &ranking.routes;
         let m = table.route("m").unwrap();
-        let ids: Vec<_> = m.nodes.iter().map(|n| n.id.as_str()).collect();
+        let ids: Vec<_> = m.nodes.iter().map(|n| &*n.id).collect();
         // b 30, c 20/1.25 = 16, a 10; new unmeasured last.
         assert_eq!(ids, ["b", "c", "a", "new"]);
         assert_eq!(m.measured, 3);
         assert_eq!(m.cumulative_wes, [30.0, 46.0, 56.0]);
-        assert_eq!(m.nodes[0].peer, "127.0.0.1:1");
+        assert_eq!(&*m.nodes[0].peer, "127.0.0.1:1");
         assert_eq!(m.excluded, ["hot: thermal state Critical is excluded"]);
         // No one measured "other": all unmeasured, by id.
         assert_eq!(table.route("other").unwrap().measured, 0);
@@ -236,12 +182,13 @@ mod tests {
         let fleet = Fleet::new(&[node("a")]);
         report(&fleet, "a", ThermalState::Normal, Some(1.0));
         fleet.set_draining("a", true);
-        let table = RoutingTable::build(
+        let ranking = Ranking::build(
             &fleet.view(),
             &RoutingConfig::default(),
             &HealthConfig::default(),
             Instant::now(),
         );
+        let table = &ranking.routes;
         let m = table.route("m").unwrap();
         assert!(m.nodes.is_empty());
         assert_eq!(m.excluded, ["a: draining"]);

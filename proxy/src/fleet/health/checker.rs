@@ -1,6 +1,12 @@
 //! Active health checks: every `health.check_interval`, `GET /` on each node's Ollama (which
 //! answers "Ollama is running"). A node that stops answering is taken out of rotation before a
 //! client request finds out, even while its reporter still streams telemetry.
+//!
+//! Why not Pingora's own `lb::health_check`: its checks belong to a `LoadBalancer`'s
+//! `Backends`, a second node set keyed by address that would have to follow our config and
+//! reloads, and its verdict is a bare healthy/unhealthy flag, where `/ranking` shows the reason
+//! (refused, timed out, HTTP 500) an operator acts on. The check itself is one GET on a
+//! background thread, so owning it costs a few lines and keeps one node set, keyed by id.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +24,7 @@ pub async fn check_all(state: &AppState, http: &reqwest::Client) {
         let url = format!("{}/", node.config.url);
         async move {
             let outcome = check(http, &url, timeout).await;
-            match (&outcome, node.state.check_failed()) {
+            match (&outcome, node.state.health.check_failed()) {
                 (Err(why), false) => {
                     tracing::warn!(node = %node.config.id, "health check failed: {why}")
                 }
@@ -27,7 +33,7 @@ pub async fn check_all(state: &AppState, http: &reqwest::Client) {
                 }
                 _ => {}
             }
-            node.state.record_check(outcome);
+            node.state.health.record_check(outcome);
         }
     });
     join_all(checks).await;
@@ -77,7 +83,7 @@ pub async fn run(state: Arc<AppState>, stop: impl std::future::Future<Output = (
         } else {
             // Turned off (perhaps by a reload): no verdict of ours may linger on a node.
             for node in &state.fleet.view().nodes {
-                node.state.record_check(Ok(()));
+                node.state.health.record_check(Ok(()));
             }
         }
         let interval = health.check_interval;

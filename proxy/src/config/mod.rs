@@ -1,0 +1,321 @@
+//! The proxy's TOML configuration (docs/contract.md, Config): the validated [`Config`] the
+//! proxy runs on; the file's schema as TOML spells it (`schema`); validation whose every error
+//! names its line (`validate`), so `check-config` and a refused reload point at what to fix;
+//! and every default in one place (`defaults`).
+
+pub mod defaults;
+mod schema;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use wes_proto::ThermalState;
+
+use crate::policy::PolicyName;
+
+/// A validated configuration. Only [`Config::parse`] makes one, so holding one means every
+/// check below passed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listen: ListenConfig,
+    pub routing: RoutingConfig,
+    pub telemetry: TelemetryConfig,
+    pub api: ApiConfig,
+    pub health: HealthConfig,
+    pub nodes: Vec<NodeConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiConfig {
+    /// Larger request bodies are refused with 413 before any node sees them.
+    pub max_body_bytes: usize,
+    /// A request line and headers larger than this are refused with 431.
+    pub max_header_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenConfig {
+    pub api: SocketAddr,
+    pub telemetry: SocketAddr,
+    pub admin: SocketAddr,
+    /// Worker threads serving the client API (Pingora's `threads`). Telemetry ingest, admin,
+    /// ranking and health checks run as background services on one thread each.
+    pub threads: u32,
+    /// When set, the telemetry listener speaks TLS only (reporters connect with `https://`).
+    pub telemetry_tls: Option<TlsFiles>,
+}
+
+/// A PEM certificate chain and its private key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoutingConfig {
+    pub policy: PolicyName,
+    /// Per-model policy overrides: model name → policy.
+    pub model_policy: BTreeMap<String, PolicyName>,
+    /// Telemetry older than this makes a node unhealthy.
+    pub stale_after: Duration,
+    pub exclude_thermal: Vec<ThermalState>,
+    /// Share of requests (0 to 0.5) sent to a not-yet-measured candidate, so it gets measured.
+    pub exploration_share: f64,
+    /// `top` keeps its previous node while that node is within this fraction of the best.
+    pub hysteresis: f64,
+    /// Time-to-first-token target of the `slo` policy.
+    pub slo_ttft: Duration,
+    /// How long a request waits for a free slot when every candidate is full.
+    pub queue_timeout: Duration,
+    /// Requests waiting at most; more get 503 at once.
+    pub queue_limit: u32,
+}
+
+impl RoutingConfig {
+    /// The policy for `model`: its override, else the default.
+    pub fn policy_for(&self, model: &str) -> PolicyName {
+        self.model_policy.get(model).copied().unwrap_or(self.policy)
+    }
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            policy: defaults::POLICY,
+            model_policy: BTreeMap::new(),
+            stale_after: defaults::STALE_AFTER,
+            exclude_thermal: defaults::EXCLUDE_THERMAL.to_vec(),
+            exploration_share: defaults::EXPLORATION_SHARE,
+            hysteresis: defaults::HYSTERESIS,
+            slo_ttft: defaults::SLO_TTFT,
+            queue_timeout: defaults::QUEUE_TIMEOUT,
+            queue_limit: defaults::QUEUE_LIMIT,
+        }
+    }
+}
+
+/// Node health beyond telemetry: active checks and the passive circuit breaker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    /// Whether the proxy asks nodes `GET /` at all; off leaves health to telemetry and the
+    /// circuit breaker.
+    pub active_checks: bool,
+    /// How often each node's Ollama is asked `GET /`.
+    pub check_interval: Duration,
+    pub check_timeout: Duration,
+    /// Failures in a row (relayed or checked) that open a node's circuit.
+    pub failure_threshold: u32,
+    /// How long an open circuit keeps traffic away before one trial request.
+    pub cooldown: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            active_checks: defaults::ACTIVE_CHECKS,
+            check_interval: defaults::CHECK_INTERVAL,
+            check_timeout: defaults::CHECK_TIMEOUT,
+            failure_threshold: defaults::FAILURE_THRESHOLD,
+            cooldown: defaults::COOLDOWN,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryConfig {
+    /// Samples stamped further than this from the proxy's clock are refused.
+    pub max_clock_skew: Duration,
+    /// Watts above this are refused as absurd (a misread counter, a unit mix-up).
+    pub max_watts: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeConfig {
+    pub id: String,
+    pub url: String,
+    pub token: String,
+    pub pue: f64,
+    pub max_concurrency: u32,
+}
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    /// 1-based line, when the problem has a place in the file.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "line {line}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+/// All problems found in one file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Parses and validates a whole file. Either every check passes or nothing is returned, so a
+    /// reload can never apply half a file.
+    pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        let raw: schema::RawConfig = toml::from_str(text).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                line: e.span().map(|s| validate::line_of(text, s.start)),
+                message: e.message().trim().to_owned(),
+            }])
+        })?;
+        validate::validate(raw, text)
+    }
+
+    /// Reads and validates a file; an unreadable file is one error without a line.
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                line: None,
+                message: format!("cannot read {}: {e}", path.display()),
+            }])
+        })?;
+        let mut config = Config::parse(&text)?;
+        // Relative key and certificate paths are read from the config file's directory.
+        if let (Some(tls), Some(dir)) = (config.listen.telemetry_tls.as_mut(), path.parent()) {
+            tls.cert = dir.join(&tls.cert);
+            tls.key = dir.join(&tls.key);
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::defaults::threads as default_threads;
+    use super::validate::check_node_url;
+    use super::*;
+
+    const GOOD: &str = r#"
+[listen]
+api = "127.0.0.1:11434"
+telemetry = "127.0.0.1:50051"
+admin = "127.0.0.1:9090"
+
+[routing]
+policy = "top"
+stale_after = "3s"
+exclude_thermal = ["Critical"]
+
+[[nodes]]
+id = "m2-studio"
+url = "http://127.0.0.1:11435"
+token = "change-me"
+pue = 1.0
+max_concurrency = 4
+"#;
+
+    #[test]
+    fn contract_example_parses() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.routing.stale_after, Duration::from_secs(3));
+        assert_eq!(c.routing.exclude_thermal, vec![ThermalState::Critical]);
+        assert_eq!(c.nodes[0].id, "m2-studio");
+        assert_eq!(c.nodes[0].max_concurrency, 4);
+        assert_eq!(c.telemetry.max_clock_skew, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn each_error_names_its_line() {
+        let bad = GOOD
+            .replace("policy = \"top\"", "policy = \"fastest\"")
+            .replace("stale_after = \"3s\"", "stale_after = \"soon\"")
+            .replace("pue = 1.0", "pue = 0.5");
+        let errs = Config::parse(&bad).unwrap_err().0;
+        let lines: Vec<_> = errs.iter().map(|e| e.line).collect();
+        assert_eq!(lines, vec![Some(8), Some(9), Some(16)], "{errs:?}");
+        assert!(errs[0].message.contains("fastest"));
+    }
+
+    #[test]
+    fn worker_threads_default_to_the_cpus_and_must_be_positive() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.listen.threads, default_threads());
+        let one = GOOD.replace(
+            "admin = \"127.0.0.1:9090\"",
+            "admin = \"127.0.0.1:9090\"\nthreads = 1",
+        );
+        assert_eq!(Config::parse(&one).unwrap().listen.threads, 1);
+        let zero = GOOD.replace(
+            "admin = \"127.0.0.1:9090\"",
+            "admin = \"127.0.0.1:9090\"\nthreads = 0",
+        );
+        let errs = Config::parse(&zero).unwrap_err().0;
+        assert_eq!(errs[0].line, Some(6), "{errs:?}");
+        assert!(errs[0].message.contains("listen.threads 0"), "{errs:?}");
+    }
+
+    #[test]
+    fn duplicate_ids_and_tokens_are_refused() {
+        let twice = format!(
+            "{GOOD}\n[[nodes]]\nid = \"m2-studio\"\nurl = \"http://127.0.0.1:1\"\ntoken = \"change-me\"\n"
+        );
+        let errs = Config::parse(&twice).unwrap_err().0;
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs.iter().all(|e| e.line.is_some()));
+    }
+
+    #[test]
+    fn syntax_and_unknown_keys_name_a_line() {
+        let errs = Config::parse("[listen]\napi = \n").unwrap_err().0;
+        assert_eq!(errs[0].line, Some(2), "{errs:?}");
+        let typo = GOOD.replace("stale_after", "stale_afterr");
+        let errs = Config::parse(&typo).unwrap_err().0;
+        assert_eq!(errs[0].line, Some(9), "{errs:?}");
+    }
+
+    #[test]
+    fn shipped_example_configs_are_valid() {
+        for (name, text) in [
+            (
+                "proxy.example.toml",
+                include_str!("../../../config/proxy.example.toml"),
+            ),
+            (
+                "demo-proxy.toml",
+                include_str!("../../../config/demo-proxy.toml"),
+            ),
+        ] {
+            if let Err(e) = Config::parse(text) {
+                panic!("config/{name}:\n{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn node_url_needs_scheme_and_port() {
+        assert!(check_node_url("http://10.0.0.1:11434").is_ok());
+        assert!(check_node_url("10.0.0.1:11434").is_err());
+        assert!(check_node_url("http://10.0.0.1").is_err());
+        assert!(check_node_url("http://").is_err());
+    }
+}

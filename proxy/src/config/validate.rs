@@ -1,0 +1,451 @@
+//! From the TOML schema (`schema`) to a [`Config`]: every check of meaning, each error with its
+//! line, all errors of a file collected in one pass so `check-config` and a refused reload list
+//! everything to fix at once.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::time::Duration;
+
+use toml::Spanned;
+use wes_proto::ThermalState;
+
+use super::schema::{DurationValue, RawConfig};
+use super::{
+    ApiConfig, Config, ConfigError, ConfigErrors, HealthConfig, ListenConfig, NodeConfig,
+    RoutingConfig, TelemetryConfig, TlsFiles, defaults,
+};
+use crate::policy::PolicyName;
+
+/// Collects errors against the file text, turning byte spans into line numbers.
+pub struct Validator<'a> {
+    text: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+/// 1-based line of a byte offset in `text`.
+pub fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
+}
+
+impl Validator<'_> {
+    fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let line = Some(line_of(self.text, span.start));
+        self.errors.push(ConfigError {
+            line,
+            message: message.into(),
+        });
+    }
+
+    fn addr(&mut self, field: &str, value: &Spanned<String>) -> SocketAddr {
+        match value.get_ref().parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(e) => {
+                self.error(
+                    value.span(),
+                    format!(
+                        "listen.{field}: {:?} is not HOST:PORT ({e})",
+                        value.get_ref()
+                    ),
+                );
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            }
+        }
+    }
+
+    fn duration(
+        &mut self,
+        field: &str,
+        value: Option<&Spanned<DurationValue>>,
+        default: Duration,
+    ) -> Duration {
+        let Some(value) = value else { return default };
+        match value.get_ref() {
+            DurationValue::Parsed(d) if !d.is_zero() => *d,
+            DurationValue::Parsed(_) => {
+                self.error(value.span(), format!("{field} must be more than zero"));
+                default
+            }
+            DurationValue::Unparsed(text) => {
+                // humantime-serde refused it; humantime says why.
+                let why = humantime::parse_duration(text)
+                    .err()
+                    .map_or_else(String::new, |e| format!(" ({e})"));
+                self.error(
+                    value.span(),
+                    format!(
+                        "{field}: {text:?} is not a duration like \"500ms\", \"3s\", \"2m\"{why}"
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    fn policy(&mut self, field: &str, value: &Spanned<String>) -> PolicyName {
+        if let Some(p) = PolicyName::parse(value.get_ref()) {
+            return p;
+        }
+        let known: Vec<&str> = PolicyName::ALL.iter().map(|p| p.as_str()).collect();
+        self.error(
+            value.span(),
+            format!(
+                "{field}: unknown policy {:?}; known: {}",
+                value.get_ref(),
+                known.join(", ")
+            ),
+        );
+        defaults::POLICY
+    }
+
+    fn fraction(
+        &mut self,
+        field: &str,
+        value: Option<&Spanned<f64>>,
+        max: f64,
+        default: f64,
+    ) -> f64 {
+        match value {
+            Some(v) if !(v.get_ref().is_finite() && (0.0..=max).contains(v.get_ref())) => {
+                self.error(
+                    v.span(),
+                    format!("{field} {} must be between 0 and {max}", v.get_ref()),
+                );
+                default
+            }
+            Some(v) => *v.get_ref(),
+            None => default,
+        }
+    }
+
+    fn count(&mut self, field: &str, value: Option<&Spanned<i64>>, max: i64, default: u32) -> u32 {
+        match value {
+            Some(v) if !(1..=max).contains(v.get_ref()) => {
+                self.error(
+                    v.span(),
+                    format!("{field} {} must be between 1 and {max}", v.get_ref()),
+                );
+                default
+            }
+            Some(v) => u32::try_from(*v.get_ref()).unwrap_or(default),
+            None => default,
+        }
+    }
+
+    fn bytes(&mut self, field: &str, value: Option<&Spanned<i64>>, max: i64, default: usize) -> usize {
+        match value {
+            Some(m) if !(1..=max).contains(m.get_ref()) => {
+                self.error(
+                    m.span(),
+                    format!("{field} {} must be between 1 and {max}", m.get_ref()),
+                );
+                default
+            }
+            Some(m) => usize::try_from(*m.get_ref()).unwrap_or(default),
+            None => default,
+        }
+    }
+}
+
+/// Checks a parsed file whole: a `Config` only when every check passed.
+pub fn validate(raw: RawConfig, text: &str) -> Result<Config, ConfigErrors> {
+    let mut c = Validator {
+        text,
+        errors: Vec::new(),
+    };
+    let listen = listen(&mut c, &raw);
+    let routing = routing(&mut c, &raw);
+    let health = health(&mut c, &raw);
+    let telemetry = TelemetryConfig {
+        max_clock_skew: c.duration(
+            "telemetry.max_clock_skew",
+            raw.telemetry.max_clock_skew.as_ref(),
+            defaults::MAX_CLOCK_SKEW,
+        ),
+        max_watts: match &raw.telemetry.max_watts {
+            Some(w) if !(w.get_ref().is_finite() && *w.get_ref() > 0.0) => {
+                c.error(w.span(), "telemetry.max_watts must be a positive number");
+                defaults::MAX_WATTS
+            }
+            Some(w) => *w.get_ref(),
+            None => defaults::MAX_WATTS,
+        },
+    };
+    let api = ApiConfig {
+        max_body_bytes: c.bytes(
+            "api.max_body_bytes",
+            raw.api.max_body_bytes.as_ref(),
+            1 << 32,
+            defaults::MAX_BODY_BYTES,
+        ),
+        max_header_bytes: c.bytes(
+            "api.max_header_bytes",
+            raw.api.max_header_bytes.as_ref(),
+            1 << 20,
+            defaults::MAX_HEADER_BYTES,
+        ),
+    };
+    let nodes = nodes(&mut c, &raw);
+    if !c.errors.is_empty() {
+        c.errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+        return Err(ConfigErrors(c.errors));
+    }
+    Ok(Config {
+        listen,
+        routing,
+        telemetry,
+        api,
+        health,
+        nodes,
+    })
+}
+
+fn listen(c: &mut Validator<'_>, raw: &RawConfig) -> ListenConfig {
+    let listen_raw = raw.listen.get_ref();
+    let listen = ListenConfig {
+        api: c.addr("api", &listen_raw.api),
+        telemetry: c.addr("telemetry", &listen_raw.telemetry),
+        admin: c.addr("admin", &listen_raw.admin),
+        threads: c.count(
+            "listen.threads",
+            listen_raw.threads.as_ref(),
+            1024,
+            defaults::threads(),
+        ),
+        telemetry_tls: match (
+            &listen_raw.telemetry_tls_cert,
+            &listen_raw.telemetry_tls_key,
+        ) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.get_ref().into(),
+                key: key.get_ref().into(),
+            }),
+            (None, None) => None,
+            (Some(one), None) | (None, Some(one)) => {
+                c.error(
+                    one.span(),
+                    "listen.telemetry_tls_cert and listen.telemetry_tls_key go together: set both or neither",
+                );
+                None
+            }
+        },
+    };
+    let mut ports = HashSet::new();
+    for (name, addr) in [
+        ("api", listen.api),
+        ("telemetry", listen.telemetry),
+        ("admin", listen.admin),
+    ] {
+        if addr.port() != 0 && !ports.insert(addr) {
+            c.error(
+                raw.listen.span(),
+                format!("listen.{name}: {addr} is used by another listener"),
+            );
+        }
+    }
+    listen
+}
+
+fn routing(c: &mut Validator<'_>, raw: &RawConfig) -> RoutingConfig {
+    let r = &raw.routing;
+    let policy = match &r.policy {
+        Some(p) => c.policy("routing.policy", p),
+        None => defaults::POLICY,
+    };
+    let mut model_policy = BTreeMap::new();
+    for (model, p) in r.model_policy.iter().flatten() {
+        let name = c.policy(&format!("routing.model_policy.{model:?}"), p);
+        model_policy.insert(model.clone(), name);
+    }
+    let exploration_share = c.fraction(
+        "routing.exploration_share",
+        r.exploration_share.as_ref(),
+        0.5,
+        defaults::EXPLORATION_SHARE,
+    );
+    let hysteresis = c.fraction(
+        "routing.hysteresis",
+        r.hysteresis.as_ref(),
+        1.0,
+        defaults::HYSTERESIS,
+    );
+    let slo_ttft = c.duration("routing.slo_ttft", r.slo_ttft.as_ref(), defaults::SLO_TTFT);
+    let queue_timeout = c.duration(
+        "routing.queue_timeout",
+        r.queue_timeout.as_ref(),
+        defaults::QUEUE_TIMEOUT,
+    );
+    let queue_limit = c.count(
+        "routing.queue_limit",
+        r.queue_limit.as_ref(),
+        1_000_000,
+        defaults::QUEUE_LIMIT,
+    );
+    let stale_after = c.duration(
+        "routing.stale_after",
+        r.stale_after.as_ref(),
+        defaults::STALE_AFTER,
+    );
+    let exclude_thermal = match &r.exclude_thermal {
+        None => defaults::EXCLUDE_THERMAL.to_vec(),
+        Some(list) => {
+            let mut states = Vec::new();
+            for name in list.get_ref() {
+                match ThermalState::from_display_name(name) {
+                    Some(s) => states.push(s),
+                    None => c.error(
+                        list.span(),
+                        format!(
+                            "routing.exclude_thermal: {name:?} is not one of Normal, Fair, Serious, Critical, Unknown"
+                        ),
+                    ),
+                }
+            }
+            states
+        }
+    };
+    RoutingConfig {
+        policy,
+        model_policy,
+        stale_after,
+        exclude_thermal,
+        exploration_share,
+        hysteresis,
+        slo_ttft,
+        queue_timeout,
+        queue_limit,
+    }
+}
+
+fn health(c: &mut Validator<'_>, raw: &RawConfig) -> HealthConfig {
+    let h = &raw.health;
+    HealthConfig {
+        active_checks: h.active_checks.unwrap_or(defaults::ACTIVE_CHECKS),
+        check_interval: c.duration(
+            "health.check_interval",
+            h.check_interval.as_ref(),
+            defaults::CHECK_INTERVAL,
+        ),
+        check_timeout: c.duration(
+            "health.check_timeout",
+            h.check_timeout.as_ref(),
+            defaults::CHECK_TIMEOUT,
+        ),
+        failure_threshold: c.count(
+            "health.failure_threshold",
+            h.failure_threshold.as_ref(),
+            1000,
+            defaults::FAILURE_THRESHOLD,
+        ),
+        cooldown: c.duration("health.cooldown", h.cooldown.as_ref(), defaults::COOLDOWN),
+    }
+}
+
+fn nodes(c: &mut Validator<'_>, raw: &RawConfig) -> Vec<NodeConfig> {
+    let mut nodes = Vec::new();
+    let mut ids = HashSet::new();
+    let mut tokens = HashSet::new();
+    for spanned in &raw.nodes {
+        let n = spanned.get_ref();
+        let id = n.id.get_ref().trim().to_owned();
+        if id.is_empty()
+            || !id
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "._-:".contains(ch))
+        {
+            c.error(
+                n.id.span(),
+                format!(
+                    "nodes.id {:?}: use letters, digits, '.', '_', '-', ':' only",
+                    n.id.get_ref()
+                ),
+            );
+        } else if !ids.insert(id.clone()) {
+            c.error(n.id.span(), format!("nodes.id {id:?} appears twice"));
+        }
+        let url = n.url.get_ref().trim_end_matches('/').to_owned();
+        if let Err(why) = check_node_url(&url) {
+            c.error(
+                n.url.span(),
+                format!("node {id:?}: url {:?} {why}", n.url.get_ref()),
+            );
+        }
+        let token = n.token.get_ref().clone();
+        if token.is_empty()
+            || token
+                .chars()
+                .any(|ch| ch.is_whitespace() || ch.is_control())
+        {
+            c.error(
+                n.token.span(),
+                format!("node {id:?}: token must be non-empty, without spaces"),
+            );
+        } else if !tokens.insert(token.clone()) {
+            // A token shared by two nodes could not say which node a stream speaks for.
+            c.error(
+                n.token.span(),
+                format!("node {id:?}: token is also another node's; each node needs its own"),
+            );
+        }
+        let pue = match &n.pue {
+            Some(p) if !(p.get_ref().is_finite() && (1.0..=10.0).contains(p.get_ref())) => {
+                c.error(
+                    p.span(),
+                    format!(
+                        "node {id:?}: pue {} must be between 1.0 and 10.0",
+                        p.get_ref()
+                    ),
+                );
+                defaults::PUE
+            }
+            Some(p) => *p.get_ref(),
+            None => defaults::PUE,
+        };
+        let max_concurrency = match &n.max_concurrency {
+            Some(m) if !(1..=100_000).contains(m.get_ref()) => {
+                c.error(
+                    m.span(),
+                    format!(
+                        "node {id:?}: max_concurrency {} must be between 1 and 100000",
+                        m.get_ref()
+                    ),
+                );
+                1
+            }
+            Some(m) => u32::try_from(*m.get_ref()).unwrap_or(1),
+            None => defaults::MAX_CONCURRENCY,
+        };
+        nodes.push(NodeConfig {
+            id,
+            url,
+            token,
+            pue,
+            max_concurrency,
+        });
+    }
+    if nodes.is_empty() {
+        c.errors.push(ConfigError {
+            line: None,
+            message: "no [[nodes]]: the proxy needs at least one node to route to".into(),
+        });
+    }
+    nodes
+}
+
+pub fn check_node_url(url: &str) -> Result<(), &'static str> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or("must start with http:// (TLS to nodes is not supported yet)")?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() {
+        return Err("has no host");
+    }
+    if !authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok_and(|p| p > 0))
+    {
+        return Err("needs an explicit port, e.g. http://10.0.0.7:11434");
+    }
+    Ok(())
+}

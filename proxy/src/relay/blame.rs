@@ -1,0 +1,106 @@
+//! Whose failure is it: the node's, or the request's? A node that cannot be reached has failed
+//! whatever the request. But a node that drops a request it has received may have been killed by
+//! the request itself (a body that crashes the engine); if every node that receives it does the
+//! same, counting each failure against its node would let any client open every circuit in the
+//! fleet. So a failure after the request reached a node is held as suspect, not counted; a
+//! second such failure on another node makes it the request's (no further replay, no node
+//! charged); when the request ends otherwise, the held failures were the nodes' after all.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::fleet::NodeState;
+
+/// What a failure before the node answered means for the request and the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The node failed (it could not be reached): counted against it now.
+    Node,
+    /// Held until the request's outcome says whose it was; another node may be tried.
+    Suspect,
+    /// The request failed on a second node after reaching it: the request's doing. No more
+    /// replays, nothing counted against any node.
+    Request,
+}
+
+/// One request's held failures.
+#[derive(Debug, Default)]
+pub struct Blame {
+    suspects: Vec<(Arc<str>, Arc<NodeState>)>,
+    by_request: bool,
+}
+
+impl Blame {
+    /// Files a failure on `node` that happened before it answered; `reached` is whether the
+    /// request got to the node (a connection was made).
+    pub fn failed_before_answer(
+        &mut self,
+        node: &Arc<str>,
+        state: &Arc<NodeState>,
+        reached: bool,
+    ) -> Verdict {
+        if !reached {
+            return Verdict::Node;
+        }
+        if !self.suspects.is_empty() || self.by_request {
+            self.by_request = true;
+            self.suspects.clear();
+            return Verdict::Request;
+        }
+        self.suspects.push((node.clone(), state.clone()));
+        Verdict::Suspect
+    }
+
+    /// The request is over and was not shown to be at fault: each held failure was its node's.
+    /// Returns the nodes whose circuit that opened.
+    pub fn settle(&mut self, now: Instant, threshold: u32) -> Vec<Arc<str>> {
+        self.suspects
+            .drain(..)
+            .filter_map(|(id, state)| state.health.failed(now, threshold).then_some(id))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str) -> (Arc<str>, Arc<NodeState>) {
+        (Arc::from(id), Arc::new(NodeState::default()))
+    }
+
+    #[test]
+    fn unreachable_is_always_the_nodes() {
+        let (a, sa) = node("a");
+        let mut blame = Blame::default();
+        assert_eq!(blame.failed_before_answer(&a, &sa, false), Verdict::Node);
+        assert_eq!(blame.failed_before_answer(&a, &sa, false), Verdict::Node);
+        assert!(blame.settle(Instant::now(), 1).is_empty(), "nothing held");
+    }
+
+    #[test]
+    fn a_second_node_dropping_the_request_makes_it_the_requests() {
+        let (a, sa) = node("a");
+        let (b, sb) = node("b");
+        let mut blame = Blame::default();
+        assert_eq!(blame.failed_before_answer(&a, &sa, true), Verdict::Suspect);
+        assert_eq!(blame.failed_before_answer(&b, &sb, true), Verdict::Request);
+        // And stays so: a third node's failure is the request's too.
+        assert_eq!(blame.failed_before_answer(&a, &sa, true), Verdict::Request);
+        // Nothing is charged: neither circuit moved.
+        assert!(blame.settle(Instant::now(), 1).is_empty());
+        assert!(sa.health.problem(Instant::now(), std::time::Duration::from_secs(5)).is_none());
+        assert!(sb.health.problem(Instant::now(), std::time::Duration::from_secs(5)).is_none());
+    }
+
+    #[test]
+    fn a_held_failure_is_the_nodes_when_another_node_answers() {
+        let (a, sa) = node("a");
+        let mut blame = Blame::default();
+        assert_eq!(blame.failed_before_answer(&a, &sa, true), Verdict::Suspect);
+        // The next node answered: the request is over and `a` is charged.
+        let opened = blame.settle(Instant::now(), 1);
+        assert_eq!(opened, vec![a]);
+        assert!(sa.health.problem(Instant::now(), std::time::Duration::from_secs(5)).is_some());
+    }
+}
