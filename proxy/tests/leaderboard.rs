@@ -671,13 +671,13 @@ async fn relayed_requests_reach_the_metrics() {
     );
     assert_eq!(
         value(&format!(
-            "wes_node_request_output_tokens_bucket{{{good},le=\"16\"}}"
+            "wes_node_request_output_tokens_bucket{{le=\"16.0\",{good}}}"
         )),
         0.0
     );
     assert_eq!(
         value(&format!(
-            "wes_node_request_output_tokens_bucket{{{good},le=\"64\"}}"
+            "wes_node_request_output_tokens_bucket{{le=\"64.0\",{good}}}"
         )),
         1.0
     );

@@ -9,7 +9,7 @@ mod node_gauges;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
@@ -35,15 +35,35 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NodeModel {
-    node: Arc<str>,
-    model: Arc<str>,
+    node: Label,
+    model: Label,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NodeModelKind {
-    node: Arc<str>,
-    model: Arc<str>,
+    node: Label,
+    model: Label,
     kind: ErrorKind,
+}
+
+/// A label value, escaped as the text format requires: `prometheus-client` 0.24 writes label
+/// values verbatim, and a model name is the reporter's to choose.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+struct Label(Arc<str>);
+
+impl EncodeLabelValue for Label {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        for ch in self.0.chars() {
+            match ch {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                _ => encoder.write_char(ch)?,
+            }
+        }
+        Ok(())
+    }
 }
 
 type HistogramFamily = Family<NodeModel, Histogram, fn() -> Histogram>;
@@ -69,7 +89,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Registers every family; the node gauges read `ranking` whenever `/metrics` is scraped.
+    /// Registers every family (the registry ends each help text with a period); the node gauges read `ranking` whenever `/metrics` is scraped.
     pub fn new(ranking: Arc<ArcSwap<Ranking>>) -> Self {
         let telemetry = TelemetryCounters::default();
         let requests = Family::default();
@@ -85,48 +105,48 @@ impl Metrics {
         let mut registry = Registry::default();
         registry.register(
             "wes_telemetry_samples_accepted",
-            "Samples accepted from reporters.",
+            "Samples accepted from reporters",
             telemetry.samples_accepted.clone(),
         );
         registry.register(
             "wes_telemetry_samples_refused",
-            "Samples refused (invalid or wrong node).",
+            "Samples refused (invalid or wrong node)",
             telemetry.samples_refused.clone(),
         );
         registry.register(
             "wes_telemetry_streams_refused",
-            "Telemetry streams refused at open (bad token).",
+            "Telemetry streams refused at open (bad token)",
             telemetry.streams_refused.clone(),
         );
         registry.register_collector(Box::new(node_gauges::NodeGauges::new(ranking)));
         registry.register(
             "wes_node_requests",
-            "Requests sent to the node (each attempt counts once, replays included).",
+            "Requests sent to the node (each attempt counts once, replays included)",
             requests.clone(),
         );
         registry.register(
             "wes_node_output_tokens",
-            "Output tokens the node sent back (counted on streams, claimed on whole responses).",
+            "Output tokens the node sent back (counted on streams, claimed on whole responses)",
             output_tokens.clone(),
         );
         registry.register(
             "wes_node_request_errors",
-            "Requests to the node that failed, by kind.",
+            "Requests to the node that failed, by kind",
             errors.clone(),
         );
         registry.register(
             "wes_node_time_to_first_token_seconds",
-            "From sending the request to the first output token (streams only).",
+            "From sending the request to the first output token (streams only)",
             ttft.clone(),
         );
         registry.register(
             "wes_node_request_duration_seconds",
-            "From sending the request to the end of the response.",
+            "From sending the request to the end of the response",
             duration.clone(),
         );
         registry.register(
             "wes_node_request_output_tokens",
-            "Output tokens per response.",
+            "Output tokens per response",
             tokens_per_request.clone(),
         );
         Metrics {
@@ -145,13 +165,18 @@ impl Metrics {
     /// Labels share the attempt's `Arc`s: nothing allocates after a pair's first attempt.
     pub fn record(&self, outcome: &Outcome<'_>) {
         let labels = NodeModel {
-            node: outcome.node.clone(),
-            model: outcome.model.clone(),
+            node: Label(outcome.node.clone()),
+            model: Label(outcome.model.clone()),
         };
         if self.requests.get(&labels).is_none() {
-            // A new pair shows every error kind, at 0, so a rate over it has a series to read.
+            // A new pair shows every series at 0 (each error kind, tokens, each histogram), so
+            // that a rate or a ratio over it has something to read before its first event.
             for kind in ErrorKind::ALL {
                 let _ = self.errors.get_or_create(&with_kind(&labels, kind));
+            }
+            let _ = self.output_tokens.get_or_create(&labels);
+            for family in [&self.ttft, &self.duration, &self.tokens_per_request] {
+                let _ = family.get_or_create(&labels);
             }
         }
         self.requests.get_or_create(&labels).inc();
@@ -188,5 +213,194 @@ fn with_kind(labels: &NodeModel, kind: ErrorKind) -> NodeModelKind {
         node: labels.node.clone(),
         model: labels.model.clone(),
         kind,
+    }
+}
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::state::AppState;
+
+    /// `(name, labels without le, le, value)` of each sample line.
+    fn samples(text: &str) -> Vec<(String, String, Option<String>, f64)> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| {
+                let (series, value) = l.rsplit_once(' ').unwrap();
+                let (name, labels) = match series.split_once('{') {
+                    Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                    None => (series, ""),
+                };
+                let mut le = None;
+                let rest: Vec<&str> = labels
+                    .split(',')
+                    .filter(|kv| match kv.strip_prefix("le=") {
+                        Some(v) => {
+                            le = Some(v.trim_matches('"').to_owned());
+                            false
+                        }
+                        None => true,
+                    })
+                    .collect();
+                (name.to_owned(), rest.join(","), le, value.parse().unwrap())
+            })
+            .collect()
+    }
+
+    fn recorded() -> Metrics {
+        let metrics = Metrics::new(Arc::default());
+        let (gpu, llama): (Arc<str>, Arc<str>) = ("gpu-\"1\"".into(), "llama3.2:3b".into());
+        for (ms, tokens) in [(30, 1), (120, 40), (900, 300), (45_000, 5000)] {
+            metrics.record(&Outcome {
+                duration: Some(Duration::from_millis(ms * 2)),
+                ttft: Some(Duration::from_millis(ms)),
+                output_tokens: Some(tokens),
+                ..Outcome::new(&gpu, &llama)
+            });
+        }
+        metrics.record(&Outcome {
+            error: Some(ErrorKind::Connect),
+            ..Outcome::new(&gpu, &llama)
+        });
+        let (cpu, embed): (Arc<str>, Arc<str>) = ("cpu".into(), "nomic-embed-text".into());
+        metrics.record(&Outcome {
+            duration: Some(Duration::from_millis(8)),
+            ..Outcome::new(&cpu, &embed)
+        });
+        metrics
+    }
+
+    #[test]
+    fn bucket_bounds_rise() {
+        for bounds in [TTFT_BUCKETS, DURATION_BUCKETS, TOKEN_BUCKETS] {
+            assert!(bounds.windows(2).all(|w| w[0] < w[1]), "{bounds:?}");
+        }
+    }
+
+    #[test]
+    fn histograms_render_valid_cumulative_buckets() {
+        let out = recorded().encode();
+        let all = samples(&out);
+        for family in [
+            "wes_node_time_to_first_token_seconds",
+            "wes_node_request_duration_seconds",
+            "wes_node_request_output_tokens",
+        ] {
+            assert_eq!(
+                out.matches(&format!("# TYPE {family} histogram\n")).count(),
+                1,
+                "{out}"
+            );
+            for series in [
+                "node=\"gpu-\\\"1\\\"\",model=\"llama3.2:3b\"",
+                "node=\"cpu\",model=\"nomic-embed-text\"",
+            ] {
+                let buckets: Vec<_> = all
+                    .iter()
+                    .filter(|s| s.0 == format!("{family}_bucket") && s.1 == series)
+                    .collect();
+                assert!(buckets.len() > 2, "{family} {series}:\n{out}");
+                let les: Vec<&str> = buckets.iter().map(|b| b.2.as_deref().unwrap()).collect();
+                assert_eq!(les.last(), Some(&"+Inf"), "{les:?}");
+                let bounds: Vec<f64> = les[..les.len() - 1]
+                    .iter()
+                    .map(|l| l.parse().unwrap())
+                    .collect();
+                assert!(bounds.windows(2).all(|w| w[0] < w[1]), "{les:?}");
+                let counts: Vec<f64> = buckets.iter().map(|b| b.3).collect();
+                assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{counts:?}");
+                let one = |suffix: &str| {
+                    let name = format!("{family}{suffix}");
+                    all.iter()
+                        .find(|s| s.0 == name && s.1 == series)
+                        .unwrap_or_else(|| panic!("no {name}{{{series}}}:\n{out}"))
+                        .3
+                };
+                assert_eq!(counts.last().copied(), Some(one("_count")));
+            }
+        }
+        let find = |name: &str, labels: &str, le: Option<&str>| {
+            all.iter()
+                .find(|s| s.0 == name && s.1 == labels && s.2.as_deref() == le)
+                .unwrap_or_else(|| panic!("no {name}{{{labels}}} le={le:?}:\n{out}"))
+                .3
+        };
+        let gpu = "node=\"gpu-\\\"1\\\"\",model=\"llama3.2:3b\"";
+        // TTFTs of 30 ms, 120 ms, 900 ms and 45 s.
+        let ttft = "wes_node_time_to_first_token_seconds_bucket";
+        assert_eq!(find(ttft, gpu, Some("0.025")), 0.0);
+        assert_eq!(find(ttft, gpu, Some("0.05")), 1.0);
+        assert_eq!(find(ttft, gpu, Some("0.25")), 2.0);
+        assert_eq!(find(ttft, gpu, Some("1.0")), 3.0);
+        assert_eq!(find(ttft, gpu, Some("30.0")), 3.0);
+        assert_eq!(find(ttft, gpu, Some("+Inf")), 4.0);
+        let sum = find("wes_node_time_to_first_token_seconds_sum", gpu, None);
+        assert!((sum - 46.05).abs() < 1e-9, "{sum}");
+        // The refused attempt has no duration: five requests, four durations.
+        assert_eq!(find("wes_node_requests_total", gpu, None), 5.0);
+        assert_eq!(
+            find("wes_node_request_duration_seconds_count", gpu, None),
+            4.0
+        );
+        assert_eq!(find("wes_node_output_tokens_total", gpu, None), 5341.0);
+        let errors = "wes_node_request_errors_total";
+        assert_eq!(find(errors, &format!("{gpu},kind=\"connect\""), None), 1.0);
+        assert_eq!(find(errors, &format!("{gpu},kind=\"status\""), None), 0.0);
+        // An embedding has no output tokens: no observation, not a zero.
+        let cpu = "node=\"cpu\",model=\"nomic-embed-text\"";
+        assert_eq!(find("wes_node_request_output_tokens_count", cpu, None), 0.0);
+        assert_eq!(
+            find("wes_node_request_duration_seconds_count", cpu, None),
+            1.0
+        );
+    }
+
+    #[test]
+    fn exposition_has_joules_per_token_and_request_families() {
+        let config = crate::config::Config::parse(
+            "[listen]\napi = \"127.0.0.1:0\"\ntelemetry = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n[[nodes]]\nid = \"a\"\nurl = \"http://127.0.0.1:9\"\ntoken = \"t\"\n",
+        )
+        .unwrap();
+        let state = AppState::new(config, None);
+        let (a, m): (Arc<str>, Arc<str>) = ("a".into(), "m".into());
+        state.metrics.record(&Outcome {
+            duration: Some(Duration::from_millis(5)),
+            ..Outcome::new(&a, &m)
+        });
+        let text = state.metrics.encode();
+        for family in [
+            "wes_node_joules_per_token gauge",
+            "wes_node_requests counter",
+            "wes_node_request_errors counter",
+            "wes_node_output_tokens counter",
+            "wes_node_time_to_first_token_seconds histogram",
+            "wes_node_request_duration_seconds histogram",
+            "wes_node_request_output_tokens histogram",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {family}\n")),
+                "{family}:\n{text}"
+            );
+        }
+        assert!(
+            text.contains("wes_node_requests_total{node=\"a\",model=\"m\"} 1\n"),
+            "{text}"
+        );
+        // Every sample line belongs to the family whose TYPE came last.
+        let mut family = String::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                family = rest.split(' ').next().unwrap().to_owned();
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap();
+                let base = ["_bucket", "_sum", "_count", "_total"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s).filter(|b| *b == family))
+                    .unwrap_or(name);
+                assert_eq!(base, family, "{line}");
+            }
+        }
     }
 }

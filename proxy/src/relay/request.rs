@@ -283,4 +283,53 @@ mod tests {
             Err(BodyProblem::Malformed(_))
         ));
     }
+
+    #[test]
+    fn depth_is_bounded_and_the_whole_body_is_checked() {
+        let nested = |depth: usize| {
+            let mut body = String::from(r#"{"model":"m","x":"#);
+            body.push_str(&"[".repeat(depth));
+            body.push_str(&"]".repeat(depth));
+            body.push('}');
+            body
+        };
+        // The object is level 1: `depth` arrays under it reach level depth + 1.
+        assert!(facts(nested(MAX_JSON_DEPTH - 1).as_bytes()).is_ok());
+        let deep = facts(nested(MAX_JSON_DEPTH).as_bytes());
+        assert!(
+            matches!(&deep, Err(BodyProblem::Malformed(why)) if why.contains("nested deeper than 100 levels")),
+            "{deep:?}"
+        );
+        // 100,000 levels: refused without exhausting the stack.
+        assert!(matches!(
+            facts(nested(100_000).as_bytes()),
+            Err(BodyProblem::Malformed(_))
+        ));
+        let objects = format!(r#"{{"model":"m","o":{}1{}}}"#, r#"{"a":"#.repeat(200), "}".repeat(200));
+        assert!(matches!(facts(objects.as_bytes()), Err(BodyProblem::Malformed(_))));
+        // Malformed after the routing fields is still malformed: the body is read to its end.
+        assert!(matches!(
+            facts(br#"{"model":"m","messages":[1,2,}"#),
+            Err(BodyProblem::Malformed(_))
+        ));
+        assert!(matches!(
+            facts(br#"{"model":"m"} trailing"#),
+            Err(BodyProblem::Malformed(_))
+        ));
+        // Realistic nesting and every JSON type pass.
+        let ok = br#"{"model":"m","stream":true,"format":{"type":"object","properties":{"a":{"type":"array","items":{"type":"number"}}}},"options":{"temperature":0.5,"seed":-1,"stop":null,"x":[true,false,1e3,"s\n"]}}"#;
+        let f = facts(ok).unwrap();
+        assert_eq!((f.model.as_str(), f.stream), ("m", Some(true)));
+    }
+
+    #[test]
+    fn header_size_counts_the_request_line_and_every_field() {
+        let mut header = RequestHeader::build("POST", b"/api/chat", None).unwrap();
+        header.insert_header("content-type", "application/json").unwrap();
+        assert_eq!(header_size_over(&header, 1 << 16), None);
+        let small = header_size_over(&header, 0).unwrap();
+        assert_eq!(small, "POST".len() + "/api/chat".len() + 12 + "content-type".len() + "application/json".len() + 4);
+        header.insert_header("x-big", "a".repeat(200 * 1024)).unwrap();
+        assert!(header_size_over(&header, 64 * 1024).unwrap() > 200 * 1024);
+    }
 }
