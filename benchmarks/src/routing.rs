@@ -177,7 +177,10 @@ impl Bench {
         let config = self.state.config.load();
         let routing = &config.routing;
         let ranking = self.state.ranking.load_full();
-        let route = ranking.routes.route(MODEL).context("model missing from the table")?;
+        let route = ranking
+            .routes
+            .route(MODEL)
+            .context("model missing from the table")?;
         let request = RouteRequest {
             model: MODEL,
             now: Instant::now(),
@@ -301,7 +304,10 @@ pub fn run(args: RoutingArgs) -> anyhow::Result<()> {
         for busy in [false, true] {
             let bench = fleet(n, busy)?;
             let ranking = bench.state.ranking.load_full();
-            let route = ranking.routes.route(MODEL).context("model missing from the table")?;
+            let route = ranking
+                .routes
+                .route(MODEL)
+                .context("model missing from the table")?;
             let share = bench.state.config.load().routing.exploration_share;
             for name in PolicyName::ALL {
                 let scenario = if busy { "busy" } else { "idle" };

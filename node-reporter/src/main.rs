@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
-use wes_reporter::config::{ReporterConfig, ReporterFlags};
 use wes_reporter::agent;
+use wes_reporter::config::{ReporterConfig, ReporterFlags};
 use wes_reporter::sensor::select;
 
 #[derive(Parser)]

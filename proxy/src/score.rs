@@ -179,6 +179,9 @@ mod tests {
         let j = rate_joules_per_token(Some(50.0), Some(100.0), Some(40.0), 1.0);
         assert!(close(j.gross.unwrap(), 2.0));
         assert!(close(j.net.unwrap(), 1.2));
-        assert_eq!(rate_joules_per_token(Some(50.0), Some(100.0), None, 1.0).net, None);
+        assert_eq!(
+            rate_joules_per_token(Some(50.0), Some(100.0), None, 1.0).net,
+            None
+        );
     }
 }

@@ -738,3 +738,303 @@ async fn a_node_whose_host_name_does_not_resolve_is_failed_over_not_fatal() {
         200
     );
 }
+
+/// A node that reads each request whole and drops the connection (a reset) when the body holds
+/// `"poison"`, as an engine that crashes on it would; it answers anything else, `GET /` too.
+/// Counts the requests it read.
+async fn poisoned_node(
+    name: &'static str,
+    seen: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> SocketAddr {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = vec![0u8; 65536];
+                // Until the header and as many body bytes as it declares have arrived.
+                loop {
+                    let Ok(n) = stream.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&request).to_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let declared = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if request.len() >= end + 4 + declared {
+                            break;
+                        }
+                    }
+                }
+                seen.fetch_add(1, Ordering::SeqCst);
+                if request.windows(6).any(|w| w == b"poison") {
+                    let _ = stream.set_zero_linger();
+                    return;
+                }
+                let body = if request.starts_with(b"GET") {
+                    "Ollama is running".to_owned()
+                } else {
+                    json!({"node": name, "done": true, "response": "ok"}).to_string()
+                };
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(body.as_bytes()).await;
+                let _ = stream.flush().await;
+            });
+        }
+    });
+    addr
+}
+
+async fn metrics_text(proxy: &Proxy) -> String {
+    reqwest::get(format!("http://{}/metrics", proxy.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The sum of a counter's samples whose labels include `labels`.
+fn counter_sum(metrics: &str, name: &str, labels: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn one_request_to_a_lone_failing_node_counts_one_request_and_one_error() {
+    let dead = format!("http://127.0.0.1:{}", support::free_port());
+    let f = fleet(&[("lone", dead, 10.0)], "[health]\nactive_checks = false\n").await;
+    wait_api_up(&f.proxy).await;
+    let response = reqwest::Client::new()
+        .post(api(&f.proxy, "/api/generate"))
+        .json(&json!({"model": "m1", "prompt": "x", "stream": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let _ = response.text().await;
+    // The attempt is recorded where it ends; wait until it shows, then check it shows once.
+    let labels = "node=\"lone\",model=\"m1\"";
+    let metrics = support::wait_for(
+        Duration::from_secs(5),
+        "the attempt in /metrics",
+        || async {
+            let text = metrics_text(&f.proxy).await;
+            (counter_sum(&text, "wes_node_requests_total", labels) > 0.0).then_some(text)
+        },
+    )
+    .await;
+    assert_eq!(
+        counter_sum(&metrics, "wes_node_requests_total", labels),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        counter_sum(&metrics, "wes_node_request_errors_total", labels),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        counter_sum(
+            &metrics,
+            "wes_node_request_errors_total",
+            &format!("{labels},kind=\"connect\"")
+        ),
+        1.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn poison_requests_open_no_circuit_and_a_really_failing_node_still_opens_its_own() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let seen_a = Arc::new(AtomicUsize::new(0));
+    let seen_b = Arc::new(AtomicUsize::new(0));
+    let a = format!("http://{}", poisoned_node("a", seen_a.clone()).await);
+    let b = format!("http://{}", poisoned_node("b", seen_b.clone()).await);
+    // Active checks off: the relay alone must tell the request's failures from the node's.
+    let f = fleet(
+        &[("a", a, 10.0), ("b", b, 20.0)],
+        "[health]\nactive_checks = false\nfailure_threshold = 3\ncooldown = \"60s\"\n",
+    )
+    .await;
+    wait_api_up(&f.proxy).await;
+    // A new connection per request: after a 502 the proxy closes the client's connection, and
+    // a pooled client that reuses it meanwhile gets a reset instead of an answer.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+
+    // Nested far beyond the limit: refused by the proxy, no node ever sees it.
+    let deep = format!(
+        r#"{{"model":"m1","prompt":"x","stream":false,"options":{}{}}}"#,
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    for _ in 0..3 {
+        let response = http
+            .post(api(&f.proxy, "/api/generate"))
+            .body(deep.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400);
+        let body: Value = response.json().await.unwrap();
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("nested deeper than"),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        seen_a.load(Ordering::SeqCst) + seen_b.load(Ordering::SeqCst),
+        0
+    );
+
+    // Bursts of well-formed requests that make every node drop the connection, four at once
+    // (each node has four slots, so each request finds the other node free to try).
+    let poison = json!({"model": "m1", "prompt": "poison", "stream": false});
+    for _ in 0..3 {
+        let burst = (0..4).map(|_| {
+            let http = http.clone();
+            let url = api(&f.proxy, "/api/generate");
+            let poison = poison.clone();
+            async move {
+                let response = http.post(url).json(&poison).send().await.unwrap();
+                let status = response.status();
+                (status, response.json::<Value>().await.unwrap())
+            }
+        });
+        for (status, body) in futures::future::join_all(burst).await {
+            assert_eq!(status, 502, "{body}");
+            let error = body["error"].as_str().unwrap();
+            assert!(error.contains("request itself"), "{error}");
+        }
+    }
+    // Each poison request was tried on two nodes, never a third time.
+    assert_eq!(
+        seen_a.load(Ordering::SeqCst) + seen_b.load(Ordering::SeqCst),
+        24
+    );
+    // More at once than the fleet has slots: some find no second node free and fail on one
+    // (ambiguous, so counted against nobody either), some wait; none opens a circuit.
+    let flood = (0..20).map(|_| {
+        let http = http.clone();
+        let url = api(&f.proxy, "/api/generate");
+        let poison = poison.clone();
+        async move { http.post(url).json(&poison).send().await.unwrap().status() }
+    });
+    for status in futures::future::join_all(flood).await {
+        assert_eq!(status, 502);
+    }
+    // Every circuit stayed closed and the fleet serves.
+    let ranking = f.proxy.ranking().await;
+    for node in ranking["nodes"].as_array().unwrap() {
+        assert_eq!(node["healthy"], true, "{node}");
+    }
+    for _ in 0..4 {
+        let response = http
+            .post(api(&f.proxy, "/api/generate"))
+            .json(&json!({"model": "m1", "prompt": "hello", "stream": false}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-wes-node"], "a");
+    }
+
+    // A node that really fails (resets every request) beside one that answers: its failures
+    // are held until the other node answers, then counted, and its circuit opens at three.
+    let broken = format!("http://{}", resetting_node().await);
+    let seen_c = Arc::new(AtomicUsize::new(0));
+    let good = format!("http://{}", poisoned_node("good", seen_c.clone()).await);
+    let f = fleet(
+        &[("broken", broken, 10.0), ("good", good, 20.0)],
+        "[health]\nactive_checks = false\nfailure_threshold = 3\ncooldown = \"60s\"\n",
+    )
+    .await;
+    wait_api_up(&f.proxy).await;
+    for _ in 0..3 {
+        let response = http
+            .post(api(&f.proxy, "/api/generate"))
+            .json(&json!({"model": "m1", "prompt": "hello", "stream": false}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-wes-node"], "good");
+    }
+    let broken = support::wait_for(Duration::from_secs(5), "broken's circuit open", || async {
+        let n = f.proxy.node("broken").await;
+        (n["healthy"] == false).then_some(n)
+    })
+    .await;
+    assert!(
+        broken["unhealthy_reason"]
+            .as_str()
+            .unwrap()
+            .contains("circuit open"),
+        "{broken}"
+    );
+    assert_eq!(f.proxy.node("good").await["healthy"], true);
+}
+
+#[tokio::test]
+async fn headers_past_the_limit_get_431_in_the_protocol_shape() {
+    let good = format!("http://{}", fake_node("good").await);
+    let f = fleet(&[("good", good, 10.0)], "[api]\nmax_header_bytes = 16384\n").await;
+    wait_api_up(&f.proxy).await;
+    let http = reqwest::Client::new();
+    let big = "a".repeat(200 * 1024);
+    let response = http
+        .post(api(&f.proxy, "/api/generate"))
+        .header("x-padding", &big)
+        .json(&json!({"model": "m1", "prompt": "x", "stream": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 431);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("16384"), "{body}");
+    let response = http
+        .post(api(&f.proxy, "/v1/chat/completions"))
+        .header("x-padding", &big[..20_000])
+        .json(&json!({"model": "m1", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 431);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error"]["message"].is_string(), "{body}");
+    // Within the limit: relayed as before.
+    let response = http
+        .post(api(&f.proxy, "/api/generate"))
+        .header("x-padding", &big[..8_000])
+        .json(&json!({"model": "m1", "prompt": "x", "stream": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}

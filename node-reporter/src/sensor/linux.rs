@@ -15,7 +15,9 @@ use futures::future::BoxFuture;
 use wes_proto::SensorKind;
 
 use super::{Reading, Sensor};
-use crate::sensor::thermal::{HwmonTemp, LinuxSignals, ThermalThresholds, TripKind, ZoneTemp, linux_state};
+use crate::sensor::thermal::{
+    HwmonTemp, LinuxSignals, ThermalThresholds, TripKind, ZoneTemp, linux_state,
+};
 
 /// Energy gained by a RAPL counter between two reads, in µJ.
 ///

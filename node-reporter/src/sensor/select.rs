@@ -7,8 +7,8 @@ use wes_proto::SensorKind;
 
 use crate::config::{ReporterConfig, ReporterFlags, SensorChoice};
 use crate::sensor::sim::{SimParams, SimSensor};
-use crate::sensor::{Reading, Sensor, apple, auto, command, linux, nvml};
 use crate::sensor::thermal::ThermalThresholds;
+use crate::sensor::{Reading, Sensor, apple, auto, command, linux, nvml};
 
 /// The part of the reporter's settings a sensor needs.
 #[derive(Debug, Clone)]

@@ -26,7 +26,11 @@ pub struct Validator<'a> {
 /// 1-based line of a byte offset in `text`.
 pub fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
 }
 
 impl Validator<'_> {
@@ -133,7 +137,13 @@ impl Validator<'_> {
         }
     }
 
-    fn bytes(&mut self, field: &str, value: Option<&Spanned<i64>>, max: i64, default: usize) -> usize {
+    fn bytes(
+        &mut self,
+        field: &str,
+        value: Option<&Spanned<i64>>,
+        max: i64,
+        default: usize,
+    ) -> usize {
         match value {
             Some(m) if !(1..=max).contains(m.get_ref()) => {
                 self.error(

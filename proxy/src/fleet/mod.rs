@@ -123,7 +123,9 @@ impl NodeState {
         let probes = self.probes.lock();
         let power = *self.power.lock();
         let mut best = self.best_clean.lock();
-        let models = relayed.keys().chain(probes.keys().filter(|m| !relayed.contains_key(*m)));
+        let models = relayed
+            .keys()
+            .chain(probes.keys().filter(|m| !relayed.contains_key(*m)));
         for model in models {
             let Some((tok_s, _)) = current_rate(&relayed, &probes, model, now) else {
                 continue;

@@ -184,7 +184,9 @@ impl Metrics {
             self.errors.get_or_create(&with_kind(&labels, kind)).inc();
         }
         if let Some(d) = outcome.duration {
-            self.duration.get_or_create(&labels).observe(d.as_secs_f64());
+            self.duration
+                .get_or_create(&labels)
+                .observe(d.as_secs_f64());
         }
         if let Some(t) = outcome.ttft {
             self.ttft.get_or_create(&labels).observe(t.as_secs_f64());

@@ -218,7 +218,10 @@ pub(crate) mod testing {
     }
 
     pub fn ids(route: &ModelRoute, chosen: &[usize]) -> Vec<String> {
-        chosen.iter().map(|i| route.nodes[*i].id.to_string()).collect()
+        chosen
+            .iter()
+            .map(|i| route.nodes[*i].id.to_string())
+            .collect()
     }
 
     /// How often each id comes first over `n` choices.
@@ -231,7 +234,9 @@ pub(crate) mod testing {
         let mut counts = std::collections::BTreeMap::new();
         for _ in 0..n {
             let chosen = policy.choose(&request("m"), route, 3, &mut rng);
-            *counts.entry(route.nodes[chosen[0]].id.to_string()).or_insert(0) += 1;
+            *counts
+                .entry(route.nodes[chosen[0]].id.to_string())
+                .or_insert(0) += 1;
         }
         counts
     }

@@ -103,7 +103,9 @@ impl RankEntry {
             unhealthy_reason,
             sample_received_at: telemetry.map(|t| t.received_at),
             models: telemetry.and_then(|t| t.models.clone()),
-            sensor_errors: telemetry.map(|t| t.sensor_errors.clone()).unwrap_or_default(),
+            sensor_errors: telemetry
+                .map(|t| t.sensor_errors.clone())
+                .unwrap_or_default(),
             power_capped: telemetry.is_some_and(|t| t.power_capped),
             state: node.state.clone(),
         }

@@ -4,7 +4,9 @@
 //! same, counting each failure against its node would let any client open every circuit in the
 //! fleet. So a failure after the request reached a node is held as suspect, not counted; a
 //! second such failure on another node makes it the request's (no further replay, no node
-//! charged); when the request ends otherwise, the held failures were the nodes' after all.
+//! charged); another node answering the same request shows the held failure was its node's,
+//! and only then is it counted. With no other node to try, nothing shows whose it was and
+//! nothing is counted: the active health checks are what catch a lone node that is down.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -51,12 +53,20 @@ impl Blame {
         Verdict::Suspect
     }
 
-    /// The request is over and was not shown to be at fault: each held failure was its node's.
-    /// Returns the nodes whose circuit that opened.
-    pub fn settle(&mut self, now: Instant, threshold: u32) -> Vec<Arc<str>> {
-        self.suspects
-            .drain(..)
-            .filter_map(|(id, state)| state.health.failed(now, threshold).then_some(id))
+    /// The request is over. When another node answered it, each held failure was its node's
+    /// and is counted now; otherwise they are dropped uncounted. Returns the nodes whose circuit
+    /// that opened.
+    pub fn settle(
+        &mut self,
+        answered_elsewhere: bool,
+        now: Instant,
+        threshold: u32,
+    ) -> Vec<Arc<str>> {
+        let held = self.suspects.drain(..);
+        if !answered_elsewhere {
+            return Vec::new();
+        }
+        held.filter_map(|(id, state)| state.health.failed(now, threshold).then_some(id))
             .collect()
     }
 }
@@ -75,7 +85,10 @@ mod tests {
         let mut blame = Blame::default();
         assert_eq!(blame.failed_before_answer(&a, &sa, false), Verdict::Node);
         assert_eq!(blame.failed_before_answer(&a, &sa, false), Verdict::Node);
-        assert!(blame.settle(Instant::now(), 1).is_empty(), "nothing held");
+        assert!(
+            blame.settle(true, Instant::now(), 1).is_empty(),
+            "nothing held"
+        );
     }
 
     #[test]
@@ -88,9 +101,17 @@ mod tests {
         // And stays so: a third node's failure is the request's too.
         assert_eq!(blame.failed_before_answer(&a, &sa, true), Verdict::Request);
         // Nothing is charged: neither circuit moved.
-        assert!(blame.settle(Instant::now(), 1).is_empty());
-        assert!(sa.health.problem(Instant::now(), std::time::Duration::from_secs(5)).is_none());
-        assert!(sb.health.problem(Instant::now(), std::time::Duration::from_secs(5)).is_none());
+        assert!(blame.settle(true, Instant::now(), 1).is_empty());
+        assert!(
+            sa.health
+                .problem(Instant::now(), std::time::Duration::from_secs(5))
+                .is_none()
+        );
+        assert!(
+            sb.health
+                .problem(Instant::now(), std::time::Duration::from_secs(5))
+                .is_none()
+        );
     }
 
     #[test]
@@ -99,8 +120,25 @@ mod tests {
         let mut blame = Blame::default();
         assert_eq!(blame.failed_before_answer(&a, &sa, true), Verdict::Suspect);
         // The next node answered: the request is over and `a` is charged.
-        let opened = blame.settle(Instant::now(), 1);
-        assert_eq!(opened, vec![a]);
-        assert!(sa.health.problem(Instant::now(), std::time::Duration::from_secs(5)).is_some());
+        let opened = blame.settle(true, Instant::now(), 1);
+        assert_eq!(opened, vec![a.clone()]);
+        assert!(
+            sa.health
+                .problem(Instant::now(), std::time::Duration::from_secs(5))
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn with_no_other_node_answering_nothing_is_counted() {
+        let (a, sa) = node("a");
+        let mut blame = Blame::default();
+        assert_eq!(blame.failed_before_answer(&a, &sa, true), Verdict::Suspect);
+        assert!(blame.settle(false, Instant::now(), 1).is_empty());
+        assert!(
+            sa.health
+                .problem(Instant::now(), std::time::Duration::from_secs(5))
+                .is_none()
+        );
     }
 }

@@ -56,7 +56,10 @@ impl Relay {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
             .build()?;
-        let policies = PolicyName::ALL.into_iter().map(|p| (p, p.build())).collect();
+        let policies = PolicyName::ALL
+            .into_iter()
+            .map(|p| (p, p.build()))
+            .collect();
         Ok(Relay {
             state,
             http,
@@ -304,11 +307,10 @@ impl ProxyHttp for Relay {
         if let (Some(guard), true) = (ctx.guard.as_mut(), node_answered) {
             guard.succeeded();
         }
-        // The request is over: failures held as suspects were their nodes' after all, unless
-        // the request was shown to be at fault.
+        // The request is over: a failure held as suspect was its node's if this node answered.
         if let Some(failover) = ctx.failover.as_mut() {
             let threshold = self.state.config.load().health.failure_threshold;
-            for node in failover.blame.settle(now, threshold) {
+            for node in failover.blame.settle(node_answered, now, threshold) {
                 tracing::warn!(node = %node, "circuit opened");
                 self.state.fleet.mark_changed();
             }
@@ -531,7 +533,9 @@ impl Relay {
         let verdict = failover
             .blame
             .failed_before_answer(&node, &failover.current.state, reached);
-        failover.failures.push(format!("{node}: {}", e.etype().as_str()));
+        failover
+            .failures
+            .push(format!("{node}: {}", e.etype().as_str()));
         failover.advance = true;
         match (verdict, ctx.guard.take()) {
             (Verdict::Node, Some(mut guard)) => self.settle_failure(&mut guard, &node),

@@ -19,8 +19,8 @@ use crate::policy::RouteNode;
 
 /// How one attempt on one node ended.
 enum AttemptOutcome {
-    /// The client has its answer, or as much of it as there will be.
-    Finished,
+    /// The client has its answer (`answered`: all of it), or as much of it as there will be.
+    Finished { answered: bool },
     /// The node failed before sending anything: the request may go to another node.
     FailedBeforeAnswer { why: String, verdict: Verdict },
 }
@@ -39,24 +39,29 @@ impl Relay {
         let mut blame = Blame::default();
         let mut rest = selection.rest.into_iter();
         let mut next = Some((selection.first, selection.guard));
-        let outcome = loop {
+        let answered = loop {
             let Some((node, guard)) = next.take() else {
-                break respond::every_node_failed(session, template.endpoint.is_openai(), &failures)
-                    .await;
+                respond::every_node_failed(session, template.endpoint.is_openai(), &failures)
+                    .await?;
+                break false;
             };
             let attempt = template.on(&node);
-            match self.attempt(session, &node, attempt, guard, &body, &mut blame).await? {
-                AttemptOutcome::Finished => break Ok(()),
+            match self
+                .attempt(session, &node, attempt, guard, &body, &mut blame)
+                .await?
+            {
+                AttemptOutcome::Finished { answered } => break answered,
                 AttemptOutcome::FailedBeforeAnswer { why, verdict } => {
                     failures.push(why);
                     if verdict == Verdict::Request {
                         failures.push(REQUEST_AT_FAULT.to_owned());
-                        break respond::every_node_failed(
+                        respond::every_node_failed(
                             session,
                             template.endpoint.is_openai(),
                             &failures,
                         )
-                        .await;
+                        .await?;
+                        break false;
                     }
                 }
             }
@@ -68,11 +73,12 @@ impl Relay {
                 Some((n, guard))
             });
         };
-        for node in blame.settle(Instant::now(), config.health.failure_threshold) {
+        let threshold = config.health.failure_threshold;
+        for node in blame.settle(answered, Instant::now(), threshold) {
             tracing::warn!(node = %node, "circuit opened");
             self.state.fleet.mark_changed();
         }
-        outcome
+        Ok(())
     }
 
     /// Runs one attempt as a subrequest fed the saved body, and settles the node's circuit.
@@ -93,7 +99,7 @@ impl Relay {
             .build();
         let Some(spawner) = session.subrequest_spawner.as_ref() else {
             respond::error(session, openai, 500, "subrequests are not enabled").await?;
-            return Ok(AttemptOutcome::Finished);
+            return Ok(AttemptOutcome::Finished { answered: false });
         };
         let (prepared, handle) = spawner.create_subrequest(&session.downstream_session, sub_ctx);
         let input = InputBodyType::Preset(InputBody::Bytes(vec![body.clone()]));
@@ -103,12 +109,12 @@ impl Relay {
                     let _ = join.await;
                 }
                 guard.succeeded();
-                Ok(AttemptOutcome::Finished)
+                Ok(AttemptOutcome::Finished { answered: true })
             }
             // The client left: nothing to replay, and nothing against the node.
             Err(e) if e.error.esource() == &ErrorSource::Downstream => {
                 tracing::debug!(node = %node.id, "client went away: {}", e.error);
-                Ok(AttemptOutcome::Finished)
+                Ok(AttemptOutcome::Finished { answered: false })
             }
             Err(e) if !e.state.header_received => {
                 tracing::warn!(node = %node.id, "attempt failed before answering: {}", e.error);
@@ -127,7 +133,7 @@ impl Relay {
             Err(e) => {
                 self.settle_failure(&mut guard, &node.id);
                 respond::end_broken_stream(session, sse, &node.id, &e.error).await;
-                Ok(AttemptOutcome::Finished)
+                Ok(AttemptOutcome::Finished { answered: false })
             }
         }
     }

@@ -7,8 +7,8 @@ use std::fmt;
 use bytes::{Bytes, BytesMut};
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 /// JSON nested deeper than this is refused with 400. Real requests (messages, tools, a JSON
 /// schema for structured output) stay within a few dozen levels; engines that parse JSON
@@ -305,8 +305,15 @@ mod tests {
             facts(nested(100_000).as_bytes()),
             Err(BodyProblem::Malformed(_))
         ));
-        let objects = format!(r#"{{"model":"m","o":{}1{}}}"#, r#"{"a":"#.repeat(200), "}".repeat(200));
-        assert!(matches!(facts(objects.as_bytes()), Err(BodyProblem::Malformed(_))));
+        let objects = format!(
+            r#"{{"model":"m","o":{}1{}}}"#,
+            r#"{"a":"#.repeat(200),
+            "}".repeat(200)
+        );
+        assert!(matches!(
+            facts(objects.as_bytes()),
+            Err(BodyProblem::Malformed(_))
+        ));
         // Malformed after the routing fields is still malformed: the body is read to its end.
         assert!(matches!(
             facts(br#"{"model":"m","messages":[1,2,}"#),
@@ -325,11 +332,23 @@ mod tests {
     #[test]
     fn header_size_counts_the_request_line_and_every_field() {
         let mut header = RequestHeader::build("POST", b"/api/chat", None).unwrap();
-        header.insert_header("content-type", "application/json").unwrap();
+        header
+            .insert_header("content-type", "application/json")
+            .unwrap();
         assert_eq!(header_size_over(&header, 1 << 16), None);
         let small = header_size_over(&header, 0).unwrap();
-        assert_eq!(small, "POST".len() + "/api/chat".len() + 12 + "content-type".len() + "application/json".len() + 4);
-        header.insert_header("x-big", "a".repeat(200 * 1024)).unwrap();
+        assert_eq!(
+            small,
+            "POST".len()
+                + "/api/chat".len()
+                + 12
+                + "content-type".len()
+                + "application/json".len()
+                + 4
+        );
+        header
+            .insert_header("x-big", "a".repeat(200 * 1024))
+            .unwrap();
         assert!(header_size_over(&header, 64 * 1024).unwrap() > 200 * 1024);
     }
 }
