@@ -22,7 +22,7 @@ pub enum SensorChoice {
     Sim,
 }
 
-/// The flags of CONTRACT.md. Every one is optional here so that a config file can supply it.
+/// The flags of docs/contract.md (Reporter CLI). Every one is optional here so that a config file can supply it.
 #[derive(Debug, Clone, Default, Args)]
 pub struct ReporterFlags {
     /// TOML file with the same settings; flags given on the command line override it.

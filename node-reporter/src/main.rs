@@ -1,4 +1,4 @@
-//! `wes-reporter`: see CONTRACT.md for the flags.
+//! `wes-reporter`: see docs/contract.md (Reporter CLI) for the flags.
 
 use std::process::ExitCode;
 use std::time::Duration;

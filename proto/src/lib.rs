@@ -39,7 +39,7 @@ impl ThermalState {
         }
     }
 
-    /// Parses one of the five names of CONTRACT.md (case-insensitive).
+    /// Parses one of the five names of docs/contract.md, Telemetry protocol (case-insensitive).
     pub fn from_display_name(name: &str) -> Option<Self> {
         [
             ThermalState::Unknown,

@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The thermal states the reporter's `command` sensor accepts (CONTRACT.md), minus `Unknown`:
+/// The thermal states the reporter's `command` sensor accepts (docs/contract.md, Command sensor), minus `Unknown`:
 /// a simulated node always knows its own temperature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub enum ThermalState {

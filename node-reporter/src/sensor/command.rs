@@ -1,4 +1,4 @@
-//! The `command` sensor (CONTRACT.md): runs an operator's `sh -c CMD` once per read and takes
+//! The `command` sensor (docs/contract.md, Command sensor): runs an operator's `sh -c CMD` once per read and takes
 //! one JSON object from its standard output. It covers smart plugs, PDUs, `ipmitool dcmi
 //! power reading` behind a `jq`, and makes every downstream path testable.
 //!

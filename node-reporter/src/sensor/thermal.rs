@@ -1,5 +1,5 @@
-//! Platform thermal signals → [`ThermalState`], as pure functions so every rule of DESIGN.md
-//! ("Thermal state per platform") is table-tested without hardware.
+//! Platform thermal signals → [`ThermalState`], as pure functions so every rule of
+//! docs/design.md ("Thermal state per sensor") is table-tested without hardware.
 //!
 //! The states order like the proto enum (`Unknown < Normal < Fair < Serious < Critical`), so
 //! "the worst of several" is `max`, and a known state always beats `Unknown`.
@@ -83,7 +83,7 @@ pub struct NvidiaSignals {
     pub gpu_max_c: Option<f64>,
 }
 
-/// NVIDIA rules of DESIGN.md, with one reading made explicit: "HW slowdown seen in two samples
+/// NVIDIA rules of docs/design.md, with one reading made explicit: "HW slowdown seen in two samples
 /// running" is Critical, and a single sample with a hardware bit is Serious (the clocks *are*
 /// halved right now, but it may be a clock-change blip). Temperature rules apply on their own,
 /// so missing temperatures never hide known throttle bits, and vice versa.

@@ -1,7 +1,7 @@
 //! Token meters over relayed response bodies (pure: no I/O, no clock).
 //!
 //! The proxy's decode rate for a (node, model) comes from the responses it relays, not from
-//! what the node says about itself (DESIGN.md, "Which tok/s, which watts"). A [`Meter`] watches
+//! what the node says about itself (docs/design.md, Meter and Scoring power). A [`Meter`] watches
 //! one response body chunk by chunk, as it passes through the relay, and reports how many
 //! output tokens went by and when; what the node claims (`eval_count`/`eval_duration`,
 //! llama.cpp's `timings`, OpenAI `usage`) is reported beside that, not in its place.
