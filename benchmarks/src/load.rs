@@ -1,4 +1,4 @@
-//! HTTP load against an Ollama-shaped endpoint: an open-loop schedule (latency counted from each
+//! HTTP load against an Ollama- or OpenAI-shaped endpoint: an open-loop schedule (latency counted from each
 //! request's scheduled send time, so a stall is charged to every request it delays: no
 //! coordinated omission), a closed loop for saturation, and many slow streams held open at once.
 
@@ -46,6 +46,32 @@ pub enum Call {
     Generate,
     /// Streaming `/api/chat`, timed to the first byte of the body (the first token line).
     ChatFirstByte,
+    /// Non-streaming OpenAI `/v1/chat/completions`, timed to the end of the response.
+    OpenAiChat,
+    /// Streaming OpenAI `/v1/chat/completions` (SSE), timed to the first byte of the body.
+    OpenAiChatFirstByte,
+}
+
+impl Call {
+    pub fn path(self) -> &'static str {
+        match self {
+            Call::Generate => "/api/generate",
+            Call::ChatFirstByte => "/api/chat",
+            Call::OpenAiChat | Call::OpenAiChatFirstByte => "/v1/chat/completions",
+        }
+    }
+
+    fn streams(self) -> bool {
+        matches!(self, Call::ChatFirstByte | Call::OpenAiChatFirstByte)
+    }
+
+    /// What the stream's last line must hold for the stream to count as complete.
+    fn end_marker(self) -> &'static [u8] {
+        match self {
+            Call::OpenAiChatFirstByte => b"data: [DONE]",
+            _ => br#""done":true"#,
+        }
+    }
 }
 
 /// A request ready to be sent many times.
@@ -58,19 +84,20 @@ pub struct Prepared {
 
 impl Prepared {
     pub fn new(base: &str, model: &str, call: Call) -> anyhow::Result<Prepared> {
-        let (path, body) = match call {
-            Call::Generate => (
-                "/api/generate",
-                serde_json::json!({"model": model, "prompt": "Say hello.", "stream": false}),
-            ),
-            Call::ChatFirstByte => (
-                "/api/chat",
-                serde_json::json!({"model": model, "stream": true,
-                    "messages": [{"role": "user", "content": "Say hello."}]}),
-            ),
+        let messages = serde_json::json!([{"role": "user", "content": "Say hello."}]);
+        let body = match call {
+            Call::Generate => {
+                serde_json::json!({"model": model, "prompt": "Say hello.", "stream": false})
+            }
+            Call::ChatFirstByte | Call::OpenAiChatFirstByte => {
+                serde_json::json!({"model": model, "stream": true, "messages": messages})
+            }
+            Call::OpenAiChat => {
+                serde_json::json!({"model": model, "stream": false, "messages": messages})
+            }
         };
         Ok(Prepared {
-            uri: format!("{base}{path}").parse()?,
+            uri: format!("{base}{}", call.path()).parse()?,
             body: Bytes::from(body.to_string()),
             call,
         })
@@ -100,7 +127,27 @@ impl Prepared {
     }
 }
 
-/// Sends one call; the time from `start` to its end (generate) or first body byte (chat).
+/// A call's answer was not a success.
+#[derive(Debug)]
+pub struct Refused {
+    pub status: StatusCode,
+    pub body: String,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "status {}", self.status)?;
+        if !self.body.is_empty() {
+            write!(f, ": {}", self.body)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// Sends one call; the time from `start` to its end (non-streaming) or first body byte
+/// (streaming).
 pub async fn call(client: &Client, req: &Prepared, start: Instant) -> anyhow::Result<Duration> {
     let response = client.request(req.request()?).await?;
     if response.status() != StatusCode::OK {
@@ -111,46 +158,46 @@ pub async fn call(client: &Client, req: &Prepared, start: Instant) -> anyhow::Re
             .await
             .map(|b| b.to_bytes())
             .unwrap_or_default();
-        bail!(
-            "status {status}: {}",
-            String::from_utf8_lossy(&body[..body.len().min(200)])
-        );
+        return Err(Refused {
+            status,
+            body: String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+        }
+        .into());
     }
     let mut body = response.into_body();
-    match req.call {
-        Call::Generate => {
-            let bytes = body.collect().await?.to_bytes();
-            let elapsed = start.elapsed();
-            if !bytes.starts_with(b"{") {
-                bail!("not a JSON answer");
-            }
-            Ok(elapsed)
+    if !req.call.streams() {
+        let bytes = body.collect().await?.to_bytes();
+        let elapsed = start.elapsed();
+        if !bytes.starts_with(b"{") {
+            bail!("not a JSON answer");
         }
-        Call::ChatFirstByte => {
-            let mut first = None;
-            let mut last_line = Vec::new();
-            while let Some(frame) = body.frame().await {
-                let frame = frame?;
-                if let Some(data) = frame.data_ref()
-                    && !data.is_empty()
-                {
-                    first.get_or_insert_with(|| start.elapsed());
-                    remember_last_line(&mut last_line, data);
-                }
-            }
-            let first = first.context("empty stream")?;
-            if !contains(&last_line, br#""done":true"#) {
-                bail!("stream ended without a done line");
-            }
-            Ok(first)
+        return Ok(elapsed);
+    }
+    let mut first = None;
+    let mut last_line = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        if let Some(data) = frame.data_ref()
+            && !data.is_empty()
+        {
+            first.get_or_insert_with(|| start.elapsed());
+            remember_last_line(&mut last_line, data);
         }
     }
+    let first = first.context("empty stream")?;
+    if !contains(&last_line, req.call.end_marker()) {
+        bail!("stream ended without its last line");
+    }
+    Ok(first)
 }
 
+/// Keeps the last non-empty line seen so far (SSE ends each event with a blank line).
 fn remember_last_line(last: &mut Vec<u8>, data: &[u8]) {
     last.extend_from_slice(data);
-    let trimmed = last.strip_suffix(b"\n").unwrap_or(last);
-    if let Some(pos) = trimmed.iter().rposition(|b| *b == b'\n') {
+    let Some(end) = last.iter().rposition(|b| *b != b'\n' && *b != b'\r') else {
+        return;
+    };
+    if let Some(pos) = last[..end].iter().rposition(|b| *b == b'\n') {
         last.drain(..=pos);
     }
 }
@@ -167,6 +214,8 @@ pub struct Outcome {
     pub lateness: Histogram<u64>,
     pub ok: u64,
     pub errors: u64,
+    /// Errors that were a 404 or 405 answer: the path is not routed at all.
+    pub no_route: u64,
     pub first_error: Option<String>,
     pub wall: Duration,
 }
@@ -178,6 +227,7 @@ impl Outcome {
             lateness: histogram(),
             ok: 0,
             errors: 0,
+            no_route: 0,
             first_error: None,
             wall: Duration::ZERO,
         }
@@ -191,6 +241,14 @@ impl Outcome {
             }
             Err(e) => {
                 self.errors += 1;
+                if e.downcast_ref::<Refused>().is_some_and(|r| {
+                    matches!(
+                        r.status,
+                        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
+                    )
+                }) {
+                    self.no_route += 1;
+                }
                 self.first_error.get_or_insert_with(|| format!("{e:#}"));
             }
         }
@@ -202,6 +260,7 @@ impl Outcome {
         let _ = self.lateness.add(&other.lateness);
         self.ok += other.ok;
         self.errors += other.errors;
+        self.no_route += other.no_route;
         if self.first_error.is_none() {
             self.first_error.clone_from(&other.first_error);
         }
@@ -440,7 +499,7 @@ async fn one_stream(
         open_now.fetch_sub(1, Ordering::Relaxed);
     }
     result?;
-    if !contains(&last_line, br#""done":true"#) {
+    if !contains(&last_line, req.call.end_marker()) {
         bail!("stream ended without a done line");
     }
     Ok(())
@@ -464,16 +523,31 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
+    fn last_line_in_chunks(stream: &[u8], size: usize) -> Vec<u8> {
+        let mut last = Vec::new();
+        for chunk in stream.chunks(size) {
+            remember_last_line(&mut last, chunk);
+        }
+        last
+    }
+
     #[test]
     fn the_last_line_survives_any_chunking() {
         let stream = b"{\"done\":false}\n{\"done\":false}\n{\"done\":true}\n";
         for size in 1..stream.len() {
-            let mut last = Vec::new();
-            for chunk in stream.chunks(size) {
-                remember_last_line(&mut last, chunk);
-            }
+            let last = last_line_in_chunks(stream, size);
             assert!(contains(&last, br#""done":true"#), "chunk size {size}");
             assert!(!contains(&last, br#""done":false"#), "chunk size {size}");
+        }
+    }
+
+    #[test]
+    fn the_sse_done_line_survives_any_chunking() {
+        let stream = b"data: {\"choices\":[]}\n\ndata: {\"choices\":[]}\r\n\r\ndata: [DONE]\n\n";
+        for size in 1..stream.len() {
+            let last = last_line_in_chunks(stream, size);
+            assert!(contains(&last, b"data: [DONE]"), "chunk size {size}");
+            assert!(!contains(&last, b"choices"), "chunk size {size}");
         }
     }
 }

@@ -7,6 +7,15 @@
 //!   `options.token_interval_ms` the pause between later lines (default 0), which makes slow
 //!   streams for the concurrency test.
 //! - `GET /api/tags`: the one model, so a reporter reports it.
+//! - `POST /v1/chat/completions`: OpenAI-shaped; with `"stream": true` an SSE stream of
+//!   `data: {chunk}` events (`max_tokens` of them, default 4) ending with `data: [DONE]`,
+//!   otherwise one fixed `chat.completion` at once.
+//! - What vllm-router and sglang-router ask a worker before and while routing to it: `GET
+//!   /health` (both, at start and every minute; `/health_generate`, which sglang-router can be
+//!   told to use instead, too), and sglang-router's metadata at registration, `/server_info`
+//!   and `/model_info` (or their older `/get_*` names), plus `/v1/models`. The metadata names
+//!   the model but gives no `model_path`: from one, sglang-router would try to fetch a
+//!   tokenizer.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -31,6 +40,13 @@ struct Answers {
     tags: Bytes,
     token_line: Bytes,
     done_line: Bytes,
+    openai_chat: Bytes,
+    openai_chunk: Bytes,
+    /// The chunk with `finish_reason`, then `[DONE]`.
+    openai_end: Bytes,
+    models: Bytes,
+    server_info: Bytes,
+    model_info: Bytes,
 }
 
 impl Answers {
@@ -72,6 +88,43 @@ impl Answers {
             "eval_count": 4,
             "eval_duration": 4_000_000,
         });
+        let created = 1_735_689_600;
+        let openai_chat = serde_json::json!({
+            "id": "chatcmpl-bench",
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": "Hello."},
+                "finish_reason": "stop",
+            }],
+            "usage": {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6},
+        });
+        let chunk = |delta: serde_json::Value, finish: Option<&str>| {
+            serde_json::json!({
+                "id": "chatcmpl-bench",
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            })
+        };
+        let openai_chunk = chunk(
+            serde_json::json!({"role": "assistant", "content": "tok"}),
+            None,
+        );
+        let openai_end = chunk(serde_json::json!({}), Some("stop"));
+        let models = serde_json::json!({
+            "object": "list",
+            "data": [{"id": model, "object": "model", "created": created, "owned_by": "wes-bench"}],
+        });
+        let server_info = serde_json::json!({"served_model_name": model, "version": "wes-bench"});
+        let model_info = serde_json::json!({
+            "is_generation": true,
+            "model_type": "llama",
+            "architectures": ["LlamaForCausalLM"],
+        });
         let line = |v: serde_json::Value| Bytes::from(format!("{v}\n"));
         Answers {
             model: model.to_owned(),
@@ -79,6 +132,12 @@ impl Answers {
             tags: Bytes::from(tags.to_string()),
             token_line: line(token_line),
             done_line: line(done_line),
+            openai_chat: Bytes::from(openai_chat.to_string()),
+            openai_chunk: Bytes::from(format!("data: {openai_chunk}\n\n")),
+            openai_end: Bytes::from(format!("data: {openai_end}\n\ndata: [DONE]\n\n")),
+            models: Bytes::from(models.to_string()),
+            server_info: Bytes::from(server_info.to_string()),
+            model_info: Bytes::from(model_info.to_string()),
         }
     }
 }
@@ -128,7 +187,18 @@ async fn handle(
     Ok(match (&parts.method, parts.uri.path()) {
         (&Method::POST, "/api/generate") => reply(StatusCode::OK, json, answers.generate.clone()),
         (&Method::POST, "/api/chat") => chat(&answers, &body),
+        (&Method::POST, "/v1/chat/completions") => openai_chat(&answers, &body),
         (&Method::GET, "/api/tags") => reply(StatusCode::OK, json, answers.tags.clone()),
+        (&Method::GET, "/health" | "/health_generate") => {
+            reply(StatusCode::OK, "text/plain", Bytes::new())
+        }
+        (&Method::GET, "/v1/models") => reply(StatusCode::OK, json, answers.models.clone()),
+        (&Method::GET, "/server_info" | "/get_server_info") => {
+            reply(StatusCode::OK, json, answers.server_info.clone())
+        }
+        (&Method::GET, "/model_info" | "/get_model_info") => {
+            reply(StatusCode::OK, json, answers.model_info.clone())
+        }
         (&Method::GET, "/api/version") => reply(
             StatusCode::OK,
             json,
@@ -163,9 +233,54 @@ fn reply(status: StatusCode, content_type: &'static str, body: Bytes) -> Respons
 fn chat(answers: &Answers, body: &[u8]) -> Response<Body> {
     let request: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     let option = |name: &str| request["options"][name].as_u64();
-    let tokens = option("num_predict").unwrap_or(4).clamp(1, 100_000);
+    let tokens = option("num_predict").unwrap_or(4);
     let interval = Duration::from_millis(option("token_interval_ms").unwrap_or(0));
-    let (token, done) = (answers.token_line.clone(), answers.done_line.clone());
+    let lines = token_stream(
+        answers.token_line.clone(),
+        answers.done_line.clone(),
+        tokens,
+        interval,
+    );
+    let mut response = Response::new(lines);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/x-ndjson"),
+    );
+    response
+}
+
+fn openai_chat(answers: &Answers, body: &[u8]) -> Response<Body> {
+    let request: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    if request["stream"] != true {
+        return reply(
+            StatusCode::OK,
+            "application/json",
+            answers.openai_chat.clone(),
+        );
+    }
+    let tokens = request["max_tokens"].as_u64().unwrap_or(4);
+    let events = token_stream(
+        answers.openai_chunk.clone(),
+        answers.openai_end.clone(),
+        tokens,
+        Duration::ZERO,
+    );
+    let mut response = Response::new(events);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-cache"),
+    );
+    response
+}
+
+/// `tokens` copies of `token`, `interval` apart after the first, then `done`.
+fn token_stream(token: Bytes, done: Bytes, tokens: u64, interval: Duration) -> Body {
+    let tokens = tokens.clamp(1, 100_000);
     let lines = futures::stream::unfold(0u64, move |i| {
         let (token, done) = (token.clone(), done.clone());
         async move {
@@ -179,10 +294,5 @@ fn chat(answers: &Answers, body: &[u8]) -> Response<Body> {
             Some((Ok::<_, Infallible>(Frame::data(line)), i + 1))
         }
     });
-    let mut response = Response::new(BodyExt::boxed(StreamBody::new(lines)));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/x-ndjson"),
-    );
-    response
+    BodyExt::boxed(StreamBody::new(lines))
 }
