@@ -5,13 +5,14 @@
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::Args;
 use hdrhistogram::Histogram;
+use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -19,7 +20,7 @@ use wes_proto::telemetry_client::TelemetryClient;
 use wes_proto::{Model, ModelList, PlatformFlags, Sample, SensorKind, ThermalState};
 use wes_proxy::config::Config;
 
-use crate::load::{histogram, lock};
+use crate::load::histogram;
 use crate::procstat::{CpuWindow, Family, own_cpu_seconds};
 
 #[derive(Args, Debug)]
@@ -200,9 +201,9 @@ async fn open_stream(
             loop {
                 match acks.message().await {
                     Ok(Some(_ack)) => {
-                        let sent_at = lock(&state.pending).pop_front();
+                        let sent_at = state.pending.lock().pop_front();
                         if let Some(t) = sent_at {
-                            lock(&shared.ack_latency).saturating_record(
+                            shared.ack_latency.lock().saturating_record(
                                 u64::try_from(t.elapsed().as_nanos())
                                     .unwrap_or(u64::MAX)
                                     .max(1),
@@ -214,7 +215,7 @@ async fn open_stream(
                     Ok(None) => break,
                     Err(status) => {
                         shared.counters.errors.fetch_add(1, Ordering::Relaxed);
-                        lock(&shared.first_error).get_or_insert_with(|| {
+                        shared.first_error.lock().get_or_insert_with(|| {
                             format!("{:?}: {}", status.code(), status.message())
                         });
                         break;
@@ -265,13 +266,13 @@ async fn open_stream(
                         next += period;
                         shared.counters.skipped.fetch_add(1, Ordering::Relaxed);
                     }
-                    if lock(&state.pending).len() as u64 >= window {
+                    if state.pending.lock().len() as u64 >= window {
                         shared.counters.skipped.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
                 }
                 Pace::Unpaced => {
-                    if lock(&state.pending).len() as u64 >= window {
+                    if state.pending.lock().len() as u64 >= window {
                         tokio::select! {
                             _ = state.acked.notified() => {}
                             changed = pace.changed() => {
@@ -285,7 +286,7 @@ async fn open_stream(
                 }
             }
             seq += 1;
-            lock(&state.pending).push_back(Instant::now());
+            state.pending.lock().push_back(Instant::now());
             if tx.send(sample(&node_id, seq)).await.is_err() {
                 break;
             }
@@ -342,7 +343,7 @@ impl Snapshot {
         admin: &str,
         proxy: &Family,
     ) -> anyhow::Result<Snapshot> {
-        lock(&shared.ack_latency).reset();
+        shared.ack_latency.lock().reset();
         Ok(Snapshot {
             at: Instant::now(),
             sent: shared.counters.sent.load(Ordering::Relaxed),
@@ -364,7 +365,7 @@ impl Snapshot {
         let accepted = accepted_total(http, admin).await?;
         let wall = self.at.elapsed().as_secs_f64();
         let (proxy_cpu, _) = self.proxy.finish(proxy);
-        let h = lock(&shared.ack_latency).clone();
+        let h = shared.ack_latency.lock().clone();
         Ok(StepResult {
             label,
             sent_per_s: (shared.counters.sent.load(Ordering::Relaxed) - self.sent) as f64 / wall,
@@ -535,7 +536,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
         let _ = s.await;
     }
     let errors = shared.counters.errors.load(Ordering::Relaxed);
-    let first_error = lock(&shared.first_error).clone();
+    let first_error = shared.first_error.lock().clone();
 
     let mut out = String::new();
     let _ = writeln!(out, "### Streams\n");

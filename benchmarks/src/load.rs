@@ -3,8 +3,8 @@
 //! coordinated omission), a closed loop for saturation, and many slow streams held open at once.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use parking_lot::Mutex;
 
 use crate::procstat::Family;
 
@@ -306,7 +307,7 @@ pub async fn open_loop(
                             Ok(r) => r,
                             Err(_) => Err(anyhow::anyhow!("timed out after {CALL_TIMEOUT:?}")),
                         };
-                    let mut o = lock(&shared);
+                    let mut o = shared.lock();
                     o.lateness
                         .saturating_record(ns(polled.saturating_duration_since(scheduled)));
                     o.record(result);
@@ -322,7 +323,7 @@ pub async fn open_loop(
     if pacer.join().is_err() {
         bail!("the pacer thread panicked");
     }
-    let mut outcome = std::mem::replace(&mut *lock(&shared), Outcome::new());
+    let mut outcome = std::mem::replace(&mut *shared.lock(), Outcome::new());
     outcome.wall = start.elapsed();
     Ok(outcome)
 }
@@ -348,12 +349,12 @@ pub async fn closed_loop(
                     Ok(r) => r,
                     Err(_) => Err(anyhow::anyhow!("timed out after {CALL_TIMEOUT:?}")),
                 };
-                lock(&shared).record(result);
+                shared.lock().record(result);
             }
         });
     }
     while workers.join_next().await.is_some() {}
-    let mut outcome = std::mem::replace(&mut *lock(&shared), Outcome::new());
+    let mut outcome = std::mem::replace(&mut *shared.lock(), Outcome::new());
     outcome.wall = start.elapsed();
     outcome
 }
@@ -446,7 +447,7 @@ pub async fn hold_streams(
                 Err(e) => {
                     let mut kind = format!("{e:#}");
                     kind.truncate(120);
-                    *lock(&errors).entry(kind).or_default() += 1;
+                    *errors.lock().entry(kind).or_default() += 1;
                 }
             }
         });
@@ -461,7 +462,7 @@ pub async fn hold_streams(
     outcome.all_open_after = all_open_after;
     outcome.peak_rss_kib = peak_rss;
     outcome.peak_fds = peak_fds;
-    outcome.errors = std::mem::take(&mut *lock(&errors));
+    outcome.errors = std::mem::take(&mut *errors.lock());
     Ok(outcome)
 }
 
@@ -512,11 +513,6 @@ fn precise_sleeps() {
     unsafe {
         libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0);
     }
-}
-
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Only counters and histograms live behind these: a panic cannot leave them half-written.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

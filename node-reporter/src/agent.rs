@@ -1,9 +1,10 @@
 //! Wires the reporter together: sampler → newest-sample slot → one stream per proxy, with the
 //! model list and the probe feeding the sampler from their own tasks.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use wes_proto::{ProbeResult, Sample};
@@ -78,7 +79,7 @@ async fn sample_loop(
         }
         let reading = sensor.read().await;
         seq += 1;
-        let ollama = lock(&view).clone();
+        let ollama = view.lock().clone();
         let sample = build_sample(&config.node_id, seq, kind, reading, &ollama, unix_ms_now());
         tracing::debug!(seq, watts = ?sample.power_watts, thermal = sample.thermal_state, "sample");
         samples.send_replace(Some(sample));
@@ -109,7 +110,7 @@ async fn poll_models(
             _ => {}
         }
         last_ok = Some(models.is_ok());
-        lock(&view).models = Some(models);
+        view.lock().models = Some(models);
     }
 }
 
@@ -143,7 +144,7 @@ async fn probe_loop(
             r = client.probe(&model, Duration::from_secs(120)) => r,
             _ = shutdown.wait_for(|s| *s) => return,
         };
-        let mut view = lock(&view);
+        let mut view = view.lock();
         match outcome {
             Ok(mut result) => {
                 result.watts = power.mean();
@@ -192,9 +193,4 @@ impl PowerDuring {
 
 fn energy_at(sample: Option<&Sample>) -> Option<(f64, i64)> {
     sample.and_then(|s| s.energy_joules.map(|e| (e, s.timestamp_unix_ms)))
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panicked holder cannot leave an OllamaView half-written in a way that matters here.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

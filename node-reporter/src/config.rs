@@ -203,6 +203,20 @@ impl ReporterConfig {
         if sensor == SensorChoice::Command && sensor_command.is_none() {
             anyhow::bail!("--sensor command needs --sensor-command CMD");
         }
+        let probe_interval = flags
+            .probe_interval
+            .or(file.probe_interval)
+            .unwrap_or(Duration::from_secs(300));
+        let models_interval = file.models_interval.unwrap_or(Duration::from_secs(5));
+        // A zero period would make the timers behind them panic at start.
+        for (name, value) in [
+            ("probe_interval", probe_interval),
+            ("models_interval", models_interval),
+        ] {
+            if value < Duration::from_millis(100) {
+                anyhow::bail!("{name} {value:?} is below the 100ms minimum");
+            }
+        }
         let sim_seed = file.sim_seed.unwrap_or_else(|| fnv1a(node_id.as_bytes()));
         Ok(ReporterConfig {
             node_id,
@@ -222,12 +236,9 @@ impl ReporterConfig {
                 .sensor_command_timeout
                 .unwrap_or(interval.max(Duration::from_millis(500))),
             probe_model: flags.probe_model.or(file.probe_model),
-            probe_interval: flags
-                .probe_interval
-                .or(file.probe_interval)
-                .unwrap_or(Duration::from_secs(300)),
+            probe_interval,
             probe_idle_below_pct: file.probe_idle_below_pct.unwrap_or(20.0),
-            models_interval: file.models_interval.unwrap_or(Duration::from_secs(5)),
+            models_interval,
             sysfs_root: flags
                 .sysfs_root
                 .or(file.sysfs_root)
@@ -275,6 +286,17 @@ mod tests {
         assert_eq!(cfg.node_id, "n1");
         assert_eq!(cfg.proxies, vec!["http://127.0.0.1:50051"]);
         assert_eq!(cfg.interval, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn zero_probe_or_model_intervals_are_refused_not_a_panic_later() {
+        let mut f = flags();
+        f.probe_interval = Some(Duration::ZERO);
+        let err = ReporterConfig::merge(ReporterFile::default(), f).unwrap_err();
+        assert!(err.to_string().contains("probe_interval"), "{err}");
+        let file: ReporterFile = toml::from_str("models_interval = \"0s\"").unwrap();
+        let err = ReporterConfig::merge(file, flags()).unwrap_err();
+        assert!(err.to_string().contains("models_interval"), "{err}");
     }
 
     #[test]

@@ -6,9 +6,10 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
+use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -124,11 +125,6 @@ impl Drop for Queued<'_> {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic elsewhere must not take the node down with it: the data is plain numbers.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 impl Node {
     pub fn new(settings: Settings) -> Arc<Node> {
         let Settings {
@@ -195,7 +191,7 @@ impl Node {
     }
 
     pub fn tick(&self) {
-        let mut p = lock(&self.physics);
+        let mut p = self.physics.lock();
         self.step_locked(&mut p);
         let now = Instant::now();
         let dt = now.duration_since(p.last_tick).as_secs_f64();
@@ -224,14 +220,14 @@ impl Node {
     /// Load changes step the physics first, so energy is integrated with the load that was
     /// really running, not the one sampled at the next tick.
     fn change_active(&self, f: impl FnOnce(u32) -> u32) {
-        let mut p = lock(&self.physics);
+        let mut p = self.physics.lock();
         self.step_locked(&mut p);
         let now = self.active.load(Ordering::SeqCst);
         self.active.store(f(now), Ordering::SeqCst);
     }
 
     pub fn state(&self) -> StateReport {
-        let mut p = lock(&self.physics);
+        let mut p = self.physics.lock();
         self.step_locked(&mut p);
         let s = p.last;
         let active = self.active.load(Ordering::SeqCst);
@@ -255,7 +251,7 @@ impl Node {
     /// Forces a thermal event: the die jumps to `temperature_c`, and/or the room changes to
     /// `ambient_c` so the node settles elsewhere.
     pub fn heat(&self, temperature_c: Option<f64>, ambient_c: Option<f64>) {
-        let mut p = lock(&self.physics);
+        let mut p = self.physics.lock();
         self.step_locked(&mut p);
         if let Some(a) = ambient_c {
             p.model.set_ambient(a);
@@ -270,7 +266,7 @@ impl Node {
     pub fn rates(&self, model: &ModelInfo) -> (f64, f64) {
         let decode = self.profile.decode_tok_s(&model.name, model.size_bytes);
         let prompt = self.profile.prompt_tok_s(&model.name, model.size_bytes);
-        let p = lock(&self.physics);
+        let p = self.physics.lock();
         let active = self.active.load(Ordering::SeqCst);
         (
             p.model.stream_tok_s(decode, active),
@@ -308,22 +304,18 @@ impl Node {
     pub fn find_model(&self, name: &str) -> Option<Arc<ModelInfo>> {
         self.models
             .read()
-            .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .find(|m| same_model(&m.name, name))
             .cloned()
     }
 
     pub fn models(&self) -> Vec<Arc<ModelInfo>> {
-        self.models
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.models.read().clone()
     }
 
     /// `ollama pull`: any name can be pulled, since figures are derived for unknown names.
     pub fn add_model(&self, name: &str) -> Arc<ModelInfo> {
-        let mut models = self.models.write().unwrap_or_else(PoisonError::into_inner);
+        let mut models = self.models.write();
         if let Some(m) = models.iter().find(|m| same_model(&m.name, name)) {
             return Arc::clone(m);
         }
@@ -334,7 +326,7 @@ impl Node {
 
     /// Like [`Node::add_model`] but under another name, sharing figures (`ollama cp`).
     pub fn copy_model(&self, source: &ModelInfo, destination: &str) {
-        let mut models = self.models.write().unwrap_or_else(PoisonError::into_inner);
+        let mut models = self.models.write();
         models.retain(|m| !same_model(&m.name, destination));
         let mut copy = source.clone();
         copy.name = destination.to_string();
@@ -343,10 +335,10 @@ impl Node {
     }
 
     pub fn remove_model(&self, name: &str) -> bool {
-        let mut models = self.models.write().unwrap_or_else(PoisonError::into_inner);
+        let mut models = self.models.write();
         let before = models.len();
         models.retain(|m| !same_model(&m.name, name));
-        lock(&self.loaded).remove(bare(name));
+        self.loaded.lock().remove(bare(name));
         models.len() != before
     }
 
@@ -355,7 +347,7 @@ impl Node {
     pub async fn ensure_loaded(&self, model: &ModelInfo, keep_alive: KeepAlive) -> Duration {
         let start = Instant::now();
         let ready_at = {
-            let mut loaded = lock(&self.loaded);
+            let mut loaded = self.loaded.lock();
             let key = bare(&model.name).to_string();
             let resident = loaded
                 .get(&key)
@@ -382,7 +374,7 @@ impl Node {
 
     /// A request finished with `keep_alive`: the model's timer restarts from now.
     pub fn touch(&self, model: &ModelInfo, keep_alive: KeepAlive) {
-        let mut loaded = lock(&self.loaded);
+        let mut loaded = self.loaded.lock();
         let key = bare(&model.name);
         if keep_alive == KeepAlive::UnloadNow {
             loaded.remove(key);
@@ -395,7 +387,7 @@ impl Node {
     pub fn loaded_models(&self) -> Vec<(Arc<ModelInfo>, Option<SystemTime>)> {
         let now = Instant::now();
         let wall = SystemTime::now();
-        let mut loaded = lock(&self.loaded);
+        let mut loaded = self.loaded.lock();
         loaded.retain(|_, l| l.expires.is_none_or(|e| e > now));
         self.models()
             .into_iter()

@@ -42,19 +42,6 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    /// The protocol of a request path, or `None` for endpoints that generate nothing.
-    pub fn from_path(path: &str) -> Option<Self> {
-        let path = path.split(['?', '#']).next().unwrap_or(path);
-        match path.trim_end_matches('/') {
-            "/api/generate" => Some(Self::OllamaGenerate),
-            "/api/chat" => Some(Self::OllamaChat),
-            "/v1/chat/completions" => Some(Self::OpenAiChat),
-            "/v1/completions" => Some(Self::OpenAiCompletion),
-            "/api/embed" | "/api/embeddings" | "/v1/embeddings" => Some(Self::Embedding),
-            _ => None,
-        }
-    }
-
     /// Whether the endpoint streams when the request has no `stream` field: Ollama's native
     /// API does, the OpenAI API does not.
     pub fn streams_by_default(self) -> bool {
@@ -270,11 +257,6 @@ impl Meter {
 
     pub fn framing(&self) -> Framing {
         self.framing
-    }
-
-    /// Output token chunks counted so far (streams only), e.g. for live in-flight figures.
-    pub fn tokens_so_far(&self) -> u64 {
-        self.tally.tokens()
     }
 
     /// Bytes reserved for partial lines, events or kept members: bounded by the caps whatever

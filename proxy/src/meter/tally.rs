@@ -51,10 +51,6 @@ impl Tally {
         self.last_byte
     }
 
-    pub(crate) fn tokens(&self) -> u64 {
-        self.tokens
-    }
-
     /// Parses one frame; a frame that is not a JSON object is a parse error and nothing else.
     pub(crate) fn frame(&mut self, bytes: &[u8], at: Instant) {
         match serde_json::from_slice::<Frame>(bytes) {

@@ -581,36 +581,6 @@ fn framing_choice() {
     }
 }
 
-#[test]
-fn protocol_from_path() {
-    assert_eq!(
-        Protocol::from_path("/api/generate"),
-        Some(Protocol::OllamaGenerate)
-    );
-    assert_eq!(
-        Protocol::from_path("/api/chat/"),
-        Some(Protocol::OllamaChat)
-    );
-    assert_eq!(
-        Protocol::from_path("/v1/chat/completions?x=1"),
-        Some(Protocol::OpenAiChat)
-    );
-    assert_eq!(
-        Protocol::from_path("/v1/completions"),
-        Some(Protocol::OpenAiCompletion)
-    );
-    assert_eq!(Protocol::from_path("/api/embed"), Some(Protocol::Embedding));
-    assert_eq!(
-        Protocol::from_path("/api/embeddings"),
-        Some(Protocol::Embedding)
-    );
-    assert_eq!(
-        Protocol::from_path("/v1/embeddings"),
-        Some(Protocol::Embedding)
-    );
-    assert_eq!(Protocol::from_path("/api/tags"), None);
-}
-
 // ---- any chunking, any input ----
 
 /// Line endings the fixtures are also replayed with: SSE allows all three.
