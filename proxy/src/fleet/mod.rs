@@ -261,6 +261,8 @@ pub struct FleetNode {
     pub id: Arc<str>,
     /// `host:port` of the node's Ollama, from its url.
     pub peer: Arc<str>,
+    /// The id as a response header value (`X-WES-Node`), built once, not per response.
+    pub header: http::HeaderValue,
     pub state: Arc<NodeState>,
 }
 
@@ -318,6 +320,9 @@ impl Fleet {
             view.nodes.push(FleetNode {
                 id: Arc::from(config.id.as_str()),
                 peer: Arc::from(peer_address(&config.url)),
+                // Validated ids are plain ASCII, always a valid header value.
+                header: http::HeaderValue::from_str(&config.id)
+                    .unwrap_or_else(|_| http::HeaderValue::from_static("?")),
                 config: config.clone(),
                 state,
             });

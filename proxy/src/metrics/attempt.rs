@@ -32,6 +32,11 @@ impl ErrorKind {
         ErrorKind::Internal,
     ];
 
+    /// Its place in [`ErrorKind::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::Connect => "connect",
@@ -147,5 +152,8 @@ mod tests {
         );
         assert_eq!(ErrorKind::classify(None, Some(200), Some(true)), None);
         assert_eq!(ErrorKind::classify(None, Some(200), None), None);
+        for (i, kind) in ErrorKind::ALL.iter().enumerate() {
+            assert_eq!(kind.index(), i);
+        }
     }
 }

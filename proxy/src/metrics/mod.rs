@@ -6,9 +6,11 @@
 mod attempt;
 mod node_gauges;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use parking_lot::RwLock;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -68,6 +70,19 @@ impl EncodeLabelValue for Label {
 
 type HistogramFamily = Family<NodeModel, Histogram, fn() -> Histogram>;
 
+/// One (node, model) pair's series, resolved from the families once. The handles share their
+/// values with the families (they are `Arc`s), so recording through them is a few atomic
+/// additions instead of a labelled lookup per family.
+#[derive(Debug)]
+struct PairSeries {
+    requests: Counter,
+    errors: [Counter; ErrorKind::ALL.len()],
+    output_tokens: Counter,
+    ttft: Histogram,
+    duration: Histogram,
+    tokens_per_request: Histogram,
+}
+
 /// The telemetry listener's counters.
 #[derive(Debug, Default)]
 pub struct TelemetryCounters {
@@ -86,6 +101,8 @@ pub struct Metrics {
     ttft: HistogramFamily,
     duration: HistogramFamily,
     tokens_per_request: HistogramFamily,
+    /// Every pair seen, so that an attempt costs one lookup, not one per family.
+    pairs: RwLock<HashMap<NodeModel, Arc<PairSeries>>>,
 }
 
 impl Metrics {
@@ -158,7 +175,27 @@ impl Metrics {
             ttft,
             duration,
             tokens_per_request,
+            pairs: RwLock::default(),
         }
+    }
+
+    /// The pair's series; the first attempt of a pair creates every one of them (each error
+    /// kind at 0, tokens, each histogram), so a rate or a ratio over the pair has a series to
+    /// read before its first event.
+    fn pair(&self, labels: NodeModel) -> Arc<PairSeries> {
+        if let Some(series) = self.pairs.read().get(&labels) {
+            return series.clone();
+        }
+        let series = Arc::new(PairSeries {
+            requests: self.requests.get_or_create(&labels).clone(),
+            errors: ErrorKind::ALL
+                .map(|kind| self.errors.get_or_create(&with_kind(&labels, kind)).clone()),
+            output_tokens: self.output_tokens.get_or_create(&labels).clone(),
+            ttft: self.ttft.get_or_create(&labels).clone(),
+            duration: self.duration.get_or_create(&labels).clone(),
+            tokens_per_request: self.tokens_per_request.get_or_create(&labels).clone(),
+        });
+        self.pairs.write().entry(labels).or_insert(series).clone()
     }
 
     /// Records one attempt. The relay calls it exactly once per attempt, where the attempt ends.
@@ -168,34 +205,20 @@ impl Metrics {
             node: Label(outcome.node.clone()),
             model: Label(outcome.model.clone()),
         };
-        if self.requests.get(&labels).is_none() {
-            // A new pair shows every series at 0 (each error kind, tokens, each histogram), so
-            // that a rate or a ratio over it has something to read before its first event.
-            for kind in ErrorKind::ALL {
-                let _ = self.errors.get_or_create(&with_kind(&labels, kind));
-            }
-            let _ = self.output_tokens.get_or_create(&labels);
-            for family in [&self.ttft, &self.duration, &self.tokens_per_request] {
-                let _ = family.get_or_create(&labels);
-            }
-        }
-        self.requests.get_or_create(&labels).inc();
+        let series = self.pair(labels);
+        series.requests.inc();
         if let Some(kind) = outcome.error {
-            self.errors.get_or_create(&with_kind(&labels, kind)).inc();
+            series.errors[kind.index()].inc();
         }
         if let Some(d) = outcome.duration {
-            self.duration
-                .get_or_create(&labels)
-                .observe(d.as_secs_f64());
+            series.duration.observe(d.as_secs_f64());
         }
         if let Some(t) = outcome.ttft {
-            self.ttft.get_or_create(&labels).observe(t.as_secs_f64());
+            series.ttft.observe(t.as_secs_f64());
         }
         if let Some(n) = outcome.output_tokens {
-            self.output_tokens.get_or_create(&labels).inc_by(n);
-            self.tokens_per_request
-                .get_or_create(&labels)
-                .observe(n as f64);
+            series.output_tokens.inc_by(n);
+            series.tokens_per_request.observe(n as f64);
         }
     }
 

@@ -60,6 +60,7 @@ impl Ranking {
                         let route_node = RouteNode {
                             id: node.id.clone(),
                             peer: node.peer.clone(),
+                            header: node.header.clone(),
                             state: node.state.clone(),
                             max_concurrency: node.config.max_concurrency,
                             penalized_wes: scored.wes.penalized,

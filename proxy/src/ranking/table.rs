@@ -17,6 +17,8 @@ pub struct RouteNode {
     pub id: Arc<str>,
     /// `host:port` of the node's Ollama.
     pub peer: Arc<str>,
+    /// The id as an `X-WES-Node` header value.
+    pub header: http::HeaderValue,
     pub state: Arc<NodeState>,
     pub max_concurrency: u32,
     /// For this model; `None` while unmeasured.

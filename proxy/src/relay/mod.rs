@@ -78,6 +78,7 @@ impl Relay {
 pub struct Attempt {
     pub node_id: Arc<str>,
     pub peer: Arc<str>,
+    pub node_header: http::HeaderValue,
     pub endpoint: Endpoint,
     pub model: Arc<str>,
     pub stream: bool,
@@ -89,7 +90,10 @@ impl Attempt {
         Attempt {
             node_id: node.id.clone(),
             peer: node.peer.clone(),
-            ..self.clone()
+            node_header: node.header.clone(),
+            endpoint: self.endpoint,
+            model: self.model.clone(),
+            stream: self.stream,
         }
     }
 }
@@ -362,7 +366,7 @@ impl ProxyHttp for Relay {
         ctx: &mut RelayCtx,
     ) -> pingora::Result<()> {
         if let Some(attempt) = &ctx.attempt {
-            response.insert_header("X-WES-Node", &*attempt.node_id)?;
+            response.insert_header("X-WES-Node", attempt.node_header.clone())?;
         }
         Ok(())
     }
@@ -490,6 +494,7 @@ impl Relay {
         let template = Attempt {
             node_id: selection.first.id.clone(),
             peer: selection.first.peer.clone(),
+            node_header: selection.first.header.clone(),
             endpoint,
             model: selection.model.clone(),
             stream: facts.stream.unwrap_or(endpoint.streams_by_default()),

@@ -230,15 +230,29 @@ pub async fn read_body(
         }
         return Ok(Err(TooLarge));
     }
-    let mut body = BytesMut::with_capacity(declared.unwrap_or(0));
+    // Most bodies arrive in one chunk: kept as it is, not copied.
+    let mut first: Option<Bytes> = None;
+    let mut body = BytesMut::new();
     while let Some(chunk) = session.read_request_body().await? {
-        if body.len() + chunk.len() > limit {
-            discard(session, drain_cap.saturating_sub(body.len() + chunk.len())).await?;
+        let so_far = first.as_ref().map_or(0, Bytes::len) + body.len();
+        if so_far + chunk.len() > limit {
+            discard(session, drain_cap.saturating_sub(so_far + chunk.len())).await?;
             return Ok(Err(TooLarge));
         }
-        body.extend_from_slice(&chunk);
+        match first.take() {
+            None if body.is_empty() => first = Some(chunk),
+            held => {
+                if body.is_empty() {
+                    body.reserve(declared.unwrap_or(0).max(so_far + chunk.len()));
+                }
+                if let Some(held) = held {
+                    body.extend_from_slice(&held);
+                }
+                body.extend_from_slice(&chunk);
+            }
+        }
     }
-    Ok(Ok(body.freeze()))
+    Ok(Ok(first.unwrap_or_else(|| body.freeze())))
 }
 
 /// Reads and drops up to `cap` more bytes of the request body.
