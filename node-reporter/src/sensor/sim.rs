@@ -1,6 +1,10 @@
-//! A simulated node for demos and end-to-end tests: a GPU box whose power follows a bursty
-//! load, whose temperature follows its power through a first-order thermal model, and which
-//! throttles when hot, so a demo fleet shows every thermal state and the score reacting.
+//! A simulated GPU box inside the reporter: power follows a bursty load, temperature follows
+//! power through a first-order thermal model, and it throttles when hot.
+//!
+//! The demo and the end-to-end tests no longer use it (their nodes are `wes-sim-node`, read by
+//! the `command` sensor). It stays because the reporter-footprint benchmark needs a sensor
+//! that reads no hardware and spawns no process per reading, so that it measures the reporter
+//! itself.
 //!
 //! [`SimModel`] is pure physics stepped by the caller; [`SimSensor`] drives it with a load
 //! pattern that is deterministic for a seed and integrates energy exactly over the steps it
