@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Routing-decision and ranking-rebuild microbenchmarks, in process against the wes-proxy library
-# (release build): every policy `policy::by_name` builds, at 10, 100 and 1,000 nodes, timed call
+# (release build): every policy `PolicyName::ALL` names, at 10, 100 and 1,000 nodes, timed call
 # by call, and the ranking rebuild; then, when `perf` is installed, profiles of the slowest
 # decision (`least_connections`) and of the rebuild at 1,000 nodes.
 # Usage: benchmarks/routing.sh [ITERATIONS] > result.md
