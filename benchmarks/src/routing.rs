@@ -181,13 +181,7 @@ impl Bench {
             .routes
             .route(MODEL)
             .context("model missing from the table")?;
-        let request = RouteRequest {
-            model: MODEL,
-            now: Instant::now(),
-            stale_after: routing.stale_after,
-            hysteresis: routing.hysteresis,
-            slo_ttft: routing.slo_ttft,
-        };
+        let request = RouteRequest::new(MODEL, routing, Instant::now());
         let chosen = policy::choose(
             policy,
             &request,

@@ -739,6 +739,15 @@ async fn a_node_whose_host_name_does_not_resolve_is_failed_over_not_fatal() {
     );
 }
 
+/// `POST /api/generate` for m1, not streamed.
+async fn generate(http: &reqwest::Client, proxy: &Proxy, prompt: &str) -> reqwest::Response {
+    http.post(api(proxy, "/api/generate"))
+        .json(&json!({"model": "m1", "prompt": prompt, "stream": false}))
+        .send()
+        .await
+        .unwrap()
+}
+
 /// A node that reads each request whole and drops the connection (a reset) when the body holds
 /// `"poison"`, as an engine that crashes on it would; it answers anything else, `GET /` too.
 /// Counts the requests it read.
@@ -823,12 +832,7 @@ async fn one_request_to_a_lone_failing_node_counts_one_request_and_one_error() {
     let dead = format!("http://127.0.0.1:{}", support::free_port());
     let f = fleet(&[("lone", dead, 10.0)], "[health]\nactive_checks = false\n").await;
     wait_api_up(&f.proxy).await;
-    let response = reqwest::Client::new()
-        .post(api(&f.proxy, "/api/generate"))
-        .json(&json!({"model": "m1", "prompt": "x", "stream": false}))
-        .send()
-        .await
-        .unwrap();
+    let response = generate(&reqwest::Client::new(), &f.proxy, "x").await;
     assert_eq!(response.status(), 502);
     let _ = response.text().await;
     // The attempt is recorded where it ends; wait until it shows, then check it shows once.
@@ -955,12 +959,7 @@ async fn poison_requests_open_no_circuit_and_a_really_failing_node_still_opens_i
         assert_eq!(node["healthy"], true, "{node}");
     }
     for _ in 0..4 {
-        let response = http
-            .post(api(&f.proxy, "/api/generate"))
-            .json(&json!({"model": "m1", "prompt": "hello", "stream": false}))
-            .send()
-            .await
-            .unwrap();
+        let response = generate(&http, &f.proxy, "hello").await;
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["x-wes-node"], "a");
     }
@@ -977,12 +976,7 @@ async fn poison_requests_open_no_circuit_and_a_really_failing_node_still_opens_i
     .await;
     wait_api_up(&f.proxy).await;
     for _ in 0..3 {
-        let response = http
-            .post(api(&f.proxy, "/api/generate"))
-            .json(&json!({"model": "m1", "prompt": "hello", "stream": false}))
-            .send()
-            .await
-            .unwrap();
+        let response = generate(&http, &f.proxy, "hello").await;
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["x-wes-node"], "good");
     }

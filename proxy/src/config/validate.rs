@@ -123,7 +123,14 @@ impl Validator<'_> {
         }
     }
 
-    fn count(&mut self, field: &str, value: Option<&Spanned<i64>>, max: i64, default: u32) -> u32 {
+    /// A whole number from 1 to `max`, as the type the config holds it in.
+    fn count<T: TryFrom<i64>>(
+        &mut self,
+        field: &str,
+        value: Option<&Spanned<i64>>,
+        max: i64,
+        default: T,
+    ) -> T {
         match value {
             Some(v) if !(1..=max).contains(v.get_ref()) => {
                 self.error(
@@ -132,27 +139,7 @@ impl Validator<'_> {
                 );
                 default
             }
-            Some(v) => u32::try_from(*v.get_ref()).unwrap_or(default),
-            None => default,
-        }
-    }
-
-    fn bytes(
-        &mut self,
-        field: &str,
-        value: Option<&Spanned<i64>>,
-        max: i64,
-        default: usize,
-    ) -> usize {
-        match value {
-            Some(m) if !(1..=max).contains(m.get_ref()) => {
-                self.error(
-                    m.span(),
-                    format!("{field} {} must be between 1 and {max}", m.get_ref()),
-                );
-                default
-            }
-            Some(m) => usize::try_from(*m.get_ref()).unwrap_or(default),
+            Some(v) => T::try_from(*v.get_ref()).unwrap_or(default),
             None => default,
         }
     }
@@ -183,13 +170,13 @@ pub fn validate(raw: RawConfig, text: &str) -> Result<Config, ConfigErrors> {
         },
     };
     let api = ApiConfig {
-        max_body_bytes: c.bytes(
+        max_body_bytes: c.count(
             "api.max_body_bytes",
             raw.api.max_body_bytes.as_ref(),
             1 << 32,
             defaults::MAX_BODY_BYTES,
         ),
-        max_header_bytes: c.bytes(
+        max_header_bytes: c.count(
             "api.max_header_bytes",
             raw.api.max_header_bytes.as_ref(),
             1 << 20,

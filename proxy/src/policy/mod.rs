@@ -96,7 +96,18 @@ pub struct RouteRequest<'a> {
     pub slo_ttft: Duration,
 }
 
-impl RouteRequest<'_> {
+impl<'a> RouteRequest<'a> {
+    /// A request for `model` now, under the routing settings.
+    pub fn new(model: &'a str, routing: &crate::config::RoutingConfig, now: Instant) -> Self {
+        RouteRequest {
+            model,
+            now,
+            stale_after: routing.stale_after,
+            hysteresis: routing.hysteresis,
+            slo_ttft: routing.slo_ttft,
+        }
+    }
+
     /// Whether `node` can take this request now: a free slot and fresh telemetry.
     pub fn usable(&self, node: &RouteNode) -> bool {
         node.has_room() && self.now.saturating_duration_since(node.received_at) <= self.stale_after

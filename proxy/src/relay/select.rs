@@ -54,13 +54,7 @@ impl Relay {
                 unavailable(session, openai, &message).await?;
                 return Ok(None);
             }
-            let request = RouteRequest {
-                model,
-                now: Instant::now(),
-                stale_after: routing.stale_after,
-                hysteresis: routing.hysteresis,
-                slo_ttft: routing.slo_ttft,
-            };
+            let request = RouteRequest::new(model, routing, Instant::now());
             let chosen = policy::choose(
                 policy,
                 &request,
