@@ -2,6 +2,7 @@
 //! checks the request is sane before any node sees it: headers within their limit, the body
 //! one well-formed JSON object no deeper than [`MAX_JSON_DEPTH`].
 
+use std::borrow::Cow;
 use std::fmt;
 
 use bytes::{Bytes, BytesMut};
@@ -16,10 +17,10 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 /// that would count against the node.
 pub const MAX_JSON_DEPTH: usize = 100;
 
-/// What routing needs from a request body.
+/// What routing needs from a request body; the model name is borrowed from the body.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RequestFacts {
-    pub model: String,
+pub struct RequestFacts<'a> {
+    pub model: Cow<'a, str>,
     /// `"stream"` as the client sent it; `None` when absent (each API has its own default).
     pub stream: Option<bool>,
 }
@@ -32,13 +33,36 @@ pub enum BodyProblem {
 
 /// The top-level fields routing reads. `/api/show` still accepts the older `name`.
 #[derive(Default)]
-struct Fields {
-    model: Option<String>,
-    name: Option<String>,
+struct Fields<'de> {
+    model: Option<Text<'de>>,
+    name: Option<Text<'de>>,
     stream: Option<bool>,
 }
 
-impl<'de> Deserialize<'de> for Fields {
+/// A string of the body, borrowed from it when it has no escapes (a model name never does), so
+/// reading the model allocates nothing.
+struct Text<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TextVisitor;
+        impl<'de> Visitor<'de> for TextVisitor {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(text)))
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(text.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(TextVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Fields<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_map(FieldsVisitor)
     }
@@ -47,13 +71,13 @@ impl<'de> Deserialize<'de> for Fields {
 struct FieldsVisitor;
 
 impl<'de> Visitor<'de> for FieldsVisitor {
-    type Value = Fields;
+    type Value = Fields<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
         let mut fields = Fields::default();
         while let Some(key) = map.next_key::<Key>()? {
             match key {
@@ -185,17 +209,18 @@ pub fn header_size_over(header: &RequestHeader, limit: usize) -> Option<usize> {
 
 /// Parses the routing fields and checks the whole body: well-formed JSON, one object, no deeper
 /// than [`MAX_JSON_DEPTH`]. Other fields are walked, not copied.
-pub fn facts(body: &[u8]) -> Result<RequestFacts, BodyProblem> {
+pub fn facts(body: &[u8]) -> Result<RequestFacts<'_>, BodyProblem> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(BodyProblem::Malformed(
             "the request body is empty; a JSON object is expected".into(),
         ));
     }
-    let fields: Fields = serde_json::from_slice(body)
+    let fields: Fields<'_> = serde_json::from_slice(body)
         .map_err(|e| BodyProblem::Malformed(format!("invalid JSON: {e}")))?;
     let model = fields
         .model
         .or(fields.name)
+        .map(|t| t.0)
         .filter(|m| !m.trim().is_empty())
         .ok_or(BodyProblem::NoModel)?;
     Ok(RequestFacts {
@@ -280,6 +305,12 @@ mod tests {
         let f = facts(br#"{"messages":[],"model":"m"}"#).unwrap();
         assert_eq!(f.stream, None);
         assert_eq!(facts(br#"{"name":"m"}"#).unwrap().model, "m");
+        // Borrowed from the body when it can be; an escaped name is still read right.
+        assert!(matches!(
+            facts(br#"{"model":"m"}"#).unwrap().model,
+            Cow::Borrowed("m")
+        ));
+        assert_eq!(facts(br#"{"model":"a\u0062"}"#).unwrap().model, "ab");
     }
 
     #[test]
@@ -309,7 +340,8 @@ mod tests {
         };
         // The object is level 1: `depth` arrays under it reach level depth + 1.
         assert!(facts(nested(MAX_JSON_DEPTH - 1).as_bytes()).is_ok());
-        let deep = facts(nested(MAX_JSON_DEPTH).as_bytes());
+        let too_deep = nested(MAX_JSON_DEPTH);
+        let deep = facts(too_deep.as_bytes());
         assert!(
             matches!(&deep, Err(BodyProblem::Malformed(why)) if why.contains("nested deeper than 100 levels")),
             "{deep:?}"
@@ -340,7 +372,7 @@ mod tests {
         // Realistic nesting and every JSON type pass.
         let ok = br#"{"model":"m","stream":true,"format":{"type":"object","properties":{"a":{"type":"array","items":{"type":"number"}}}},"options":{"temperature":0.5,"seed":-1,"stop":null,"x":[true,false,1e3,"s\n"]}}"#;
         let f = facts(ok).unwrap();
-        assert_eq!((f.model.as_str(), f.stream), ("m", Some(true)));
+        assert_eq!((&*f.model, f.stream), ("m", Some(true)));
     }
 
     #[test]
