@@ -13,6 +13,10 @@ use pingora::server::configuration::ServerConf;
 
 struct Fixed {
     upstream: SocketAddr,
+    /// Read the whole request body in `request_filter`, with Pingora's retry buffer on, before
+    /// the peer is chosen: what any router that routes by the model in the body must do. It
+    /// isolates what that path costs in Pingora from what wes-proxy's own hooks cost.
+    read_body: bool,
 }
 
 #[async_trait]
@@ -20,6 +24,14 @@ impl ProxyHttp for Fixed {
     type CTX = ();
 
     fn new_ctx(&self) -> Self::CTX {}
+
+    async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> pingora::Result<bool> {
+        if self.read_body {
+            session.as_mut().enable_retry_buffering();
+            while session.read_request_body().await?.is_some() {}
+        }
+        Ok(false)
+    }
 
     async fn upstream_peer(
         &self,
@@ -36,6 +48,7 @@ pub fn run(
     upstream: SocketAddr,
     threads: usize,
     work_stealing: bool,
+    read_body: bool,
 ) -> anyhow::Result<()> {
     let conf = ServerConf {
         work_stealing,
@@ -45,7 +58,10 @@ pub fn run(
     server.bootstrap();
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Fixed { upstream },
+        Fixed {
+            upstream,
+            read_body,
+        },
         "bare",
     );
     proxy.add_tcp(&listen.to_string());

@@ -48,6 +48,9 @@ enum Command {
         /// One single-threaded runtime per thread instead of Tokio's work-stealing scheduler.
         #[arg(long)]
         no_steal: bool,
+        /// Read each request body (retry-buffered) before choosing the peer, as wes-proxy must.
+        #[arg(long)]
+        read_body: bool,
     },
     /// Waits until the proxy's `/ranking?model=M` shows the node healthy.
     WaitHealthy {
@@ -112,7 +115,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             upstream,
             threads,
             no_steal,
-        } => bare_pingora::run(listen, upstream, threads, !no_steal),
+            read_body,
+        } => bare_pingora::run(listen, upstream, threads, !no_steal, read_body),
         Command::WaitHealthy {
             admin,
             node,
