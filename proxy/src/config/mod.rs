@@ -107,7 +107,8 @@ pub struct HealthConfig {
     /// How often each node's Ollama is asked `GET /`.
     pub check_interval: Duration,
     pub check_timeout: Duration,
-    /// Failures in a row (relayed or checked) that open a node's circuit.
+    /// Relayed requests that failed in a row (the node's failures, `relay::blame`) that open
+    /// its circuit; a failed active check keeps the node out on its own, without counting here.
     pub failure_threshold: u32,
     /// How long an open circuit keeps traffic away before one trial request.
     pub cooldown: Duration,
