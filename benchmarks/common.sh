@@ -29,3 +29,56 @@ machine_header() {
 load_footer() {
   echo "Load after the run (\`uptime\`): $(uptime | sed 's/^ *//')"
 }
+
+# The benchmark fleet of one: `wes-bench node` holding $model, wes-proxy in front of it, and a
+# real reporter streaming the node's telemetry; returns once the proxy ranks the node healthy.
+# Needs $bin, $work, $model and the pids array; sets node, node_pid, api_port, proxy_pid,
+# admin, and appends every pid to pids so the caller's cleanup stops them.
+start_bench_fleet() {
+  "$bin/wes-bench" node --listen 127.0.0.1:0 --model "$model" >"$work/node.out" 2>"$work/node.log" &
+  node_pid=$!
+  pids+=("$node_pid")
+  node=$(address_from "$work/node.out" "node listening on")
+  api_port=$(free_port)
+  cat >"$work/proxy.toml" <<TOML
+[listen]
+api = "127.0.0.1:$api_port"
+telemetry = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+[routing]
+policy = "top"
+# The reporter may lag while the machine is saturated; the node must stay routable.
+stale_after = "1h"
+[[nodes]]
+id = "bench-node"
+url = "http://$node"
+token = "bench-token"
+max_concurrency = 100000
+TOML
+  "$bin/wes-proxy" --config "$work/proxy.toml" >"$work/proxy.out" 2>"$work/proxy.log" &
+  proxy_pid=$!
+  pids+=("$proxy_pid")
+  local telemetry
+  telemetry=$(address_from "$work/proxy.out" "telemetry listening on")
+  admin=$(address_from "$work/proxy.out" "admin listening on")
+  address_from "$work/proxy.out" "api listening on" >/dev/null
+  "$bin/wes-reporter" --node-id bench-node --proxy "http://$telemetry" --token bench-token \
+    --ollama "http://$node" --interval 1s --sensor command \
+    --sensor-command 'echo {"watts":100,"thermal_state":"Normal"}' 2>"$work/reporter.log" &
+  pids+=($!)
+  "$bin/wes-bench" wait-healthy --admin "http://$admin" --node bench-node --model "$model" --timeout 60s >&2
+}
+
+# Pingora alone in front of $node (`wes-bench bare-pingora`, extra flags passed on), once it
+# answers. Sets pingora_port and pingora_pid (overwritten by the next call) and appends to pids.
+start_bare_pingora() { # name, flags...
+  local name=$1
+  shift
+  pingora_port=$(free_port)
+  "$bin/wes-bench" bare-pingora --listen "127.0.0.1:$pingora_port" --upstream "$node" "$@" \
+    >"$work/$name.out" 2>"$work/$name.log" &
+  pingora_pid=$!
+  pids+=("$pingora_pid")
+  for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$pingora_port/api/tags" && break; sleep 0.1; done
+  curl -sf -o /dev/null "http://127.0.0.1:$pingora_port/api/tags" || { echo "$name did not start:" >&2; cat "$work/$name.log" >&2; exit 1; }
+}

@@ -59,48 +59,9 @@ wait_for_chat() { # name url log
   exit 1
 }
 
-"$bin/wes-bench" node --listen 127.0.0.1:0 --model "$model" >"$work/node.out" 2>"$work/node.log" &
-node_pid=$!
-pids+=("$node_pid")
-node=$(address_from "$work/node.out" "node listening on")
-
-api_port=$(free_port)
-cat >"$work/proxy.toml" <<TOML
-[listen]
-api = "127.0.0.1:$api_port"
-telemetry = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-[routing]
-policy = "top"
-# The reporter may lag while the machine is saturated; the node must stay routable.
-stale_after = "1h"
-[[nodes]]
-id = "bench-node"
-url = "http://$node"
-token = "bench-token"
-max_concurrency = 100000
-TOML
-"$bin/wes-proxy" --config "$work/proxy.toml" >"$work/proxy.out" 2>"$work/proxy.log" &
-proxy_pid=$!
-pids+=("$proxy_pid")
-telemetry=$(address_from "$work/proxy.out" "telemetry listening on")
-admin=$(address_from "$work/proxy.out" "admin listening on")
-address_from "$work/proxy.out" "api listening on" >/dev/null
-
-"$bin/wes-reporter" --node-id bench-node --proxy "http://$telemetry" --token bench-token \
-  --ollama "http://$node" --interval 1s --sensor command \
-  --sensor-command 'echo {"watts":100,"thermal_state":"Normal"}' 2>"$work/reporter.log" &
-pids+=($!)
-"$bin/wes-bench" wait-healthy --admin "http://$admin" --node bench-node --model "$model" --timeout 60s
-
+start_bench_fleet
 # Pingora with no hooks of ours in front of the same node: the floor under wes-proxy's overhead.
-pingora_port=$(free_port)
-"$bin/wes-bench" bare-pingora --listen "127.0.0.1:$pingora_port" --upstream "$node" \
-  >"$work/pingora.out" 2>"$work/pingora.log" &
-pingora_pid=$!
-pids+=("$pingora_pid")
-for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$pingora_port/api/tags" && break; sleep 0.1; done
-curl -sf -o /dev/null "http://127.0.0.1:$pingora_port/api/tags" || { echo "bare Pingora did not start:" >&2; cat "$work/pingora.log" >&2; exit 1; }
+start_bare_pingora pingora
 
 nginx_port=$(free_port)
 mkdir -p "$work/nginx"

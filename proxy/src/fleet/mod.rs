@@ -79,21 +79,19 @@ impl NodeState {
         {
             let mut relayed = self.relayed.lock();
             // Looked up first: a known model is the common case and needs no allocation.
-            if let Some(e) = relayed.get_mut(model) {
-                e.observe(tok_s, at, HALF_LIFE);
-                if let Some(ttft) = ttft {
-                    e.observe_ttft(ttft);
+            match relayed.get_mut(model) {
+                Some(e) => e.observe(tok_s, at, HALF_LIFE),
+                None => {
+                    relayed.insert(model.to_owned(), RateEstimate::new(tok_s, at));
                 }
-            } else {
-                let mut e = RateEstimate::new(tok_s, at);
-                if let Some(ttft) = ttft {
-                    e.observe_ttft(ttft);
-                }
-                relayed.insert(model.to_owned(), e);
+            }
+            if let (Some(ttft), Some(e)) = (ttft, relayed.get_mut(model)) {
+                e.observe_ttft(ttft);
             }
         }
+        // Only this model's rate moved.
         if let Some(t) = self.telemetry() {
-            self.note_clean_baseline(&t, at);
+            self.note_clean_baseline(&t, at, Some(model));
         }
     }
 
@@ -113,9 +111,10 @@ impl NodeState {
         self.best_clean.lock().get(model).copied()
     }
 
-    /// Raises each rated model's clean baseline when the node runs at Normal. Called where its
-    /// inputs change (a sample, a relayed measurement), so that building a ranking only reads.
-    fn note_clean_baseline(&self, telemetry: &Telemetry, now: Instant) {
+    /// Raises each rated model's clean baseline (or `only` that one's) when the node runs at
+    /// Normal. Called where its inputs change (a sample, a relayed measurement), so that
+    /// building a ranking only reads.
+    fn note_clean_baseline(&self, telemetry: &Telemetry, now: Instant, only: Option<&str>) {
         if telemetry.thermal != ThermalState::Normal {
             return;
         }
@@ -126,7 +125,7 @@ impl NodeState {
         let models = relayed
             .keys()
             .chain(probes.keys().filter(|m| !relayed.contains_key(*m)));
-        for model in models {
+        for model in models.filter(|m| only.is_none_or(|o| o == m.as_str())) {
             let Some((tok_s, _)) = current_rate(&relayed, &probes, model, now) else {
                 continue;
             };
@@ -380,7 +379,8 @@ impl Fleet {
         }
         let telemetry = Arc::new(telemetry);
         *node.state.telemetry.lock() = Some(telemetry.clone());
-        node.state.note_clean_baseline(&telemetry, Instant::now());
+        node.state
+            .note_clean_baseline(&telemetry, Instant::now(), None);
         self.changed.notify_one();
         true
     }

@@ -17,7 +17,7 @@ pub struct RankingSnapshot {
     pub built_at: Option<Instant>,
     /// All nodes, ranked first (by penalized WES), then the unranked.
     pub nodes: Vec<RankEntry>,
-    /// Every model some node holds, for `?model=` and merged listings.
+    /// Every model some node holds (fleet-wide board; a per-model board holds its one model).
     pub models: BTreeSet<String>,
     /// The fleet-wide ranking scores every node on this model where it can (the model most
     /// nodes have a rate for), so that a node is not ranked on a tiny model against another's

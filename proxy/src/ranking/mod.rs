@@ -72,12 +72,14 @@ impl Ranking {
                 }
             }
             // Fleet-wide, a node without a rate for the reference model shows its newest.
-            let scored_model = reference
+            let on_reference = reference
                 .as_deref()
-                .filter(|m| node.state.tok_s_for(m, now).is_some())
-                .map(str::to_owned)
-                .or_else(|| node.state.newest_rate(now).map(|r| r.0));
-            let scored = scored_model.map(|m| node_score::score(node, telemetry, &m, now));
+                .map(|m| node_score::score(node, telemetry, m, now))
+                .filter(|s| s.tok_s.is_some());
+            let scored = on_reference.or_else(|| {
+                let (newest, _, _) = node.state.newest_rate(now)?;
+                Some(node_score::score(node, telemetry, &newest, now))
+            });
             entries.push(RankEntry::new(node, telemetry, scored, reason));
         }
         let mut routes = HashMap::with_capacity(eligible.len() + excluded.len());
@@ -125,13 +127,11 @@ impl RankingSnapshot {
         now: Instant,
         model: &str,
     ) -> Self {
-        let mut models = BTreeSet::new();
         let mut entries = Vec::new();
         for node in &fleet.nodes {
             let telemetry = node.state.telemetry();
             let telemetry = telemetry.as_deref();
             let held = telemetry.and_then(|t| t.models.as_deref()).unwrap_or(&[]);
-            models.extend(held.iter().cloned());
             if !held.iter().any(|m| m == model) {
                 continue;
             }
@@ -141,6 +141,7 @@ impl RankingSnapshot {
             let scored = scored.tok_s.is_some().then_some(scored);
             entries.push(RankEntry::new(node, telemetry, scored, reason));
         }
-        RankingSnapshot::from_entries(entries, models, None, now)
+        // The fleet's model list is the published board's; this one lists no other.
+        RankingSnapshot::from_entries(entries, BTreeSet::from([model.to_owned()]), None, now)
     }
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::fleet::NodeState;
+use crate::metrics::ErrorKind;
 
 /// What a failure before the node answered means for the request and the node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,15 +34,15 @@ pub struct Blame {
 }
 
 impl Blame {
-    /// Files a failure on `node` that happened before it answered; `reached` is whether the
-    /// request got to the node (a connection was made).
+    /// Files `error`, a failure on `node` before it answered. A connect-kind error means the
+    /// request never reached the node.
     pub fn failed_before_answer(
         &mut self,
         node: &Arc<str>,
         state: &Arc<NodeState>,
-        reached: bool,
+        error: &pingora::Error,
     ) -> Verdict {
-        if !reached {
+        if ErrorKind::classify(Some(error), None, None) == Some(ErrorKind::Connect) {
             return Verdict::Node;
         }
         if !self.suspects.is_empty() || self.by_request {
@@ -56,6 +57,11 @@ impl Blame {
     /// The request is over. When another node answered it, each held failure was its node's
     /// and is counted now; otherwise they are dropped uncounted. Returns the nodes whose circuit
     /// that opened.
+    /// Whether any failure is held: most requests hold none, and settling them costs nothing.
+    pub fn holds_any(&self) -> bool {
+        !self.suspects.is_empty()
+    }
+
     pub fn settle(
         &mut self,
         answered_elsewhere: bool,
@@ -75,6 +81,17 @@ impl Blame {
 mod tests {
     use super::*;
 
+    fn refused() -> Box<pingora::Error> {
+        pingora::Error::new(pingora::ErrorType::ConnectRefused)
+    }
+
+    /// The node took the request and dropped the connection.
+    fn reset() -> Box<pingora::Error> {
+        let mut e = pingora::Error::new(pingora::ErrorType::ReadError);
+        e.esource = pingora::ErrorSource::Upstream;
+        e
+    }
+
     fn node(id: &str) -> (Arc<str>, Arc<NodeState>) {
         (Arc::from(id), Arc::new(NodeState::default()))
     }
@@ -83,8 +100,14 @@ mod tests {
     fn unreachable_is_always_the_nodes() {
         let (a, sa) = node("a");
         let mut blame = Blame::default();
-        assert_eq!(blame.failed_before_answer(&a, &sa, false), Verdict::Node);
-        assert_eq!(blame.failed_before_answer(&a, &sa, false), Verdict::Node);
+        assert_eq!(
+            blame.failed_before_answer(&a, &sa, &refused()),
+            Verdict::Node
+        );
+        assert_eq!(
+            blame.failed_before_answer(&a, &sa, &refused()),
+            Verdict::Node
+        );
         assert!(
             blame.settle(true, Instant::now(), 1).is_empty(),
             "nothing held"
@@ -96,10 +119,19 @@ mod tests {
         let (a, sa) = node("a");
         let (b, sb) = node("b");
         let mut blame = Blame::default();
-        assert_eq!(blame.failed_before_answer(&a, &sa, true), Verdict::Suspect);
-        assert_eq!(blame.failed_before_answer(&b, &sb, true), Verdict::Request);
+        assert_eq!(
+            blame.failed_before_answer(&a, &sa, &reset()),
+            Verdict::Suspect
+        );
+        assert_eq!(
+            blame.failed_before_answer(&b, &sb, &reset()),
+            Verdict::Request
+        );
         // And stays so: a third node's failure is the request's too.
-        assert_eq!(blame.failed_before_answer(&a, &sa, true), Verdict::Request);
+        assert_eq!(
+            blame.failed_before_answer(&a, &sa, &reset()),
+            Verdict::Request
+        );
         // Nothing is charged: neither circuit moved.
         assert!(blame.settle(true, Instant::now(), 1).is_empty());
         assert!(
@@ -118,7 +150,10 @@ mod tests {
     fn a_held_failure_is_the_nodes_when_another_node_answers() {
         let (a, sa) = node("a");
         let mut blame = Blame::default();
-        assert_eq!(blame.failed_before_answer(&a, &sa, true), Verdict::Suspect);
+        assert_eq!(
+            blame.failed_before_answer(&a, &sa, &reset()),
+            Verdict::Suspect
+        );
         // The next node answered: the request is over and `a` is charged.
         let opened = blame.settle(true, Instant::now(), 1);
         assert_eq!(opened, vec![a.clone()]);
@@ -133,7 +168,10 @@ mod tests {
     fn with_no_other_node_answering_nothing_is_counted() {
         let (a, sa) = node("a");
         let mut blame = Blame::default();
-        assert_eq!(blame.failed_before_answer(&a, &sa, true), Verdict::Suspect);
+        assert_eq!(
+            blame.failed_before_answer(&a, &sa, &reset()),
+            Verdict::Suspect
+        );
         assert!(blame.settle(false, Instant::now(), 1).is_empty());
         assert!(
             sa.health

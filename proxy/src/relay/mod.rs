@@ -313,11 +313,7 @@ impl ProxyHttp for Relay {
         }
         // The request is over: a failure held as suspect was its node's if this node answered.
         if let Some(failover) = ctx.failover.as_mut() {
-            let threshold = self.state.config.load().health.failure_threshold;
-            for node in failover.blame.settle(node_answered, now, threshold) {
-                tracing::warn!(node = %node, "circuit opened");
-                self.state.fleet.mark_changed();
-            }
+            self.settle_blame(&mut failover.blame, node_answered);
         }
         let Some(attempt) = &ctx.attempt else {
             return;
@@ -534,10 +530,9 @@ impl Relay {
         };
         let node = failover.current.id.clone();
         tracing::warn!(node = %node, "attempt failed before answering: {e}");
-        let reached = kind != Some(ErrorKind::Connect);
         let verdict = failover
             .blame
-            .failed_before_answer(&node, &failover.current.state, reached);
+            .failed_before_answer(&node, &failover.current.state, e);
         failover
             .failures
             .push(format!("{node}: {}", e.etype().as_str()));
@@ -552,6 +547,19 @@ impl Relay {
             return false;
         }
         !failover.next.is_empty()
+    }
+
+    /// Ends a request's blame: held failures count against their nodes when another node
+    /// `answered`; each circuit that opens asks for a ranking rebuild.
+    pub(super) fn settle_blame(&self, blame: &mut Blame, answered: bool) {
+        if !blame.holds_any() {
+            return;
+        }
+        let threshold = self.state.config.load().health.failure_threshold;
+        for node in blame.settle(answered, Instant::now(), threshold) {
+            tracing::warn!(node = %node, "circuit opened");
+            self.state.fleet.mark_changed();
+        }
     }
 
     /// Counts a failure against the node; an opened circuit asks for a ranking rebuild.

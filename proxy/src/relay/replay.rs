@@ -14,7 +14,6 @@ use super::blame::{Blame, Verdict};
 use super::select::Selection;
 use super::{Attempt, REQUEST_AT_FAULT, Relay, respond};
 use crate::fleet::InFlightGuard;
-use crate::metrics::ErrorKind;
 use crate::policy::RouteNode;
 
 /// How one attempt on one node ended.
@@ -54,14 +53,9 @@ impl Relay {
                 AttemptOutcome::FailedBeforeAnswer { why, verdict } => {
                     failures.push(why);
                     if verdict == Verdict::Request {
+                        // No further replay: the loop's next turn answers the 502.
                         failures.push(REQUEST_AT_FAULT.to_owned());
-                        respond::every_node_failed(
-                            session,
-                            template.endpoint.is_openai(),
-                            &failures,
-                        )
-                        .await?;
-                        break false;
+                        continue;
                     }
                 }
             }
@@ -73,11 +67,7 @@ impl Relay {
                 Some((n, guard))
             });
         };
-        let threshold = config.health.failure_threshold;
-        for node in blame.settle(answered, Instant::now(), threshold) {
-            tracing::warn!(node = %node, "circuit opened");
-            self.state.fleet.mark_changed();
-        }
+        self.settle_blame(&mut blame, answered);
         Ok(())
     }
 
@@ -118,9 +108,7 @@ impl Relay {
             }
             Err(e) if !e.state.header_received => {
                 tracing::warn!(node = %node.id, "attempt failed before answering: {}", e.error);
-                let reached =
-                    ErrorKind::classify(Some(&e.error), None, None) != Some(ErrorKind::Connect);
-                let verdict = blame.failed_before_answer(&node.id, &node.state, reached);
+                let verdict = blame.failed_before_answer(&node.id, &node.state, &e.error);
                 if verdict == Verdict::Node {
                     self.settle_failure(&mut guard, &node.id);
                 }
