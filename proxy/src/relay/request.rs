@@ -195,13 +195,17 @@ impl<'de> Visitor<'de> for Nested {
     }
 }
 
-/// The size of the request line and headers, when it is over `limit`.
+/// The size of the request line and headers as sent, when it is over `limit`.
 pub fn header_size_over(header: &RequestHeader, limit: usize) -> Option<usize> {
-    let line = header.method.as_str().len() + header.raw_path().len() + 12;
+    // `METHOD PATH HTTP/1.1\r\n`: two spaces, the version and the line end.
+    const LINE_FRAMING: usize = " ".len() * 2 + "HTTP/1.1".len() + "\r\n".len();
+    // `name: value\r\n`.
+    const FIELD_FRAMING: usize = ": ".len() + "\r\n".len();
+    let line = header.method.as_str().len() + header.raw_path().len() + LINE_FRAMING;
     let fields: usize = header
         .headers
         .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .map(|(name, value)| name.as_str().len() + value.len() + FIELD_FRAMING)
         .sum();
     let size = line + fields;
     (size > limit).then_some(size)
