@@ -53,11 +53,16 @@ die() {
 # True when something accepts connections on the port (bash's /dev/tcp; no extra tools).
 port_in_use() { (exec 3<>"/dev/tcp/$reach/$1") 2>/dev/null; }
 
-# A port nothing listens on, for --check, so that it can run beside a running demo.
+# A port nothing listens on, for --check, so that it can run beside a running demo. It is
+# drawn from below the kernel's ephemeral range: the simulated nodes bind port 0 and every
+# outgoing connection takes a port from that range, so a pick inside it could be taken
+# between this check and the proxy's bind (CI once lost the admin port that way).
 free_port() {
-  local p
+  local p low=32768 high
+  read -r low high </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
+  [ "$low" -gt 11000 ] || die "the ephemeral port range starts at $low; set WES_DEMO_API_PORT and WES_DEMO_ADMIN_PORT"
   for _ in $(seq 50); do
-    p=$((20000 + RANDOM % 40000))
+    p=$((10000 + RANDOM % (low - 10000)))
     port_in_use "$p" || {
       echo "$p"
       return
@@ -69,6 +74,10 @@ free_port() {
 if [ "$mode" = check ]; then
   api_port=${WES_DEMO_API_PORT:-$(free_port)}
   admin_port=${WES_DEMO_ADMIN_PORT:-$(free_port)}
+  # Two random picks can coincide; draw again rather than fail on it.
+  while [ -z "${WES_DEMO_ADMIN_PORT:-}" ] && [ "$admin_port" = "$api_port" ]; do
+    admin_port=$(free_port)
+  done
 else
   api_port=${WES_DEMO_API_PORT:-11434}
   admin_port=${WES_DEMO_ADMIN_PORT:-9090}

@@ -42,7 +42,8 @@ fleet=(
   "mac-mini-2|apple-m2|1.0|"
 )
 
-api_port=$((20000 + RANDOM % 20000))
+# Below the ephemeral range (32768 up), where no port-0 bind or outgoing connection lands.
+api_port=$((20000 + RANDOM % 12000))
 config="$work/proxy.toml"
 cat >"$config" <<EOF
 [listen]
