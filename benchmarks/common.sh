@@ -39,8 +39,15 @@ start_bench_fleet() {
   node_pid=$!
   pids+=("$node_pid")
   node=$(address_from "$work/node.out" "node listening on")
+  start_bench_proxy wes-proxy "$bin/wes-proxy"
+}
+
+# One more wes-proxy (NAME, BINARY) in front of $node, with its own reporter: a second build
+# measured beside the first in the same run. Sets api_port, proxy_pid and admin.
+start_bench_proxy() { # name binary
+  local name=$1 binary=$2 telemetry
   api_port=$(free_port)
-  cat >"$work/proxy.toml" <<TOML
+  cat >"$work/$name.toml" <<TOML
 [listen]
 api = "127.0.0.1:$api_port"
 telemetry = "127.0.0.1:0"
@@ -55,16 +62,15 @@ url = "http://$node"
 token = "bench-token"
 max_concurrency = 100000
 TOML
-  "$bin/wes-proxy" --config "$work/proxy.toml" >"$work/proxy.out" 2>"$work/proxy.log" &
+  "$binary" --config "$work/$name.toml" >"$work/$name.out" 2>"$work/$name.log" &
   proxy_pid=$!
   pids+=("$proxy_pid")
-  local telemetry
-  telemetry=$(address_from "$work/proxy.out" "telemetry listening on")
-  admin=$(address_from "$work/proxy.out" "admin listening on")
-  address_from "$work/proxy.out" "api listening on" >/dev/null
+  telemetry=$(address_from "$work/$name.out" "telemetry listening on")
+  admin=$(address_from "$work/$name.out" "admin listening on")
+  address_from "$work/$name.out" "api listening on" >/dev/null
   "$bin/wes-reporter" --node-id bench-node --proxy "http://$telemetry" --token bench-token \
     --ollama "http://$node" --interval 1s --sensor command \
-    --sensor-command 'echo {"watts":100,"thermal_state":"Normal"}' 2>"$work/reporter.log" &
+    --sensor-command 'echo {"watts":100,"thermal_state":"Normal"}' 2>"$work/$name-reporter.log" &
   pids+=($!)
   "$bin/wes-bench" wait-healthy --admin "http://$admin" --node bench-node --model "$model" --timeout 60s >&2
 }

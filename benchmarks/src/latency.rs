@@ -45,6 +45,11 @@ pub struct LatencyArgs {
     /// Per target and endpoint.
     #[arg(long, default_value = "8s", value_parser = humantime::parse_duration)]
     saturation: Duration,
+    /// Slices the saturation time is cut into, the targets taking turns slice by slice: a
+    /// drift in the machine's background load then reaches every target alike, and a ratio
+    /// is the median of same-slice ratios.
+    #[arg(long, default_value_t = 4)]
+    saturation_rounds: u32,
     /// Streams held open at once through each proxy; 0 skips the test.
     #[arg(long, default_value_t = 5000)]
     streams: u64,
@@ -153,16 +158,62 @@ impl Phase {
     }
 }
 
-/// One target's closed loop on one endpoint.
+/// One target's closed loop on one endpoint, over all its slices.
 struct Saturation {
     outcome: Outcome,
+    /// Requests per second in each slice, in slice order.
+    slices: Vec<f64>,
     proxy_cpu_s: Option<f64>,
     node_cpu_s: Option<f64>,
 }
 
 impl Saturation {
+    fn new() -> Saturation {
+        Saturation {
+            outcome: Outcome::new(),
+            slices: Vec::new(),
+            proxy_cpu_s: None,
+            node_cpu_s: None,
+        }
+    }
+
+    fn add_slice(&mut self, outcome: &Outcome, proxy_cpu_s: Option<f64>, node_cpu_s: Option<f64>) {
+        self.slices
+            .push(outcome.ok as f64 / outcome.wall.as_secs_f64().max(1e-9));
+        self.outcome.merge(outcome);
+        let sum = |acc: Option<f64>, x: Option<f64>| x.map(|x| acc.unwrap_or(0.0) + x).or(acc);
+        self.proxy_cpu_s = sum(self.proxy_cpu_s, proxy_cpu_s);
+        self.node_cpu_s = sum(self.node_cpu_s, node_cpu_s);
+    }
+
+    /// The median slice's requests per second.
     fn per_second(&self) -> f64 {
-        self.outcome.ok as f64 / self.outcome.wall.as_secs_f64().max(1e-9)
+        median(self.slices.clone())
+    }
+
+    /// The median over slices of this target's rate divided by `other`'s in the same slice.
+    fn ratio_to(&self, other: &Saturation) -> Option<f64> {
+        let ratios: Vec<f64> = self
+            .slices
+            .iter()
+            .zip(&other.slices)
+            .filter(|(_, b)| **b > 0.0)
+            .map(|(a, b)| a / b)
+            .collect();
+        (!ratios.is_empty()).then(|| median(ratios))
+    }
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    xs.sort_by(f64::total_cmp);
+    let mid = xs.len() / 2;
+    if xs.len() % 2 == 1 {
+        xs[mid]
+    } else {
+        (xs[mid - 1] + xs[mid]) / 2.0
     }
 }
 
@@ -248,31 +299,30 @@ pub async fn run(args: LatencyArgs) -> anyhow::Result<()> {
         }
     }
 
-    // Per `SATURATION_CALLS` slot, per target. One endpoint's targets run back to back, so
-    // drift in background load between endpoints does not enter a comparison of targets.
+    // Per `SATURATION_CALLS` slot, per target. One endpoint's targets take turns slice by
+    // slice, so drift in background load reaches them alike.
+    let rounds = args.saturation_rounds.max(1);
+    let slice = args.saturation / rounds;
     let mut saturation: Vec<Vec<Option<Saturation>>> = Vec::new();
     for call in SATURATION_CALLS {
-        let mut row = Vec::new();
-        for t in &targets {
-            if !t.relays(call) {
-                row.push(None);
-                continue;
+        let mut row: Vec<Option<Saturation>> = targets
+            .iter()
+            .map(|t| t.relays(call).then(Saturation::new))
+            .collect();
+        for round in 1..=rounds {
+            for (t, sat) in targets.iter().zip(row.iter_mut()) {
+                let Some(sat) = sat else { continue };
+                eprintln!("saturation {call:?}, slice {round} of {rounds}: {}", t.name);
+                let proxy_w = t.family.as_ref().map(CpuWindow::start);
+                let node_w = node.as_ref().map(CpuWindow::start);
+                let outcome =
+                    load::closed_loop(&client, &prepared(t, call)?, args.concurrency, slice).await;
+                sat.add_slice(
+                    &outcome,
+                    proxy_w.zip(t.family.as_ref()).map(|(w, f)| w.finish(f).0),
+                    node_w.zip(node.as_ref()).map(|(w, f)| w.finish(f).0),
+                );
             }
-            eprintln!("saturation {call:?}: {}", t.name);
-            let proxy_w = t.family.as_ref().map(CpuWindow::start);
-            let node_w = node.as_ref().map(CpuWindow::start);
-            let outcome = load::closed_loop(
-                &client,
-                &prepared(t, call)?,
-                args.concurrency,
-                args.saturation,
-            )
-            .await;
-            row.push(Some(Saturation {
-                outcome,
-                proxy_cpu_s: proxy_w.zip(t.family.as_ref()).map(|(w, f)| w.finish(f).0),
-                node_cpu_s: node_w.zip(node.as_ref()).map(|(w, f)| w.finish(f).0),
-            }));
         }
         saturation.push(row);
     }
@@ -455,10 +505,11 @@ fn report(
     for (row, call) in saturation.iter().zip(SATURATION_CALLS) {
         let _ = writeln!(
             s,
-            "### Throughput at saturation: closed loop, {} callers, {}, {} s per target\n",
+            "### Throughput at saturation: closed loop, {} callers, {}, {} s per target in {} slices taken in turns\n",
             args.concurrency,
             saturation_short(call),
-            args.saturation.as_secs_f64()
+            args.saturation.as_secs_f64(),
+            args.saturation_rounds.max(1),
         );
         if call == Call::OpenAiChatFirstByte {
             let _ = writeln!(
@@ -468,7 +519,7 @@ fn report(
         }
         let _ = writeln!(
             s,
-            "| target | requests/s | errors | p50 ms | p99 ms | proxy CPU, share of one core | node CPU, share of one core |"
+            "| target | requests/s (median slice) | errors | p50 ms | p99 ms | proxy CPU, share of one core | node CPU, share of one core |"
         );
         let _ = writeln!(s, "|---|---|---|---|---|---|---|");
         for (t, sat) in targets.iter().zip(row) {
@@ -671,7 +722,7 @@ fn against_peers(
     let _ = writeln!(s, "### wes-proxy against each peer\n");
     let _ = writeln!(
         s,
-        "From the tables above (one run, same node, same client). Latency: wes-proxy's added p50 and the peer's, and wes-proxy's divided by the peer's: below 1× wes-proxy adds less. Throughput: wes-proxy's saturation requests/s and the peer's, and wes-proxy's divided by the peer's: above 1× wes-proxy carries more.\n"
+        "From the tables above (one run, same node, same client). Latency: wes-proxy's added p50 and the peer's, and wes-proxy's divided by the peer's: below 1× wes-proxy adds less. Throughput: wes-proxy's saturation requests/s and the peer's (median slices), and the median of wes-proxy's divided by the peer's in the same slice: above 1× wes-proxy carries more.\n"
     );
     let header = |cols: Vec<&str>| {
         format!(
@@ -714,7 +765,7 @@ fn against_peers(
             .map(|row| match (row[w].as_ref(), row[p].as_ref()) {
                 (Some(ws), Some(ps)) => {
                     let (a, b) = (ws.per_second(), ps.per_second());
-                    let r = if b > 0.0 { times(a / b) } else { "n/a".into() };
+                    let r = ws.ratio_to(ps).map_or("n/a".into(), times);
                     format!("{a:.0} vs {b:.0} req/s: **{r}**")
                 }
                 (_, None) => "not relayed by the peer".into(),
