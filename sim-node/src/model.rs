@@ -82,6 +82,11 @@ pub struct PowerParams {
     /// Share of the idle-to-busy range one request draws: single-stream decode is
     /// memory-bound and leaves compute idle, so it rarely reaches `busy_watts`.
     pub single_stream_load: f64,
+    /// How fast more streams bring the draw to `busy_watts`; by default as fast as they bring
+    /// throughput (`speed.concurrency_exponent`). A box that barely batches still draws more
+    /// per stream: near 1 there, with a small throughput exponent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_exponent: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -121,6 +126,13 @@ impl PowerParams {
             return Err(format!(
                 "power.single_stream_load must be in (0, 1], got {}",
                 self.single_stream_load
+            ));
+        }
+        if let Some(e) = self.concurrency_exponent
+            && !(e > 0.0 && e <= 1.0)
+        {
+            return Err(format!(
+                "power.concurrency_exponent must be in (0, 1], got {e}"
             ));
         }
         Ok(())
@@ -257,7 +269,11 @@ impl NodeModel {
             return 0.0;
         }
         let spare = 1.0 - self.power.single_stream_load;
-        1.0 - spare * f64::from(active).powf(-self.concurrency_exponent.max(0.05))
+        let exponent = self
+            .power
+            .concurrency_exponent
+            .unwrap_or(self.concurrency_exponent);
+        1.0 - spare * f64::from(active).powf(-exponent.max(0.05))
     }
 
     pub fn watts_at(&self, active: u32, state: ThermalState) -> f64 {
@@ -339,6 +355,7 @@ mod tests {
             idle_watts: 10.0,
             busy_watts: 110.0,
             single_stream_load: 0.8,
+            concurrency_exponent: None,
         }
     }
 
@@ -481,6 +498,17 @@ mod tests {
         assert!(w.windows(2).all(|p| p[1] > p[0]));
         assert!(w[16] < 110.0);
         assert!(m.watts_at(1, ThermalState::Critical) < w[1]);
+        // Power may rise on its own exponent: a box that barely batches still draws per stream.
+        let mut p = power();
+        p.concurrency_exponent = Some(1.0);
+        let cpu = NodeModel::new(p, thermal(), 0.1, 1.0);
+        // 10 + 100 × (1 − 0.2 / n): n = 2 draws 90 + 10, against n^−0.5's 95.9.
+        assert!((cpu.watts_at(2, ThermalState::Normal) - 100.0).abs() < 1e-9);
+        assert!(
+            (m.watts_at(2, ThermalState::Normal) - (10.0 + 100.0 * (1.0 - 0.2 / 2f64.sqrt())))
+                .abs()
+                < 1e-9
+        );
     }
 
     #[test]

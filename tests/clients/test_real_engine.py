@@ -1,7 +1,9 @@
 """A real inference engine behind the proxy: llama.cpp's llama-server with SmolLM2-135M.
 
 The proxy's own decode rate, measured on the stream it relays, must agree with the engine's
-`timings.predicted_per_second` within 10%. scripts/test.sh builds the engine (once, cached) and
+`timings.predicted_per_second` within 10%; with four streams at once on a server with four
+slots, the node's throughput on `/ranking` must be within 5% of the sum of the four streams'
+rates the engine reports. scripts/test.sh builds the engine (once, cached) and
 sets LLAMA_SERVER and SMOLLM2; run by hand, the test fails with a message saying so."""
 
 import json
@@ -18,16 +20,15 @@ from conftest import BIN, Fleet, free_port, get_json, read_line_with
 MODEL = "smollm2:135m"
 
 
-@pytest.fixture(scope="module")
-def engine_fleet(tmp_path_factory):
+def start_engine_fleet(tmp, extra_args=(), max_concurrency=4):
     server, model = os.environ.get("LLAMA_SERVER"), os.environ.get("SMOLLM2")
     assert server and model, "set LLAMA_SERVER and SMOLLM2 (scripts/real-engine.sh prints them)"
-    tmp = tmp_path_factory.mktemp("engine")
     f = Fleet(tmp)
     try:
         port = free_port()
         f.spawn("llama-server", [server, "-m", model, "--host", "127.0.0.1", "--port", str(port),
-                                 "-c", "2048", "-t", "2", "--alias", MODEL], stdout=subprocess.DEVNULL)
+                                 "-c", "2048", "-t", "2", "--alias", MODEL, *extra_args],
+                stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -43,6 +44,7 @@ def engine_fleet(tmp_path_factory):
         config.write_text(
             f'[listen]\napi = "127.0.0.1:{api_port}"\ntelemetry = "127.0.0.1:0"\nadmin = "127.0.0.1:0"\n'
             f'[[nodes]]\nid = "llama"\nurl = "http://127.0.0.1:{port}"\ntoken = "tok-llama"\n'
+            f'max_concurrency = {max_concurrency}\n'
         )
         proxy, log = f.spawn("proxy", [str(BIN / "wes-proxy"), "--config", str(config)])
         telemetry = read_line_with(proxy, "telemetry listening on", log).rsplit(" ", 1)[1]
@@ -61,6 +63,26 @@ def engine_fleet(tmp_path_factory):
             time.sleep(0.1)
         f.api = f"http://127.0.0.1:{api_port}"
         f.admin = f"http://{admin}"
+        return f
+    except BaseException:
+        f.close()
+        raise
+
+
+@pytest.fixture(scope="module")
+def engine_fleet(tmp_path_factory):
+    f = start_engine_fleet(tmp_path_factory.mktemp("engine"))
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+@pytest.fixture(scope="module")
+def parallel_engine_fleet(tmp_path_factory):
+    # Four slots sharing the 2048-token context: 512 each, room for the prompt and 96 tokens.
+    f = start_engine_fleet(tmp_path_factory.mktemp("engine-parallel"), ["--parallel", "4"])
+    try:
         yield f
     finally:
         f.close()
@@ -99,3 +121,58 @@ def test_streamed_chat_rate_matches_the_engine(engine_fleet):
     )
     # With a rate and watts the node now has a score: tok/s per watt.
     assert node["raw_wes"] == pytest.approx(measured / 15.0)
+
+
+def stream_rate(api, prompt, max_tokens):
+    """One streamed chat through the proxy; the engine's own predicted_per_second for it."""
+    client = openai.OpenAI(base_url=f"{api}/v1", api_key="unused")
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=max_tokens,
+        temperature=0,
+        stream=True,
+    )
+    timings = None
+    for chunk in stream:
+        extra = getattr(chunk, "model_extra", None) or {}
+        timings = extra.get("timings", timings)
+    assert timings and timings["predicted_n"] >= 32, timings
+    return timings["predicted_per_second"]
+
+
+def test_throughput_of_four_streams_matches_the_engine(parallel_engine_fleet):
+    from concurrent.futures import ThreadPoolExecutor
+
+    f = parallel_engine_fleet
+    prompts = [f"Write a short story about lighthouse keeper number {i}." for i in range(4)]
+
+    def wave():
+        with ThreadPoolExecutor(4) as pool:
+            return list(pool.map(lambda p: stream_rate(f.api, p, 96), prompts))
+
+    # The first wave teaches the proxy the node's curve at four in flight.
+    rates = wave()
+    engine_total = sum(rates)
+    # The second wave: /ranking read while four are in flight shows the throughput there.
+    with ThreadPoolExecutor(1) as pool:
+        second = pool.submit(wave)
+        seen = None
+        deadline = time.monotonic() + 60
+        while not second.done() and time.monotonic() < deadline:
+            node = get_json(f"{f.admin}/ranking?model={MODEL}")["nodes"][0]
+            if node["in_flight"] == 4:
+                seen = node
+                break
+            time.sleep(0.02)
+        second_rates = second.result()
+    assert seen, "never saw four requests in flight"
+    measured, single = seen["tok_s"], seen["tok_s_single"]
+    print(f"engine: four streams at {[round(r, 1) for r in rates]} tok/s, {engine_total:.1f} in all "
+          f"(second wave {sum(second_rates):.1f}); proxy: {measured:.1f} at four in flight, "
+          f"{single:.1f} for one stream")
+    assert abs(measured - engine_total) / engine_total <= 0.05, (
+        f"proxy shows {measured:.1f} tok/s at four in flight, the engine made {engine_total:.1f}: "
+        f"{json.dumps(seen)}"
+    )
+    assert measured > single

@@ -21,6 +21,7 @@ pub fn render(snapshot: &RankingSnapshot, models: &BTreeSet<String>, now: Instan
                 "raw_wes": e.wes.raw,
                 "thermal_cost_pct": e.wes.thermal_cost_pct,
                 "tok_s": e.tok_s,
+                "tok_s_single": e.tok_s_single,
                 "tok_s_model": e.tok_s_model,
                 "tok_s_source": e.tok_s_source.map(|s| s.as_str()),
                 "watts": e.watts,

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use wes_proto::ThermalState;
 
+use super::{LoadScore, PowerBasis};
 use crate::policy::PolicyName;
 
 pub const POLICY: PolicyName = PolicyName::Top;
@@ -11,6 +12,10 @@ pub const STALE_AFTER: Duration = Duration::from_secs(3);
 pub const EXCLUDE_THERMAL: &[ThermalState] = &[ThermalState::Critical];
 pub const EXPLORATION_SHARE: f64 = 0.05;
 pub const HYSTERESIS: f64 = 0.05;
+/// The seed's WES, at the load this request would make; the marginal figure is the option
+/// until the routing-quality suite measures both under load.
+pub const LOAD_SCORE: LoadScore = LoadScore::Average;
+pub const POWER_BASIS: PowerBasis = PowerBasis::Gross;
 pub const SLO_TTFT: Duration = Duration::from_secs(2);
 pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const QUEUE_LIMIT: u32 = 1024;

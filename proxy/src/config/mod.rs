@@ -73,6 +73,41 @@ pub struct RoutingConfig {
     pub queue_timeout: Duration,
     /// Requests waiting at most; more get 503 at once.
     pub queue_limit: u32,
+    /// What a candidate is scored on: its WES with this request added, or the tokens per watt
+    /// this request adds (docs/design.md, Load).
+    pub score: LoadScore,
+    /// Whether the watts a score divides by include the node's idle power.
+    pub power_basis: PowerBasis,
+}
+
+/// `routing.score`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadScore {
+    /// `T(n+1) / (P(n+1) × PUE × penalty)`: the node's penalized WES with this request added.
+    Average,
+    /// `(T(n+1) − T(n)) / ((P(n+1) − P(n)) × PUE × penalty)`: what this request adds.
+    Marginal,
+}
+
+impl LoadScore {
+    pub const ALL: [(&'static str, LoadScore); 2] = [
+        ("average", LoadScore::Average),
+        ("marginal", LoadScore::Marginal),
+    ];
+}
+
+/// `routing.power_basis`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerBasis {
+    /// The node's whole draw: the seed's definition.
+    Gross,
+    /// The draw above the node's idle power.
+    Net,
+}
+
+impl PowerBasis {
+    pub const ALL: [(&'static str, PowerBasis); 2] =
+        [("gross", PowerBasis::Gross), ("net", PowerBasis::Net)];
 }
 
 impl RoutingConfig {
@@ -94,6 +129,8 @@ impl Default for RoutingConfig {
             slo_ttft: defaults::SLO_TTFT,
             queue_timeout: defaults::QUEUE_TIMEOUT,
             queue_limit: defaults::QUEUE_LIMIT,
+            score: defaults::LOAD_SCORE,
+            power_basis: defaults::POWER_BASIS,
         }
     }
 }
@@ -255,6 +292,28 @@ max_concurrency = 4
         let lines: Vec<_> = errs.iter().map(|e| e.line).collect();
         assert_eq!(lines, vec![Some(8), Some(9), Some(16)], "{errs:?}");
         assert!(errs[0].message.contains("fastest"));
+    }
+
+    #[test]
+    fn load_score_and_power_basis_default_and_name_their_choices() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.routing.score, LoadScore::Average);
+        assert_eq!(c.routing.power_basis, PowerBasis::Gross);
+        let set = GOOD.replace(
+            "policy = \"top\"",
+            "policy = \"top\"\nscore = \"marginal\"\npower_basis = \"net\"",
+        );
+        let c = Config::parse(&set).unwrap();
+        assert_eq!(c.routing.score, LoadScore::Marginal);
+        assert_eq!(c.routing.power_basis, PowerBasis::Net);
+        let bad = GOOD.replace("policy = \"top\"", "policy = \"top\"\nscore = \"best\"");
+        let errs = Config::parse(&bad).unwrap_err().0;
+        assert_eq!(errs[0].line, Some(9), "{errs:?}");
+        assert!(
+            errs[0].message.contains("routing.score")
+                && errs[0].message.contains("average, marginal"),
+            "{errs:?}"
+        );
     }
 
     #[test]

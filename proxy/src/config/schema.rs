@@ -59,6 +59,8 @@ pub struct RawRouting {
     pub slo_ttft: RawDuration,
     pub queue_timeout: RawDuration,
     pub queue_limit: Option<Spanned<i64>>,
+    pub score: Option<Spanned<String>>,
+    pub power_basis: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]

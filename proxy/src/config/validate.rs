@@ -12,8 +12,8 @@ use wes_proto::ThermalState;
 
 use super::schema::{DurationValue, RawConfig};
 use super::{
-    ApiConfig, Config, ConfigError, ConfigErrors, HealthConfig, ListenConfig, NodeConfig,
-    RoutingConfig, TelemetryConfig, TlsFiles, defaults,
+    ApiConfig, Config, ConfigError, ConfigErrors, HealthConfig, ListenConfig, LoadScore,
+    NodeConfig, PowerBasis, RoutingConfig, TelemetryConfig, TlsFiles, defaults,
 };
 use crate::policy::PolicyName;
 
@@ -101,6 +101,32 @@ impl Validator<'_> {
             ),
         );
         defaults::POLICY
+    }
+
+    /// One of `known`'s names.
+    fn choice<T: Copy>(
+        &mut self,
+        field: &str,
+        value: Option<&Spanned<String>>,
+        known: &[(&str, T)],
+        default: T,
+    ) -> T {
+        let Some(value) = value else {
+            return default;
+        };
+        if let Some((_, v)) = known.iter().find(|(name, _)| name == value.get_ref()) {
+            return *v;
+        }
+        let names: Vec<&str> = known.iter().map(|(n, _)| *n).collect();
+        self.error(
+            value.span(),
+            format!(
+                "{field}: unknown value {:?}; known: {}",
+                value.get_ref(),
+                names.join(", ")
+            ),
+        );
+        default
     }
 
     fn fraction(
@@ -302,7 +328,21 @@ fn routing(c: &mut Validator<'_>, raw: &RawConfig) -> RoutingConfig {
             states
         }
     };
+    let score = c.choice(
+        "routing.score",
+        r.score.as_ref(),
+        &LoadScore::ALL,
+        defaults::LOAD_SCORE,
+    );
+    let power_basis = c.choice(
+        "routing.power_basis",
+        r.power_basis.as_ref(),
+        &PowerBasis::ALL,
+        defaults::POWER_BASIS,
+    );
     RoutingConfig {
+        score,
+        power_basis,
         policy,
         model_policy,
         stale_after,

@@ -66,8 +66,13 @@ impl RateEstimate {
 
     /// The estimate now, or `None` once it has faded below trust.
     pub fn current(&self, now: Instant, half_life: Duration) -> Option<f64> {
+        self.current_weighted(now, half_life).map(|(v, _)| v)
+    }
+
+    /// The estimate now with the decayed weight behind it, or `None` once it has faded.
+    pub fn current_weighted(&self, now: Instant, half_life: Duration) -> Option<(f64, f64)> {
         let weight = self.weight * decay(now.saturating_duration_since(self.updated_at), half_life);
-        (weight >= MIN_WEIGHT).then_some(self.tok_s)
+        (weight >= MIN_WEIGHT).then_some((self.tok_s, weight))
     }
 }
 

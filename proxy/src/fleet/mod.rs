@@ -3,6 +3,7 @@
 
 mod estimate;
 pub mod health;
+pub mod load;
 mod power;
 mod telemetry;
 
@@ -19,6 +20,7 @@ use wes_proto::ThermalState;
 
 pub use estimate::{HALF_LIFE, RateEstimate};
 pub use health::{Admission, Circuit, NodeHealth};
+pub use load::{LoadModel, OccupancyMark};
 pub use power::PowerEstimate;
 pub use telemetry::{ProbeObservation, Telemetry};
 
@@ -39,6 +41,12 @@ pub struct NodeState {
     /// baseline (PUE is the site's, applied by the ranking).
     best_clean: Mutex<HashMap<String, f64>>,
     in_flight: AtomicU32,
+    /// The in-flight count over time, for the concurrency a stream or a sample ran at.
+    occupancy: Mutex<load::Occupancy>,
+    /// Per model, per-stream decode rates by concurrency (`load`).
+    load: Mutex<HashMap<String, load::LoadCurve>>,
+    /// Power by the number of requests in flight when each sample arrived.
+    power_by_load: Mutex<load::PowerCurve>,
     pub health: NodeHealth,
     /// Shared by the whole fleet: woken whenever any node frees a slot, for queued requests.
     slot_freed: Arc<Notify>,
@@ -74,8 +82,27 @@ impl NodeState {
         }
     }
 
-    /// Records a decode rate the relay measured for `model`.
-    pub fn observe_relayed(&self, model: &str, tok_s: f64, ttft: Option<Duration>, at: Instant) {
+    /// Records a decode rate the relay measured for `model`, on a stream that ran while the
+    /// node averaged `concurrency` requests in flight (unknown for a replayed subrequest).
+    pub fn observe_relayed(
+        &self,
+        model: &str,
+        tok_s: f64,
+        ttft: Option<Duration>,
+        at: Instant,
+        concurrency: Option<f64>,
+    ) {
+        if let Some(n) = concurrency {
+            let mut curves = self.load.lock();
+            match curves.get_mut(model) {
+                Some(c) => c.observe(n, tok_s, at),
+                None => {
+                    let mut c = load::LoadCurve::default();
+                    c.observe(n, tok_s, at);
+                    curves.insert(model.to_owned(), c);
+                }
+            }
+        }
         {
             let mut relayed = self.relayed.lock();
             // Looked up first: a known model is the common case and needs no allocation.
@@ -112,32 +139,32 @@ impl NodeState {
     }
 
     /// Raises each rated model's clean baseline (or `only` that one's) when the node runs at
-    /// Normal. Called where its inputs change (a sample, a relayed measurement), so that
-    /// building a ranking only reads.
+    /// Normal: one stream's WES from the load curve, so that the baseline says how the node
+    /// runs, whatever its load. Called where its inputs change (a sample, a relayed
+    /// measurement), so that building a ranking only reads.
     fn note_clean_baseline(&self, telemetry: &Telemetry, now: Instant, only: Option<&str>) {
         if telemetry.thermal != ThermalState::Normal {
             return;
         }
-        let relayed = self.relayed.lock();
-        let probes = self.probes.lock();
-        let power = *self.power.lock();
-        let mut best = self.best_clean.lock();
-        let models = relayed
-            .keys()
-            .chain(probes.keys().filter(|m| !relayed.contains_key(*m)));
-        for model in models.filter(|m| only.is_none_or(|o| o == m.as_str())) {
-            let Some((tok_s, _)) = current_rate(&relayed, &probes, model, now) else {
+        let models: Vec<String> = match only {
+            Some(m) => vec![m.to_owned()],
+            None => self.rated_models(now),
+        };
+        for model in models {
+            let Some(curve) = self.load_model(&model, telemetry.watts, now) else {
                 continue;
             };
-            let watts = power.generating(probes.get(model).and_then(|p| p.watts), telemetry.watts);
-            let Some(efficiency) = crate::score::wes(Some(tok_s), watts, 1.0, 1.0) else {
+            let Some(efficiency) =
+                crate::score::wes(Some(curve.tok_s(1)), curve.watts(1), 1.0, 1.0)
+            else {
                 continue;
             };
+            let mut best = self.best_clean.lock();
             // Looked up first: most samples change nothing, and a new key costs an allocation.
-            match best.get_mut(model) {
+            match best.get_mut(&model) {
                 Some(b) => *b = b.max(efficiency),
                 None => {
-                    best.insert(model.clone(), efficiency);
+                    best.insert(model, efficiency);
                 }
             }
         }
@@ -157,15 +184,15 @@ impl NodeState {
         now: Instant,
         cooldown: Duration,
     ) -> Option<InFlightGuard> {
-        let reserved = self
+        let Ok(before) = self
             .in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max_concurrency).then_some(n + 1)
             })
-            .is_ok();
-        if !reserved {
+        else {
             return None;
-        }
+        };
+        self.occupancy.lock().set(before + 1, now);
         let trial = match self.health.admit(now, cooldown) {
             Admission::Closed => false,
             Admission::Trial => true,
@@ -182,8 +209,40 @@ impl NodeState {
     }
 
     fn release_slot(&self) {
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let now = self
+            .in_flight
+            .fetch_sub(1, Ordering::AcqRel)
+            .saturating_sub(1);
+        self.occupancy.lock().set(now, Instant::now());
         self.slot_freed.notify_waiters();
+    }
+
+    /// A reading of the in-flight count's history, to average from.
+    pub fn occupancy_mark(&self, now: Instant) -> OccupancyMark {
+        self.occupancy.lock().mark(now)
+    }
+
+    /// The average in-flight count since `mark`.
+    pub fn average_in_flight_since(&self, mark: OccupancyMark, now: Instant) -> Option<f64> {
+        self.occupancy.lock().average_since(mark, now)
+    }
+
+    /// The load curves for `model` as they stand: what n in flight make and draw.
+    pub fn load_model(
+        &self,
+        model: &str,
+        latest_watts: Option<f64>,
+        now: Instant,
+    ) -> Option<LoadModel> {
+        // Where the curve lacks n = 1: the probe ran alone on an idle node; the relayed
+        // average mixes in streams that ran beside others.
+        let probed = self.probes.lock().get(model).map(|p| p.tok_s);
+        let single = probed.or_else(|| self.tok_s_for(model, now).map(|r| r.0));
+        let fallback = self.scoring_watts(Some(model), latest_watts);
+        let idle = self.power.lock().idle;
+        let curves = self.load.lock();
+        let power = self.power_by_load.lock();
+        LoadModel::new(curves.get(model), &power, single, fallback, idle, now)
     }
 
     /// The decode rate for `model` and where it came from: the proxy's own measurement while it
@@ -376,6 +435,10 @@ impl Fleet {
         if let Some(watts) = telemetry.watts {
             let busy = power::is_busy(node.state.in_flight(), telemetry.utilization_pct);
             node.state.power.lock().observe(watts, busy);
+            // Filed under the count in flight as it arrives, as busy and idle are: a power
+            // reading is a moment's (or a second's average), not the whole interval's.
+            let in_flight = f64::from(node.state.in_flight());
+            node.state.power_by_load.lock().observe(in_flight, watts);
         }
         let telemetry = Arc::new(telemetry);
         *node.state.telemetry.lock() = Some(telemetry.clone());
@@ -424,6 +487,10 @@ pub struct InFlightGuard {
 }
 
 impl InFlightGuard {
+    pub fn state(&self) -> &NodeState {
+        &self.state
+    }
+
     /// The node answered: its circuit closes.
     pub fn succeeded(&mut self) {
         self.state.health.succeeded();

@@ -15,7 +15,7 @@ use crate::ranking::{RankEntry, Ranking};
 type Read = fn(&RankEntry, Instant) -> Option<f64>;
 
 /// Name, help, and the reading of each gauge; a node without a value has no series.
-const GAUGES: [(&str, &str, Read); 8] = [
+const GAUGES: [(&str, &str, Read); 9] = [
     (
         "wes_node_penalized_wes",
         "Penalized WES (tok/s per watt, thermal penalty applied).",
@@ -28,8 +28,13 @@ const GAUGES: [(&str, &str, Read); 8] = [
     ),
     (
         "wes_node_tok_s",
-        "Decode tok/s the ranking uses.",
+        "Decode throughput at the node's current load (tokens/s over all its streams).",
         |e, _| e.tok_s,
+    ),
+    (
+        "wes_node_tok_s_single",
+        "One stream's decode rate alone.",
+        |e, _| e.tok_s_single,
     ),
     (
         "wes_node_watts",

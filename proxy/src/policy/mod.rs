@@ -206,6 +206,7 @@ pub(crate) mod testing {
             state,
             max_concurrency: 4,
             penalized_wes: wes,
+            next: Arc::from([]),
             ttft: None,
             received_at: now,
         }

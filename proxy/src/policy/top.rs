@@ -1,7 +1,10 @@
-//! `top`: the highest penalized WES first; among equal scores, the node with fewer requests in
-//! flight. With hysteresis: the node chosen last time for a model keeps the traffic while it
-//! stays within `hysteresis` of the best, so two near-equal nodes do not swap places (and cold
-//! caches) on every sample's jitter.
+//! `top`: the highest score for the next request first; among equal scores, the node with
+//! fewer requests in flight. The score is read at the load each node carries at the moment of
+//! the pick (`RouteNode::wes_now`), not at the last rebuild's, so a burst that arrives between
+//! two rebuilds spreads as the load curves say it should: onto a node that batches, away from
+//! one that does not. With hysteresis: the node chosen last time for a model keeps the traffic
+//! while it stays within `hysteresis` of the best, so two near-equal nodes do not swap places
+//! (and cold caches) on every sample's jitter.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,6 +14,10 @@ use parking_lot::Mutex;
 use rand::RngCore;
 
 use super::{ModelRoute, Policy, RouteRequest, fill};
+
+/// Measured nodes looked at per pick, best at the last rebuild first: a node further down
+/// would need its score at the current load to have overtaken 64 others since.
+const SCAN: usize = 64;
 
 #[derive(Default)]
 pub struct Top {
@@ -32,29 +39,40 @@ impl Policy for Top {
     ) -> Vec<usize> {
         let nodes = &route.nodes;
         let mut chosen = Vec::with_capacity(want);
-        let first = (0..route.measured).find(|i| request.usable(&nodes[*i]));
-        if let (Some(first), true) = (first, want > 0) {
-            let best = nodes[first].penalized_wes.unwrap_or(0.0);
-            let within = |i: &usize| {
-                *i < route.measured
-                    && nodes[*i]
-                        .penalized_wes
-                        .is_some_and(|w| w >= best * (1.0 - request.hysteresis))
+        // (index, score now) of the usable measured nodes looked at.
+        let mut best: Option<(usize, f64)> = None;
+        let mut scanned = 0;
+        for i in 0..route.measured {
+            if scanned == SCAN {
+                break;
+            }
+            if !request.usable(&nodes[i]) {
+                continue;
+            }
+            scanned += 1;
+            let score = nodes[i].wes_now().unwrap_or(f64::NEG_INFINITY);
+            let better = match best {
+                None => true,
+                Some((b, bs)) => {
+                    score > bs || (score == bs && nodes[i].in_flight() < nodes[b].in_flight())
+                }
             };
+            if better {
+                best = Some((i, score));
+            }
+        }
+        if let (Some((first, best_score)), true) = (best, want > 0) {
             let mut last = self.last.lock();
             let sticky = last.get(request.model).and_then(|prev| {
-                (first..route.measured)
-                    .take_while(within)
-                    .find(|i| &nodes[*i].id == prev && request.usable(&nodes[*i]))
+                (0..route.measured).take(SCAN.max(first + 1)).find(|i| {
+                    &nodes[*i].id == prev
+                        && request.usable(&nodes[*i])
+                        && nodes[*i]
+                            .wes_now()
+                            .is_some_and(|w| w >= best_score * (1.0 - request.hysteresis))
+                })
             });
-            let pick = sticky.unwrap_or_else(|| {
-                // Exactly equal scores: the less loaded one.
-                (first..route.measured)
-                    .take_while(|i| nodes[*i].penalized_wes == Some(best))
-                    .filter(|i| request.usable(&nodes[*i]))
-                    .min_by_key(|i| nodes[*i].in_flight())
-                    .unwrap_or(first)
-            });
+            let pick = sticky.unwrap_or(first);
             if last.get(request.model) != Some(&nodes[pick].id) {
                 last.insert(request.model.to_owned(), nodes[pick].id.clone());
             }

@@ -31,7 +31,10 @@ pub struct RankEntry {
     /// 1-based; `None` when the node cannot be ranked (unhealthy, or no score).
     pub rank: Option<u32>,
     pub wes: score::WesPair,
+    /// Throughput at the node's current load: tokens per second over all its streams.
     pub tok_s: Option<f64>,
+    /// One stream's rate alone.
+    pub tok_s_single: Option<f64>,
     /// Which model `tok_s` is for.
     pub tok_s_model: Option<String>,
     pub tok_s_source: Option<RateSource>,
@@ -93,6 +96,7 @@ impl RankEntry {
                 node.config.pue,
             ),
             tok_s: scored.tok_s,
+            tok_s_single: scored.tok_s_single,
             tok_s_source: scored.source,
             tok_s_model: scored.model,
             watts,
@@ -287,7 +291,7 @@ mod tests {
         report(&fleet, "b", 10.0, ThermalState::Normal, 40.0);
         // b also serves a tiny model, fast and most recently: it must not rank b on that.
         let b = fleet.view().get("b").unwrap().state.clone();
-        b.observe_relayed("tiny", 900.0, None, Instant::now());
+        b.observe_relayed("tiny", 900.0, None, Instant::now(), None);
         let snap = RankingSnapshot::build(
             &fleet.view(),
             &RoutingConfig::default(),

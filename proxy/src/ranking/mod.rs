@@ -56,14 +56,16 @@ impl Ranking {
                 match &reason {
                     Some(why) => push(&mut excluded, model, format!("{}: {why}", node.id)),
                     None => {
-                        let scored = node_score::score(node, telemetry, model, now);
+                        let scored = node_score::score(node, telemetry, model, routing, now);
                         let route_node = RouteNode {
                             id: node.id.clone(),
                             peer: node.peer.clone(),
                             header: node.header.clone(),
                             state: node.state.clone(),
                             max_concurrency: node.config.max_concurrency,
-                            penalized_wes: scored.wes.penalized,
+                            penalized_wes: table::score_at(&scored.next, scored.in_flight)
+                                .or(scored.wes.penalized),
+                            next: scored.next,
                             ttft: node.state.ttft_for(model),
                             received_at: telemetry.map_or(now, |t| t.received_at),
                         };
@@ -74,11 +76,11 @@ impl Ranking {
             // Fleet-wide, a node without a rate for the reference model shows its newest.
             let on_reference = reference
                 .as_deref()
-                .map(|m| node_score::score(node, telemetry, m, now))
+                .map(|m| node_score::score(node, telemetry, m, routing, now))
                 .filter(|s| s.tok_s.is_some());
             let scored = on_reference.or_else(|| {
                 let (newest, _, _) = node.state.newest_rate(now)?;
-                Some(node_score::score(node, telemetry, &newest, now))
+                Some(node_score::score(node, telemetry, &newest, routing, now))
             });
             entries.push(RankEntry::new(node, telemetry, scored, reason));
         }
@@ -137,7 +139,7 @@ impl RankingSnapshot {
             }
             let reason =
                 eligibility::unavailable_reason(telemetry, &node.state, routing, health, now);
-            let scored = node_score::score(node, telemetry, model, now);
+            let scored = node_score::score(node, telemetry, model, routing, now);
             let scored = scored.tok_s.is_some().then_some(scored);
             entries.push(RankEntry::new(node, telemetry, scored, reason));
         }

@@ -21,8 +21,12 @@ pub struct RouteNode {
     pub header: http::HeaderValue,
     pub state: Arc<NodeState>,
     pub max_concurrency: u32,
-    /// For this model; `None` while unmeasured.
+    /// For this model, what one more request scores at the load of the rebuild; `None` while
+    /// unmeasured. The order of the route.
     pub penalized_wes: Option<f64>,
+    /// Index n: what one more request scores while n are in flight (`node_score`), so that a
+    /// pick between rebuilds sees the load it is made at.
+    pub next: Arc<[Option<f64>]>,
     /// Smoothed time to first token measured on this node for this model.
     pub ttft: Option<Duration>,
     /// When its newest telemetry arrived: a request re-checks staleness between rebuilds.
@@ -39,11 +43,23 @@ impl RouteNode {
         self.in_flight() < self.max_concurrency
     }
 
+    /// What one more request scores on this node at its load now.
+    pub fn wes_now(&self) -> Option<f64> {
+        score_at(&self.next, self.in_flight()).or(self.penalized_wes)
+    }
+
     /// Share of the node's slots still free, 0 to 1.
     pub fn free_share(&self) -> f64 {
         let max = f64::from(self.max_concurrency.max(1));
         (max - f64::from(self.in_flight())).max(0.0) / max
     }
+}
+
+/// The score of one more request with `in_flight` requests running, from a node's `next`
+/// scores (past the last, the last: the curve is flat beyond what was measured).
+pub fn score_at(next: &[Option<f64>], in_flight: u32) -> Option<f64> {
+    let i = (in_flight as usize).min(next.len().checked_sub(1)?);
+    next[i]
 }
 
 /// The nodes for one model.

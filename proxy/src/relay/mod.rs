@@ -137,6 +137,8 @@ pub struct RelayCtx {
     failover: Option<Failover>,
     /// When the attempt went upstream.
     sent_at: Option<Instant>,
+    /// The node's in-flight history then, for the concurrency the answer was made at.
+    sent_mark: Option<crate::fleet::OccupancyMark>,
     /// Watches the node's response for tokens, once its header has arrived.
     meter: Option<Meter>,
     /// The current attempt is in the metrics already (it failed before answering).
@@ -242,7 +244,9 @@ impl ProxyHttp for Relay {
                 return Err(e);
             }
         };
-        ctx.sent_at = Some(Instant::now());
+        let now = Instant::now();
+        ctx.sent_at = Some(now);
+        ctx.sent_mark = ctx.guard.as_ref().map(|g| g.state().occupancy_mark(now));
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(Duration::from_secs(2));
         peer.options.total_connection_timeout = Some(Duration::from_secs(3));
@@ -349,8 +353,16 @@ impl ProxyHttp for Relay {
             return;
         }
         if let Some(tok_s) = report.decode_tok_s {
-            node.state
-                .observe_relayed(&attempt.model, tok_s, report.first_token_at, now);
+            let concurrency = ctx
+                .sent_mark
+                .and_then(|mark| node.state.average_in_flight_since(mark, now));
+            node.state.observe_relayed(
+                &attempt.model,
+                tok_s,
+                report.first_token_at,
+                now,
+                concurrency,
+            );
             self.state.fleet.mark_changed();
         }
     }

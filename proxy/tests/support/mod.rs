@@ -236,7 +236,11 @@ pub fn sim_node(dir: &Path, profile: &str, models: &str) -> (Running, SocketAddr
         "--models",
         models,
     ]);
-    let log = dir.join(format!("sim-{profile}-{}.log", free_port()));
+    // A profile may be a path: name the log by its file stem.
+    let name = Path::new(profile)
+        .file_stem()
+        .map_or_else(|| profile.to_owned(), |s| s.to_string_lossy().into_owned());
+    let log = dir.join(format!("sim-{name}-{}.log", free_port()));
     let (running, rx) = spawn_reading_stdout(command, log);
     let line = rx
         .recv_timeout(Duration::from_secs(20))
