@@ -308,6 +308,9 @@ async fn dying_node() -> SocketAddr {
                     let _ = stream.flush().await;
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
+                // A reset discards what the proxy has not read yet: give a loaded machine time
+                // to read the last line (20 ms was once too little in CI).
+                tokio::time::sleep(Duration::from_millis(300)).await;
                 let _ = stream.set_zero_linger();
             });
         }
