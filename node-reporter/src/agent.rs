@@ -7,7 +7,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use wes_proto::{ProbeResult, Sample};
+use wes_proto::{ProbeLoad, ProbeResult, Sample};
 
 use crate::config::ReporterConfig;
 use crate::ollama::OllamaClient;
@@ -49,6 +49,7 @@ pub async fn run(
                 model.clone(),
                 config.probe_interval,
                 config.probe_idle_below_pct,
+                config.probe_streams.clone(),
                 view.clone(),
                 sample_rx.clone(),
                 shutdown.clone(),
@@ -114,11 +115,13 @@ async fn poll_models(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn probe_loop(
     client: OllamaClient,
     model: String,
     every: Duration,
     idle_below_pct: f64,
+    streams: Vec<u32>,
     view: Arc<Mutex<OllamaView>>,
     samples: watch::Receiver<Option<Sample>>,
     mut shutdown: watch::Receiver<bool>,
@@ -139,16 +142,33 @@ async fn probe_loop(
             tracing::debug!("node busy; probe skipped");
             continue;
         }
+        view.lock().probing = true;
         let mut power = PowerDuring::new(samples.clone());
         let outcome = tokio::select! {
             r = client.probe(&model, Duration::from_secs(120)) => r,
             _ = shutdown.wait_for(|s| *s) => return,
         };
+        let mut outcome = outcome.map(|mut result| {
+            result.watts = power.mean();
+            result
+        });
+        if let Ok(result) = &mut outcome {
+            for &n in &streams {
+                let load = tokio::select! {
+                    l = probe_load(&client, &model, n, &samples) => l,
+                    _ = shutdown.wait_for(|s| *s) => return,
+                };
+                match load {
+                    Ok(load) => result.loads.push(load),
+                    Err(e) => tracing::warn!("probe of {n} streams: {e}"),
+                }
+            }
+        }
         let mut view = view.lock();
+        view.probing = false;
         match outcome {
-            Ok(mut result) => {
-                result.watts = power.mean();
-                tracing::info!(model = %result.model, tok_s = result.tok_s, watts = ?result.watts, "probe done");
+            Ok(result) => {
+                tracing::info!(model = %result.model, tok_s = result.tok_s, watts = ?result.watts, loads = ?result.loads, "probe done");
                 upsert_probe(&mut view.probes, result);
                 view.probe_error = None;
             }
@@ -158,6 +178,52 @@ async fn probe_loop(
             }
         }
     }
+}
+
+/// The probe as `streams` generations started together: their decode rates summed, and the
+/// mean power of the samples taken while they ran (none if the run was shorter than the
+/// sample interval: a reading from before or after would be another load's).
+async fn probe_load(
+    client: &OllamaClient,
+    model: &str,
+    streams: u32,
+    samples: &watch::Receiver<Option<Sample>>,
+) -> Result<ProbeLoad, String> {
+    let mut samples = samples.clone();
+    samples.mark_unchanged();
+    let runs = (0..streams).map(|_| client.probe(model, Duration::from_secs(120)));
+    let mut run = std::pin::pin!(futures::future::join_all(runs));
+    let mut readings = Vec::new();
+    let results = loop {
+        tokio::select! {
+            results = &mut run => break results,
+            changed = samples.changed() => {
+                if changed.is_err() {
+                    break run.await;
+                }
+                if let Some(w) = samples.borrow_and_update().as_ref().and_then(|s| s.power_watts) {
+                    readings.push(w);
+                }
+            }
+        }
+    };
+    let mut tok_s = 0.0;
+    for r in results {
+        tok_s += r?.tok_s;
+    }
+    // The first reading may have been taken as the streams started: it counts only when it
+    // is all there is.
+    let during = if readings.len() > 1 {
+        &readings[1..]
+    } else {
+        &readings[..]
+    };
+    let watts = (!during.is_empty()).then(|| during.iter().sum::<f64>() / during.len() as f64);
+    Ok(ProbeLoad {
+        streams,
+        tok_s,
+        watts,
+    })
 }
 
 /// Keeps one result per model, the newest.

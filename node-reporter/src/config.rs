@@ -66,6 +66,10 @@ pub struct ReporterFlags {
     pub probe_model: Option<String>,
     #[arg(long, value_parser = humantime::parse_duration, global = true)]
     pub probe_interval: Option<Duration>,
+    /// After the single-stream probe, the same probe as this many streams at once, each
+    /// count in turn (default 2,4): the node's throughput under load before traffic shows it.
+    #[arg(long, value_delimiter = ',', global = true)]
+    pub probe_streams: Option<Vec<u32>>,
     /// Root of the sysfs tree the `linux` sensor reads (tests point it at a fixture).
     #[arg(long, global = true)]
     pub sysfs_root: Option<PathBuf>,
@@ -93,6 +97,8 @@ pub struct ReporterFile {
     pub probe_interval: Option<Duration>,
     /// The probe runs only while utilization (when known) is below this share, in percent.
     pub probe_idle_below_pct: Option<f64>,
+    /// Concurrent probes after the single one; `[]` runs none.
+    pub probe_streams: Option<Vec<u32>>,
     #[serde(default, with = "humantime_serde::option")]
     pub models_interval: Option<Duration>,
     pub sysfs_root: Option<PathBuf>,
@@ -122,6 +128,8 @@ pub struct ReporterConfig {
     pub probe_model: Option<String>,
     pub probe_interval: Duration,
     pub probe_idle_below_pct: f64,
+    /// Stream counts of the concurrent probes, each from 2 to 16.
+    pub probe_streams: Vec<u32>,
     pub models_interval: Duration,
     pub sysfs_root: PathBuf,
     pub thermal: ThermalThresholds,
@@ -217,6 +225,16 @@ impl ReporterConfig {
                 anyhow::bail!("{name} {value:?} is below the 100ms minimum");
             }
         }
+        let probe_streams = flags
+            .probe_streams
+            .or(file.probe_streams)
+            .unwrap_or_else(|| vec![2, 4]);
+        if let Some(bad) = probe_streams.iter().find(|n| !(2..=16).contains(*n)) {
+            anyhow::bail!("probe_streams: {bad} streams; each count must be from 2 to 16");
+        }
+        if probe_streams.len() > 8 {
+            anyhow::bail!("probe_streams: at most 8 counts");
+        }
         let sim_seed = file.sim_seed.unwrap_or_else(|| fnv1a(node_id.as_bytes()));
         Ok(ReporterConfig {
             node_id,
@@ -238,6 +256,7 @@ impl ReporterConfig {
             probe_model: flags.probe_model.or(file.probe_model),
             probe_interval,
             probe_idle_below_pct: file.probe_idle_below_pct.unwrap_or(20.0),
+            probe_streams,
             models_interval,
             sysfs_root: flags
                 .sysfs_root
@@ -297,6 +316,23 @@ mod tests {
         let file: ReporterFile = toml::from_str("models_interval = \"0s\"").unwrap();
         let err = ReporterConfig::merge(file, flags()).unwrap_err();
         assert!(err.to_string().contains("models_interval"), "{err}");
+    }
+
+    #[test]
+    fn probe_streams_default_to_two_and_four_and_are_bounded() {
+        let c = ReporterConfig::merge(ReporterFile::default(), flags()).unwrap();
+        assert_eq!(c.probe_streams, [2, 4]);
+        let file: ReporterFile = toml::from_str("probe_streams = []").unwrap();
+        assert!(
+            ReporterConfig::merge(file, flags())
+                .unwrap()
+                .probe_streams
+                .is_empty()
+        );
+        let mut f = flags();
+        f.probe_streams = Some(vec![2, 40]);
+        let err = ReporterConfig::merge(ReporterFile::default(), f).unwrap_err();
+        assert!(err.to_string().contains("40 streams"), "{err}");
     }
 
     #[test]

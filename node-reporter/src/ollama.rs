@@ -251,6 +251,7 @@ impl ProbeMeter {
             watts: None,
             claimed_tok_s: self.claimed_tok_s,
             finished_unix_ms: crate::sample::unix_ms_now(),
+            loads: Vec::new(),
         })
     }
 }

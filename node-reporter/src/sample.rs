@@ -19,6 +19,9 @@ pub struct OllamaView {
     pub models: Option<Result<Vec<Model>, String>>,
     pub probes: Vec<ProbeResult>,
     pub probe_error: Option<String>,
+    /// The probe is running: samples say so, so that the proxy does not take its power for
+    /// the idle draw.
+    pub probing: bool,
 }
 
 pub fn build_sample(
@@ -66,6 +69,7 @@ pub fn build_sample(
         probes: ollama.probes.clone(),
         sensor_errors,
         reporter_version: env!("CARGO_PKG_VERSION").to_owned(),
+        probing: ollama.probing,
     }
 }
 

@@ -16,6 +16,7 @@
 use std::time::Instant;
 
 use super::estimate::{HALF_LIFE, RateEstimate};
+use super::telemetry::ProbeLoad;
 
 /// Concurrencies tracked one by one; busier readings are filed under the last.
 pub const MAX_TRACKED: usize = 64;
@@ -228,6 +229,26 @@ impl Monotone {
     }
 }
 
+/// What stands in for measurements where the curves have none: the reporter's probe.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Prior<'a> {
+    /// One stream's rate (the probe's, else the relayed average).
+    pub single: Option<f64>,
+    /// The power one probe stream drew.
+    pub single_watts: Option<f64>,
+    /// The concurrent probes.
+    pub loads: &'a [ProbeLoad],
+}
+
+impl Prior<'_> {
+    pub fn single(tok_s: Option<f64>) -> Prior<'static> {
+        Prior {
+            single: tok_s,
+            ..Prior::default()
+        }
+    }
+}
+
 /// The fitted curves of one (node, model): what n requests in flight make and draw.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadModel {
@@ -240,22 +261,28 @@ pub struct LoadModel {
 }
 
 impl LoadModel {
-    /// From the curve's points, or from `single` (one stream's rate: the relayed estimate or
-    /// the probe) where the curve has none at n = 1. `fallback_watts` is the watts to use
-    /// where the power curve has no reading (power while generating, a probe's, the latest).
+    /// From the curve's points; where the curve has none at a load, the prior stands in
+    /// (one stream at n = 1, the concurrent probes at theirs, power included).
+    /// `fallback_watts` is the watts to use where the power curve has no reading (power while
+    /// generating, the latest).
     pub fn new(
         curve: Option<&LoadCurve>,
         power: &PowerCurve,
-        single: Option<f64>,
+        prior: Prior<'_>,
         fallback_watts: Option<f64>,
         idle_watts: Option<f64>,
         now: Instant,
     ) -> Option<LoadModel> {
         let mut points = curve.map_or_else(Vec::new, |c| c.throughput_points(now));
-        if let Some(single) = single.filter(|s| s.is_finite() && *s > 0.0)
-            && !points.iter().any(|p| p.0 == 1.0)
-        {
-            points.push((1.0, single, 1.0));
+        let priors = prior
+            .single
+            .map(|s| (1.0, s))
+            .into_iter()
+            .chain(prior.loads.iter().map(|l| (f64::from(l.streams), l.tok_s)));
+        for (n, tok_s) in priors {
+            if tok_s.is_finite() && tok_s > 0.0 && !points.iter().any(|p| p.0 == n) {
+                points.push((n, tok_s, 1.0));
+            }
         }
         if points.is_empty() {
             return None;
@@ -263,6 +290,17 @@ impl LoadModel {
         points.push((0.0, 0.0, f64::MAX));
         let throughput = Monotone::fit(&points)?;
         let mut readings = power.points();
+        let probed_watts = prior.single_watts.map(|w| (1.0, w)).into_iter().chain(
+            prior
+                .loads
+                .iter()
+                .filter_map(|l| Some((f64::from(l.streams), l.watts?))),
+        );
+        for (n, w) in probed_watts {
+            if w.is_finite() && w > 0.0 && !readings.iter().any(|p| p.0 == n) {
+                readings.push((n, w, 1.0));
+            }
+        }
         let idle_watts = readings
             .iter()
             .find(|p| p.0 == 0.0)
@@ -345,7 +383,15 @@ mod tests {
         let mut gpu = LoadCurve::default();
         gpu.observe(1.0, 100.0, now);
         gpu.observe(4.2, 90.0, now);
-        let gpu = LoadModel::new(Some(&gpu), &power, None, Some(200.0), None, now).unwrap();
+        let gpu = LoadModel::new(
+            Some(&gpu),
+            &power,
+            Prior::single(None),
+            Some(200.0),
+            None,
+            now,
+        )
+        .unwrap();
         assert!(close(gpu.tok_s(1), 100.0));
         assert!(close(gpu.tok_s(4), 360.0));
         assert!(
@@ -357,7 +403,15 @@ mod tests {
         let mut cpu = LoadCurve::default();
         cpu.observe(1.0, 100.0, now);
         cpu.observe(2.0, 50.0, now);
-        let cpu = LoadModel::new(Some(&cpu), &power, None, Some(200.0), None, now).unwrap();
+        let cpu = LoadModel::new(
+            Some(&cpu),
+            &power,
+            Prior::single(None),
+            Some(200.0),
+            None,
+            now,
+        )
+        .unwrap();
         assert!(close(cpu.tok_s(2), 100.0));
         assert!(close(cpu.tok_s(3), 100.0));
     }
@@ -369,7 +423,15 @@ mod tests {
         c.observe(1.0, 100.0, now);
         c.observe(2.0, 60.0, now); // 120 in all
         c.observe(3.0, 36.0, now); // 108 in all: below n = 2
-        let m = LoadModel::new(Some(&c), &PowerCurve::default(), None, None, None, now).unwrap();
+        let m = LoadModel::new(
+            Some(&c),
+            &PowerCurve::default(),
+            Prior::single(None),
+            None,
+            None,
+            now,
+        )
+        .unwrap();
         let (t2, t3) = (m.tok_s(2), m.tok_s(3));
         assert!(close(t2, 114.0) && close(t3, 114.0), "{t2} {t3}");
         assert!(m.tok_s(1) <= t2);
@@ -381,7 +443,7 @@ mod tests {
         let m = LoadModel::new(
             None,
             &PowerCurve::default(),
-            Some(80.0),
+            Prior::single(Some(80.0)),
             Some(50.0),
             None,
             now,
@@ -391,11 +453,29 @@ mod tests {
         assert!(close(m.tok_s(6), 80.0));
         assert_eq!(m.watts(3), Some(50.0));
         assert_eq!(m.measured_up_to(), 1);
-        assert!(LoadModel::new(None, &PowerCurve::default(), None, None, None, now).is_none());
+        assert!(
+            LoadModel::new(
+                None,
+                &PowerCurve::default(),
+                Prior::single(None),
+                None,
+                None,
+                now
+            )
+            .is_none()
+        );
         // Only a busy point: below it each stream is taken to run at the measured rate.
         let mut c = LoadCurve::default();
         c.observe(4.0, 50.0, now);
-        let m = LoadModel::new(Some(&c), &PowerCurve::default(), None, None, None, now).unwrap();
+        let m = LoadModel::new(
+            Some(&c),
+            &PowerCurve::default(),
+            Prior::single(None),
+            None,
+            None,
+            now,
+        )
+        .unwrap();
         assert!(close(m.tok_s(1), 50.0));
         assert!(close(m.tok_s(4), 200.0));
     }
@@ -407,7 +487,8 @@ mod tests {
         p.observe(0.0, 20.0);
         p.observe(1.0, 100.0);
         p.observe(3.2, 140.0);
-        let m = LoadModel::new(None, &p, Some(90.0), Some(999.0), None, now).unwrap();
+        let m =
+            LoadModel::new(None, &p, Prior::single(Some(90.0)), Some(999.0), None, now).unwrap();
         assert_eq!(m.watts(0), Some(20.0));
         assert_eq!(m.idle_watts(), Some(20.0));
         assert_eq!(m.watts(1), Some(100.0));
@@ -416,8 +497,53 @@ mod tests {
         assert_eq!(m.watts(10), Some(140.0));
         // Smoothed: a second reading at n = 1 moves it a fifth of the way.
         p.observe(1.0, 200.0);
-        let m = LoadModel::new(None, &p, Some(90.0), None, None, now).unwrap();
+        let m = LoadModel::new(None, &p, Prior::single(Some(90.0)), None, None, now).unwrap();
         assert!(close(m.watts(1).unwrap(), 120.0));
+    }
+
+    fn prior(loads: &[ProbeLoad]) -> Prior<'_> {
+        Prior {
+            single: Some(100.0),
+            single_watts: None,
+            loads,
+        }
+    }
+
+    #[test]
+    fn concurrent_probes_give_a_curve_before_traffic_and_measurements_replace_them() {
+        let now = Instant::now();
+        let loads = [
+            ProbeLoad {
+                streams: 2,
+                tok_s: 190.0,
+                watts: Some(150.0),
+            },
+            ProbeLoad {
+                streams: 4,
+                tok_s: 360.0,
+                watts: Some(180.0),
+            },
+        ];
+        let mut p = PowerCurve::default();
+        p.observe(0.0, 40.0);
+        let m = LoadModel::new(None, &p, prior(&loads), Some(120.0), None, now).unwrap();
+        assert!(close(m.tok_s(4), 360.0));
+        assert!(close(m.tok_s(3), 275.0));
+        assert_eq!(m.watts(4), Some(180.0));
+        assert_eq!(m.measured_up_to(), 4);
+        // A relayed measurement at 4 in flight takes the probe's place there.
+        let mut c = LoadCurve::default();
+        c.observe(4.0, 80.0, now);
+        let mut p = PowerCurve::default();
+        p.observe(4.0, 200.0);
+        let m = LoadModel::new(Some(&c), &p, prior(&loads), None, None, now).unwrap();
+        assert!(close(m.tok_s(4), 320.0));
+        assert_eq!(m.watts(4), Some(200.0));
+        assert_eq!(
+            m.watts(2),
+            Some(150.0),
+            "the probe's power where nothing was filed"
+        );
     }
 
     #[test]
@@ -426,16 +552,32 @@ mod tests {
         let mut p = PowerCurve::default();
         p.observe(0.0, 40.0);
         p.observe(3.0, 190.0);
-        let m = LoadModel::new(None, &p, Some(100.0), None, None, now).unwrap();
+        let m = LoadModel::new(None, &p, Prior::single(Some(100.0)), None, None, now).unwrap();
         assert_eq!(m.watts(1), Some(90.0));
         assert_eq!(m.watts(2), Some(140.0));
         assert_eq!(m.watts(5), Some(190.0));
         // The idle figure may come from the busy/idle average instead of the curve.
         let mut busy_only = PowerCurve::default();
         busy_only.observe(4.0, 200.0);
-        let m = LoadModel::new(None, &busy_only, Some(100.0), None, Some(40.0), now).unwrap();
+        let m = LoadModel::new(
+            None,
+            &busy_only,
+            Prior::single(Some(100.0)),
+            None,
+            Some(40.0),
+            now,
+        )
+        .unwrap();
         assert_eq!(m.watts(2), Some(120.0));
-        let m = LoadModel::new(None, &busy_only, Some(100.0), None, None, now).unwrap();
+        let m = LoadModel::new(
+            None,
+            &busy_only,
+            Prior::single(Some(100.0)),
+            None,
+            None,
+            now,
+        )
+        .unwrap();
         assert_eq!(
             m.watts(1),
             Some(200.0),
@@ -456,7 +598,15 @@ mod tests {
         let points = c.throughput_points(later);
         assert_eq!(points.len(), 1);
         assert_eq!(points[0].0, 1.0);
-        let m = LoadModel::new(Some(&c), &PowerCurve::default(), None, None, None, later).unwrap();
+        let m = LoadModel::new(
+            Some(&c),
+            &PowerCurve::default(),
+            Prior::single(None),
+            None,
+            None,
+            later,
+        )
+        .unwrap();
         assert!(close(m.tok_s(4), 100.0), "no longer credited with batching");
     }
 

@@ -22,7 +22,7 @@ pub use estimate::{HALF_LIFE, RateEstimate};
 pub use health::{Admission, Circuit, NodeHealth};
 pub use load::{LoadModel, OccupancyMark};
 pub use power::PowerEstimate;
-pub use telemetry::{ProbeObservation, Telemetry};
+pub use telemetry::{ProbeLoad, ProbeObservation, Telemetry};
 
 use crate::config::NodeConfig;
 
@@ -236,13 +236,23 @@ impl NodeState {
     ) -> Option<LoadModel> {
         // Where the curve lacks n = 1: the probe ran alone on an idle node; the relayed
         // average mixes in streams that ran beside others.
-        let probed = self.probes.lock().get(model).map(|p| p.tok_s);
-        let single = probed.or_else(|| self.tok_s_for(model, now).map(|r| r.0));
+        let (probed, single_watts, loads) = self
+            .probes
+            .lock()
+            .get(model)
+            .map_or((None, None, Vec::new()), |p| {
+                (Some(p.tok_s), p.watts, p.loads.clone())
+            });
+        let prior = load::Prior {
+            single: probed.or_else(|| self.tok_s_for(model, now).map(|r| r.0)),
+            single_watts,
+            loads: &loads,
+        };
         let fallback = self.scoring_watts(Some(model), latest_watts);
         let idle = self.power.lock().idle;
         let curves = self.load.lock();
         let power = self.power_by_load.lock();
-        LoadModel::new(curves.get(model), &power, single, fallback, idle, now)
+        LoadModel::new(curves.get(model), &power, prior, fallback, idle, now)
     }
 
     /// The decode rate for `model` and where it came from: the proxy's own measurement while it
@@ -432,7 +442,9 @@ impl Fleet {
                 }
             }
         }
-        if let Some(watts) = telemetry.watts {
+        // A reading taken while the reporter's probe ran is the probe's load: neither idle
+        // power nor the power of the requests in flight.
+        if let Some(watts) = telemetry.watts.filter(|_| !telemetry.probing) {
             let busy = power::is_busy(node.state.in_flight(), telemetry.utilization_pct);
             node.state.power.lock().observe(watts, busy);
             // Filed under the count in flight as it arrives, as busy and idle are: a power
@@ -645,6 +657,7 @@ mod tests {
             watts: None,
             claimed_tok_s: None,
             finished_unix_ms: ms,
+            loads: Vec::new(),
         };
         fleet.record("a", Telemetry::for_test(1.0), vec![probe(20, 50.0)]);
         fleet.record("a", Telemetry::for_test(1.0), vec![probe(10, 99.0)]);

@@ -21,6 +21,8 @@ pub struct Telemetry {
     /// `None`: the reporter could not read its Ollama's model list.
     pub models: Option<Vec<String>>,
     pub sensor_errors: Vec<String>,
+    /// The reporter's probe was running when this was read.
+    pub probing: bool,
 }
 
 /// A reporter's probe of one model, as validated by ingest.
@@ -33,6 +35,16 @@ pub struct ProbeObservation {
     pub watts: Option<f64>,
     pub claimed_tok_s: Option<f64>,
     pub finished_unix_ms: i64,
+    /// The same probe as several streams at once: the node's load curve before traffic.
+    pub loads: Vec<ProbeLoad>,
+}
+
+/// One concurrent probe: `streams` at once made `tok_s` in all, drawing `watts`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeLoad {
+    pub streams: u32,
+    pub tok_s: f64,
+    pub watts: Option<f64>,
 }
 
 impl Telemetry {
@@ -53,6 +65,7 @@ impl Telemetry {
             utilization_pct: None,
             models: Some(vec![]),
             sensor_errors: vec![],
+            probing: false,
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 use wes_proto::{Sample, SensorKind, ThermalState};
 
 use crate::config::TelemetryConfig;
-use crate::fleet::{ProbeObservation, Telemetry};
+use crate::fleet::{ProbeLoad, ProbeObservation, Telemetry};
 
 /// Why a sample was refused; the code is the gRPC status the stream ends with.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +23,9 @@ const MAX_TOK_S: f64 = 1.0e6;
 const MAX_MODELS: usize = 10_000;
 const MAX_TEXT: usize = 4_096;
 const MAX_ERRORS: usize = 64;
+/// Concurrent probes per model and streams in one: far above what a reporter runs.
+const MAX_PROBE_LOADS: usize = 16;
+const MAX_PROBE_STREAMS: u32 = 64;
 
 /// Validates `sample` for the node `bound_node` (the id its token is bound to).
 pub fn validate(
@@ -100,6 +103,38 @@ pub fn validate(
         let tok_s = bounded(&field("tok_s"), Some(p.tok_s), 0.0, MAX_TOK_S)?.unwrap_or_default();
         let seconds =
             bounded(&field("seconds"), Some(p.seconds), 0.0, 86_400.0)?.unwrap_or_default();
+        if p.loads.len() > MAX_PROBE_LOADS {
+            return Err(invalid(format!(
+                "probe {:?}: at most {MAX_PROBE_LOADS} concurrent loads",
+                p.model
+            )));
+        }
+        let mut loads = Vec::with_capacity(p.loads.len());
+        for l in &p.loads {
+            if !(2..=MAX_PROBE_STREAMS).contains(&l.streams) {
+                return Err(invalid(format!(
+                    "probe {:?}: a concurrent load of {} streams (2 to {MAX_PROBE_STREAMS})",
+                    p.model, l.streams
+                )));
+            }
+            let name = format!("{} streams", l.streams);
+            loads.push(ProbeLoad {
+                streams: l.streams,
+                tok_s: bounded(
+                    &field(&format!("tok_s at {name}")),
+                    Some(l.tok_s),
+                    0.0,
+                    MAX_TOK_S,
+                )?
+                .unwrap_or_default(),
+                watts: bounded(
+                    &field(&format!("watts at {name}")),
+                    l.watts,
+                    0.0,
+                    limits.max_watts,
+                )?,
+            });
+        }
         probes.push(ProbeObservation {
             model: p.model.clone(),
             tokens: p.tokens,
@@ -108,6 +143,7 @@ pub fn validate(
             watts: bounded(&field("watts"), p.watts, 0.0, limits.max_watts)?,
             claimed_tok_s: bounded(&field("claimed_tok_s"), p.claimed_tok_s, 0.0, MAX_TOK_S)?,
             finished_unix_ms: p.finished_unix_ms,
+            loads,
         });
     }
 
@@ -136,6 +172,7 @@ pub fn validate(
             utilization_pct,
             models,
             sensor_errors: sample.sensor_errors.clone(),
+            probing: sample.probing,
         },
         probes,
     ))
@@ -261,6 +298,38 @@ mod tests {
                     s.probes.push(ProbeResult {
                         model: "m".into(),
                         tok_s: f64::NAN,
+                        ..ProbeResult::default()
+                    })
+                }),
+                false,
+            ),
+            (
+                "probe load of one stream",
+                Box::new(|s| {
+                    s.probes.push(ProbeResult {
+                        model: "m".into(),
+                        tok_s: 3.0,
+                        loads: vec![wes_proto::ProbeLoad {
+                            streams: 1,
+                            tok_s: 3.0,
+                            watts: None,
+                        }],
+                        ..ProbeResult::default()
+                    })
+                }),
+                false,
+            ),
+            (
+                "probe load NaN watts",
+                Box::new(|s| {
+                    s.probes.push(ProbeResult {
+                        model: "m".into(),
+                        tok_s: 3.0,
+                        loads: vec![wes_proto::ProbeLoad {
+                            streams: 4,
+                            tok_s: 9.0,
+                            watts: Some(f64::NAN),
+                        }],
                         ..ProbeResult::default()
                     })
                 }),

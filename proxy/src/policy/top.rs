@@ -39,8 +39,12 @@ impl Policy for Top {
     ) -> Vec<usize> {
         let nodes = &route.nodes;
         let mut chosen = Vec::with_capacity(want);
-        // (index, score now) of the usable measured nodes looked at.
+        let mut last = self.last.lock();
+        let prev = last.get(request.model);
+        // (index, score now) of the best usable measured node looked at, and of the previous
+        // choice if it is among them.
         let mut best: Option<(usize, f64)> = None;
+        let mut previous: Option<(usize, f64)> = None;
         let mut scanned = 0;
         for i in 0..route.measured {
             if scanned == SCAN {
@@ -60,24 +64,21 @@ impl Policy for Top {
             if better {
                 best = Some((i, score));
             }
+            if previous.is_none() && prev.is_some_and(|p| *p == nodes[i].id) {
+                previous = Some((i, score));
+            }
         }
         if let (Some((first, best_score)), true) = (best, want > 0) {
-            let mut last = self.last.lock();
-            let sticky = last.get(request.model).and_then(|prev| {
-                (0..route.measured).take(SCAN.max(first + 1)).find(|i| {
-                    &nodes[*i].id == prev
-                        && request.usable(&nodes[*i])
-                        && nodes[*i]
-                            .wes_now()
-                            .is_some_and(|w| w >= best_score * (1.0 - request.hysteresis))
-                })
-            });
-            let pick = sticky.unwrap_or(first);
-            if last.get(request.model) != Some(&nodes[pick].id) {
+            let pick = match previous {
+                Some((i, score)) if score >= best_score * (1.0 - request.hysteresis) => i,
+                _ => first,
+            };
+            if prev != Some(&nodes[pick].id) {
                 last.insert(request.model.to_owned(), nodes[pick].id.clone());
             }
             chosen.push(pick);
         }
+        drop(last);
         fill(request, route, 0..nodes.len(), &mut chosen, want);
         chosen
     }

@@ -204,6 +204,7 @@ mod tests {
             claimed_tok_s: None,
             // Each probe newer than the last, as a reporter's are.
             finished_unix_ms: PROBE_CLOCK.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            loads: Vec::new(),
         };
         assert!(fleet.record(id, t, vec![probe]));
     }

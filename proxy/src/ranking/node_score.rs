@@ -127,7 +127,7 @@ pub fn next_request_score(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::fleet::load::{LoadCurve, PowerCurve};
+    use crate::fleet::load::{LoadCurve, PowerCurve, Prior};
 
     fn model(per_stream: &[(f64, f64)], power: &[(f64, f64)]) -> LoadModel {
         let now = Instant::now();
@@ -139,7 +139,7 @@ mod tests {
         for (n, w) in power {
             p.observe(*n, *w);
         }
-        LoadModel::new(Some(&c), &p, None, None, None, now).unwrap()
+        LoadModel::new(Some(&c), &p, Prior::default(), None, None, now).unwrap()
     }
 
     fn close(a: Option<f64>, b: f64) -> bool {

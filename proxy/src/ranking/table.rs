@@ -160,6 +160,7 @@ mod tests {
                 watts: None,
                 claimed_tok_s: None,
                 finished_unix_ms: 1,
+                loads: Vec::new(),
             })
             .into_iter()
             .collect();
