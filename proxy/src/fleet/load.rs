@@ -345,9 +345,10 @@ impl LoadModel {
         self.idle_watts
     }
 
-    /// The highest concurrency the throughput curve was shown.
+    /// The highest concurrency either curve was shown: past it both are flat.
     pub fn measured_up_to(&self) -> u32 {
-        self.throughput.last_x() as u32
+        let power = self.power.as_ref().map_or(0.0, Monotone::last_x);
+        self.throughput.last_x().max(power) as u32
     }
 }
 

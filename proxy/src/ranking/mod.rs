@@ -48,6 +48,8 @@ impl Ranking {
             let reason =
                 eligibility::unavailable_reason(telemetry, &node.state, routing, health, now);
             let held = telemetry.and_then(|t| t.models.as_deref()).unwrap_or(&[]);
+            // The reference model's score, when the loop below computes it anyway.
+            let mut on_reference = None;
             for model in held {
                 // Most nodes hold the same few models: copy a name only the first time.
                 if !models.contains(model) {
@@ -57,6 +59,9 @@ impl Ranking {
                     Some(why) => push(&mut excluded, model, format!("{}: {why}", node.id)),
                     None => {
                         let scored = node_score::score(node, telemetry, model, routing, now);
+                        if reference.as_deref() == Some(model.as_str()) {
+                            on_reference = Some(scored.clone());
+                        }
                         let route_node = RouteNode {
                             id: node.id.clone(),
                             peer: node.peer.clone(),
@@ -74,9 +79,11 @@ impl Ranking {
                 }
             }
             // Fleet-wide, a node without a rate for the reference model shows its newest.
-            let on_reference = reference
-                .as_deref()
-                .map(|m| node_score::score(node, telemetry, m, routing, now))
+            let on_reference = on_reference
+                .or_else(|| {
+                    let m = reference.as_deref()?;
+                    Some(node_score::score(node, telemetry, m, routing, now))
+                })
                 .filter(|s| s.tok_s.is_some());
             let scored = on_reference.or_else(|| {
                 let (newest, _, _) = node.state.newest_rate(now)?;

@@ -65,7 +65,12 @@ pub fn score(
     };
     let next = match (&curve, score::thermal_penalty(thermal)) {
         (Some(c), Some(penalty)) => {
-            let limit = node.config.max_concurrency.clamp(1, MAX_TRACKED as u32);
+            // Past the curve's last measured load the score stays what it is there.
+            let limit = node
+                .config
+                .max_concurrency
+                .clamp(1, MAX_TRACKED as u32)
+                .min(c.measured_up_to().max(1) + 1);
             (0..limit)
                 .map(|n| next_request_score(c, n, routing.score, routing.power_basis, pue, penalty))
                 .collect()
