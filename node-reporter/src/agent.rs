@@ -71,14 +71,38 @@ async fn sample_loop(
     let mut ticker = tokio::time::interval(config.interval);
     // A slow sensor read must not be followed by a burst of catch-up samples.
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Between samples, a read that finds the thermal state changed is sent at once: a node
+    // turning Critical must not take traffic for the rest of an interval.
+    let mut checks = config.thermal_check.map(|every| {
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
     let kind = sensor.kind();
     let mut seq = 0u64;
+    let mut sent_thermal = None;
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
+        let check = tokio::select! {
+            _ = ticker.tick() => false,
+            _ = async {
+                match checks.as_mut() {
+                    Some(t) => {
+                        t.tick().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            } => true,
             _ = shutdown.wait_for(|s| *s) => return,
-        }
+        };
         let reading = sensor.read().await;
+        if check && sent_thermal == Some(reading.thermal) {
+            continue;
+        }
+        if check {
+            // The next regular sample comes a whole interval after this one.
+            ticker.reset();
+        }
+        sent_thermal = Some(reading.thermal);
         seq += 1;
         let ollama = view.lock().clone();
         let sample = build_sample(&config.node_id, seq, kind, reading, &ollama, unix_ms_now());

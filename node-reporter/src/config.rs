@@ -56,6 +56,10 @@ pub struct ReporterFlags {
     /// Time between samples, e.g. "1s", "500ms".
     #[arg(long, value_parser = humantime::parse_duration, global = true)]
     pub interval: Option<Duration>,
+    /// Between samples, read the sensor this often and send a sample at once when the thermal
+    /// state changed ("0s": only at the interval). Default 250ms; off for `--sensor command`.
+    #[arg(long, value_parser = humantime::parse_duration, global = true)]
+    pub thermal_check: Option<Duration>,
     #[arg(long, value_enum, global = true)]
     pub sensor: Option<SensorChoice>,
     /// For `--sensor command`: run with `sh -c` once per interval; prints one JSON object.
@@ -88,6 +92,8 @@ pub struct ReporterFile {
     pub ollama: Option<String>,
     #[serde(default, with = "humantime_serde::option")]
     pub interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde::option")]
+    pub thermal_check: Option<Duration>,
     pub sensor: Option<SensorChoice>,
     pub sensor_command: Option<String>,
     #[serde(default, with = "humantime_serde::option")]
@@ -122,6 +128,8 @@ pub struct ReporterConfig {
     pub token: String,
     pub ollama: Option<String>,
     pub interval: Duration,
+    /// `None`: thermal changes wait for the next sample.
+    pub thermal_check: Option<Duration>,
     pub sensor: SensorChoice,
     pub sensor_command: Option<String>,
     pub sensor_command_timeout: Duration,
@@ -211,6 +219,23 @@ impl ReporterConfig {
         if sensor == SensorChoice::Command && sensor_command.is_none() {
             anyhow::bail!("--sensor command needs --sensor-command CMD");
         }
+        // A command sensor runs its command on every read: checks between samples multiply
+        // that, so they are the operator's choice there.
+        let default_check = match sensor {
+            SensorChoice::Command => Duration::ZERO,
+            _ => Duration::from_millis(250),
+        };
+        let thermal_check = flags
+            .thermal_check
+            .or(file.thermal_check)
+            .unwrap_or(default_check);
+        if !thermal_check.is_zero() && thermal_check < Duration::from_millis(50) {
+            anyhow::bail!(
+                "thermal_check {thermal_check:?} is below the 50ms minimum (0s turns it off)"
+            );
+        }
+        let thermal_check =
+            (!thermal_check.is_zero() && thermal_check < interval).then_some(thermal_check);
         let probe_interval = flags
             .probe_interval
             .or(file.probe_interval)
@@ -247,6 +272,7 @@ impl ReporterConfig {
                 .or(file.ollama)
                 .map(|u| u.trim_end_matches('/').to_owned()),
             interval,
+            thermal_check,
             sensor,
             sensor_command,
             // A command slower than the interval would pile up readings; cap it there.
@@ -316,6 +342,28 @@ mod tests {
         let file: ReporterFile = toml::from_str("models_interval = \"0s\"").unwrap();
         let err = ReporterConfig::merge(file, flags()).unwrap_err();
         assert!(err.to_string().contains("models_interval"), "{err}");
+    }
+
+    #[test]
+    fn thermal_checks_default_on_except_for_the_command_sensor() {
+        let c = ReporterConfig::merge(ReporterFile::default(), flags()).unwrap();
+        assert_eq!(c.thermal_check, Some(Duration::from_millis(250)));
+        let mut f = flags();
+        f.sensor = Some(SensorChoice::Command);
+        f.sensor_command = Some("true".into());
+        let c = ReporterConfig::merge(ReporterFile::default(), f.clone()).unwrap();
+        assert_eq!(c.thermal_check, None);
+        f.thermal_check = Some(Duration::from_millis(100));
+        let c = ReporterConfig::merge(ReporterFile::default(), f).unwrap();
+        assert_eq!(c.thermal_check, Some(Duration::from_millis(100)));
+        // Not below the minimum; not when the interval is as short anyway.
+        let mut f = flags();
+        f.thermal_check = Some(Duration::from_millis(10));
+        assert!(ReporterConfig::merge(ReporterFile::default(), f).is_err());
+        let mut f = flags();
+        f.interval = Some(Duration::from_millis(200));
+        let c = ReporterConfig::merge(ReporterFile::default(), f).unwrap();
+        assert_eq!(c.thermal_check, None);
     }
 
     #[test]

@@ -408,3 +408,53 @@ async fn models_and_probe_reach_the_ranking_on_every_proxy() {
         .unwrap();
     assert_eq!(absent["nodes"], serde_json::json!([]));
 }
+
+#[tokio::test]
+async fn a_thermal_change_is_sent_at_once_not_at_the_next_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(dir.path(), &proxy_config(0, &[node("hot", "tok-hot")], ""));
+    let sensor = dir.path().join("sensor.json");
+    write_atomically(&sensor, r#"{"watts": 100.0, "thermal_state": "Normal"}"#);
+    let cmd = format!("cat {}", sensor.display());
+    let url = proxy.telemetry_url();
+    // Samples 20 s apart, the thermal state checked every 100 ms between them.
+    let _reporter = Reporter::start(
+        dir.path(),
+        &[
+            "--node-id",
+            "hot",
+            "--proxy",
+            &url,
+            "--token",
+            "tok-hot",
+            "--interval",
+            "20s",
+            "--thermal-check",
+            "100ms",
+            "--sensor",
+            "command",
+            "--sensor-command",
+            &cmd,
+        ],
+    );
+    wait_for(Duration::from_secs(15), "the first sample", || async {
+        (proxy.node("hot").await["thermal_state"] == "Normal").then_some(())
+    })
+    .await;
+    write_atomically(&sensor, r#"{"watts": 90.0, "thermal_state": "Critical"}"#);
+    // Well inside the 20 s interval: only the check can have sent it.
+    let hot = wait_for(
+        Duration::from_secs(5),
+        "Critical reported at once",
+        || async {
+            let n = proxy.node("hot").await;
+            (n["thermal_state"] == "Critical").then_some(n)
+        },
+    )
+    .await;
+    assert_eq!(hot["healthy"], false, "{hot}");
+    assert_eq!(
+        hot["watts"], 90.0,
+        "the early sample is a whole sample: {hot}"
+    );
+}
