@@ -184,15 +184,16 @@ impl NodeState {
         now: Instant,
         cooldown: Duration,
     ) -> Option<InFlightGuard> {
-        let Ok(before) = self
+        let reserved = self
             .in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max_concurrency).then_some(n + 1)
             })
-        else {
+            .is_ok();
+        if !reserved {
             return None;
-        };
-        self.occupancy.lock().set(before + 1, now);
+        }
+        self.note_occupancy(now);
         let trial = match self.health.admit(now, cooldown) {
             Admission::Closed => false,
             Admission::Trial => true,
@@ -209,12 +210,16 @@ impl NodeState {
     }
 
     fn release_slot(&self) {
-        let now = self
-            .in_flight
-            .fetch_sub(1, Ordering::AcqRel)
-            .saturating_sub(1);
-        self.occupancy.lock().set(now, Instant::now());
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.note_occupancy(Instant::now());
         self.slot_freed.notify_waiters();
+    }
+
+    /// Files the in-flight count as it is now. Read under the lock: of two changes racing
+    /// here, the later to take it files the count that both left.
+    fn note_occupancy(&self, now: Instant) {
+        let mut occupancy = self.occupancy.lock();
+        occupancy.set(self.in_flight.load(Ordering::Acquire), now);
     }
 
     /// A reading of the in-flight count's history, to average from.
