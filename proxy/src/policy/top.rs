@@ -15,9 +15,11 @@ use rand::RngCore;
 
 use super::{ModelRoute, Policy, RouteRequest, fill};
 
-/// Measured nodes looked at per pick, best at the last rebuild first: a node further down
-/// would need its score at the current load to have overtaken 64 others since.
-const SCAN: usize = 64;
+/// Usable measured nodes looked at per pick, best at the last rebuild first: a node further
+/// down would need its score at the current load to have overtaken 16 others since the last
+/// rebuild (at most 250 ms ago, and after every relayed answer). Each one looked at costs
+/// about 20 ns at 1,000 nodes (docs/benchmarks/routing.md).
+const SCAN: usize = 16;
 
 #[derive(Default)]
 pub struct Top {
