@@ -356,7 +356,6 @@ async fn page_shows_the_live_ranking_as_proxy_ranks_it() {
         "{ranking}\nreporter log:\n{}",
         reporters[0].process.log_text()
     );
-
     let dom = dump_dom(&format!("http://{}/", proxy.admin), 4000).await;
     // Probes run once an hour and sensors are fixed, so this is what the page saw too.
     let ranking = proxy.ranking().await;
@@ -387,13 +386,20 @@ async fn page_shows_the_live_ranking_as_proxy_ranks_it() {
             ("joules_per_token", Shown::Significant),
             ("thermal_cost_pct", Shown::OneDecimal),
             ("tok_s", Shown::OneDecimal),
-            ("watts", Shown::OneDecimal),
+            ("scoring_watts", Shown::OneDecimal),
         ] {
             assert_shown(row, key, &n[key], rounding);
         }
+        // The W column is what the score divides by; the latest reading stands beside it.
+        let now = format!("now {:.1}", n["watts"].as_f64().unwrap());
+        assert!(
+            row.cells["scoring_watts"].html.contains(&now),
+            "{}",
+            row.cells["scoring_watts"].html
+        );
         // J/token is the facility's energy per token at the ranked rate.
         let jpt = n["joules_per_token"].as_f64().unwrap();
-        let expect = n["watts"].as_f64().unwrap() * n["pue"].as_f64().unwrap()
+        let expect = n["scoring_watts"].as_f64().unwrap() * n["pue"].as_f64().unwrap()
             / n["tok_s"].as_f64().unwrap();
         assert!((jpt - expect).abs() < 1e-12, "{n}");
 
@@ -494,7 +500,7 @@ async fn scripted_admin(script: Vec<Value>) -> SocketAddr {
 fn entry(id: &str, rank: Option<u32>, wes: f64) -> Value {
     json!({
         "id": id, "rank": rank, "penalized_wes": wes, "raw_wes": wes, "thermal_cost_pct": 0.0,
-        "tok_s": wes * 10.0, "tok_s_model": "m", "tok_s_source": "probe", "watts": 10.0, "pue": 1.0,
+        "tok_s": wes * 10.0, "tok_s_model": "m", "tok_s_source": "probe", "watts": 10.0, "scoring_watts": 10.0, "pue": 1.0,
         "joules_per_token": 1.0 / wes, "thermal_state": "Normal", "temperature_c": null,
         "power_capped": false, "healthy": rank.is_some(),
         "unhealthy_reason": if rank.is_some() { Value::Null } else { json!("no telemetry yet") },
