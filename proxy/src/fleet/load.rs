@@ -240,15 +240,6 @@ pub struct Prior<'a> {
     pub loads: &'a [ProbeLoad],
 }
 
-impl Prior<'_> {
-    pub fn single(tok_s: Option<f64>) -> Prior<'static> {
-        Prior {
-            single: tok_s,
-            ..Prior::default()
-        }
-    }
-}
-
 /// The fitted curves of one (node, model): what n requests in flight make and draw.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadModel {
@@ -362,6 +353,22 @@ mod tests {
         (a - b).abs() < 1e-9
     }
 
+    /// The curves with one stream's rate as the only prior.
+    fn fit(
+        curve: Option<&LoadCurve>,
+        power: &PowerCurve,
+        single: Option<f64>,
+        fallback_watts: Option<f64>,
+        idle_watts: Option<f64>,
+        now: Instant,
+    ) -> Option<LoadModel> {
+        let prior = Prior {
+            single,
+            ..Prior::default()
+        };
+        LoadModel::new(curve, power, prior, fallback_watts, idle_watts, now)
+    }
+
     #[test]
     fn occupancy_averages_the_count_over_a_window() {
         let t0 = Instant::now();
@@ -384,15 +391,7 @@ mod tests {
         let mut gpu = LoadCurve::default();
         gpu.observe(1.0, 100.0, now);
         gpu.observe(4.2, 90.0, now);
-        let gpu = LoadModel::new(
-            Some(&gpu),
-            &power,
-            Prior::single(None),
-            Some(200.0),
-            None,
-            now,
-        )
-        .unwrap();
+        let gpu = fit(Some(&gpu), &power, None, Some(200.0), None, now).unwrap();
         assert!(close(gpu.tok_s(1), 100.0));
         assert!(close(gpu.tok_s(4), 360.0));
         assert!(
@@ -404,15 +403,7 @@ mod tests {
         let mut cpu = LoadCurve::default();
         cpu.observe(1.0, 100.0, now);
         cpu.observe(2.0, 50.0, now);
-        let cpu = LoadModel::new(
-            Some(&cpu),
-            &power,
-            Prior::single(None),
-            Some(200.0),
-            None,
-            now,
-        )
-        .unwrap();
+        let cpu = fit(Some(&cpu), &power, None, Some(200.0), None, now).unwrap();
         assert!(close(cpu.tok_s(2), 100.0));
         assert!(close(cpu.tok_s(3), 100.0));
     }
@@ -424,15 +415,7 @@ mod tests {
         c.observe(1.0, 100.0, now);
         c.observe(2.0, 60.0, now); // 120 in all
         c.observe(3.0, 36.0, now); // 108 in all: below n = 2
-        let m = LoadModel::new(
-            Some(&c),
-            &PowerCurve::default(),
-            Prior::single(None),
-            None,
-            None,
-            now,
-        )
-        .unwrap();
+        let m = fit(Some(&c), &PowerCurve::default(), None, None, None, now).unwrap();
         let (t2, t3) = (m.tok_s(2), m.tok_s(3));
         assert!(close(t2, 114.0) && close(t3, 114.0), "{t2} {t3}");
         assert!(m.tok_s(1) <= t2);
@@ -441,10 +424,10 @@ mod tests {
     #[test]
     fn a_curve_with_one_point_is_one_streams_rate_everywhere() {
         let now = Instant::now();
-        let m = LoadModel::new(
+        let m = fit(
             None,
             &PowerCurve::default(),
-            Prior::single(Some(80.0)),
+            Some(80.0),
             Some(50.0),
             None,
             now,
@@ -454,29 +437,11 @@ mod tests {
         assert!(close(m.tok_s(6), 80.0));
         assert_eq!(m.watts(3), Some(50.0));
         assert_eq!(m.measured_up_to(), 1);
-        assert!(
-            LoadModel::new(
-                None,
-                &PowerCurve::default(),
-                Prior::single(None),
-                None,
-                None,
-                now
-            )
-            .is_none()
-        );
+        assert!(fit(None, &PowerCurve::default(), None, None, None, now).is_none());
         // Only a busy point: below it each stream is taken to run at the measured rate.
         let mut c = LoadCurve::default();
         c.observe(4.0, 50.0, now);
-        let m = LoadModel::new(
-            Some(&c),
-            &PowerCurve::default(),
-            Prior::single(None),
-            None,
-            None,
-            now,
-        )
-        .unwrap();
+        let m = fit(Some(&c), &PowerCurve::default(), None, None, None, now).unwrap();
         assert!(close(m.tok_s(1), 50.0));
         assert!(close(m.tok_s(4), 200.0));
     }
@@ -488,8 +453,7 @@ mod tests {
         p.observe(0.0, 20.0);
         p.observe(1.0, 100.0);
         p.observe(3.2, 140.0);
-        let m =
-            LoadModel::new(None, &p, Prior::single(Some(90.0)), Some(999.0), None, now).unwrap();
+        let m = fit(None, &p, Some(90.0), Some(999.0), None, now).unwrap();
         assert_eq!(m.watts(0), Some(20.0));
         assert_eq!(m.idle_watts(), Some(20.0));
         assert_eq!(m.watts(1), Some(100.0));
@@ -498,7 +462,7 @@ mod tests {
         assert_eq!(m.watts(10), Some(140.0));
         // Smoothed: a second reading at n = 1 moves it a fifth of the way.
         p.observe(1.0, 200.0);
-        let m = LoadModel::new(None, &p, Prior::single(Some(90.0)), None, None, now).unwrap();
+        let m = fit(None, &p, Some(90.0), None, None, now).unwrap();
         assert!(close(m.watts(1).unwrap(), 120.0));
     }
 
@@ -553,32 +517,16 @@ mod tests {
         let mut p = PowerCurve::default();
         p.observe(0.0, 40.0);
         p.observe(3.0, 190.0);
-        let m = LoadModel::new(None, &p, Prior::single(Some(100.0)), None, None, now).unwrap();
+        let m = fit(None, &p, Some(100.0), None, None, now).unwrap();
         assert_eq!(m.watts(1), Some(90.0));
         assert_eq!(m.watts(2), Some(140.0));
         assert_eq!(m.watts(5), Some(190.0));
         // The idle figure may come from the busy/idle average instead of the curve.
         let mut busy_only = PowerCurve::default();
         busy_only.observe(4.0, 200.0);
-        let m = LoadModel::new(
-            None,
-            &busy_only,
-            Prior::single(Some(100.0)),
-            None,
-            Some(40.0),
-            now,
-        )
-        .unwrap();
+        let m = fit(None, &busy_only, Some(100.0), None, Some(40.0), now).unwrap();
         assert_eq!(m.watts(2), Some(120.0));
-        let m = LoadModel::new(
-            None,
-            &busy_only,
-            Prior::single(Some(100.0)),
-            None,
-            None,
-            now,
-        )
-        .unwrap();
+        let m = fit(None, &busy_only, Some(100.0), None, None, now).unwrap();
         assert_eq!(
             m.watts(1),
             Some(200.0),
@@ -599,15 +547,7 @@ mod tests {
         let points = c.throughput_points(later);
         assert_eq!(points.len(), 1);
         assert_eq!(points[0].0, 1.0);
-        let m = LoadModel::new(
-            Some(&c),
-            &PowerCurve::default(),
-            Prior::single(None),
-            None,
-            None,
-            later,
-        )
-        .unwrap();
+        let m = fit(Some(&c), &PowerCurve::default(), None, None, None, later).unwrap();
         assert!(close(m.tok_s(4), 100.0), "no longer credited with batching");
     }
 
