@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Takes docs/leaderboard.png: the real proxy and reporters over simulated nodes (wes-sim-node,
-# one hardware profile each), whose sensors report fixed watts and thermal states so that the
-# picture shows every state. tok/s comes from each reporter's probe on its node.
+# one hardware profile each), whose sensors report scripted watts and thermal states so that the
+# picture shows every state, and a history in which two nodes throttle and recover (a 2-minute
+# window with 1 s steps, so that the picture takes about a minute, not fifteen). tok/s comes
+# from each reporter's probe on its node and from the requests relayed meanwhile.
 #   scripts/leaderboard-screenshot.sh [OUT.png]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,7 +39,7 @@ fleet=(
   "m2-studio|apple-m2|1.0|{\"watts\": 30.2, \"thermal_state\": \"Normal\", \"temperature_c\": 61}"
   "rtx4090-lab|rtx-4090|1.2|{\"watts\": 236.0, \"thermal_state\": \"Normal\", \"temperature_c\": 66}"
   "jetson-edge|fanless-edge|1.0|{\"watts\": 12.4, \"thermal_state\": \"Serious\", \"temperature_c\": 93}"
-  "ryzen-rack|ryzen-cpu|1.3|{\"watts\": 131.5, \"thermal_state\": \"Fair\", \"temperature_c\": 84}"
+  "ryzen-rack|ryzen-cpu|1.3|{\"watts\": 118.0, \"thermal_state\": \"Normal\", \"temperature_c\": 72}"
   "h100-sxm|h100|1.4|{\"watts\": 512.0, \"thermal_state\": \"Critical\", \"temperature_c\": 97}"
   "mac-mini-2|apple-m2|1.0|"
 )
@@ -55,6 +57,10 @@ admin = "127.0.0.1:0"
 policy = "top"
 stale_after = "5s"
 exclude_thermal = ["Critical"]
+
+[admin]
+history_step = "1s"
+history_window = "2m"
 EOF
 
 declare -A sim_addr
@@ -93,19 +99,31 @@ for _ in $(seq 120); do
 done
 [ "$measured" -ge "$reporting" ] || { echo "only $measured of $reporting nodes measured" >&2; exit 1; }
 
-# Two long generations in flight, so that column is not all zeros.
-for _ in 1 2; do
+sensor() { printf '%s\n' "$2" >"$work/$1.json.new" && mv "$work/$1.json.new" "$work/$1.json"; }
+generate() {
   curl -sf "http://127.0.0.1:$api_port/api/generate" \
-    -d '{"model": "llama3.2:3b", "prompt": "hello", "options": {"num_predict": 2000}}' >/dev/null &
+    -d "{\"model\": \"llama3.2:3b\", \"prompt\": \"hello\", \"options\": {\"num_predict\": $1}}" >/dev/null &
   pids+=($!)
-done
-sleep 2
+}
+# The history: 20 s as configured; the 4090 throttles to Serious and the Ryzen to Fair, with
+# traffic; the 4090 recovers and the Ryzen stays hot. Then two long generations stay in flight,
+# so that column is not all zeros.
+echo "recording about a minute of history" >&2
+sleep 20
+sensor rtx4090-lab '{"watts": 288.0, "thermal_state": "Serious", "temperature_c": 88}'
+sensor ryzen-rack '{"watts": 131.5, "thermal_state": "Fair", "temperature_c": 84}'
+for _ in 1 2 3; do generate 600; done
+sleep 20
+sensor rtx4090-lab '{"watts": 236.0, "thermal_state": "Normal", "temperature_c": 66}'
+sleep 18
+for _ in 1 2; do generate 2000; done
+sleep 3
 
 mkdir -p "$(dirname "$out")"
 case $out in /*) ;; *) out="$PWD/$out" ;; esac
 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
   --disable-background-networking --disable-component-update --disable-sync \
-  --hide-scrollbars --user-data-dir="$work/chromium" --window-size=1280,720 \
+  --hide-scrollbars --user-data-dir="$work/chromium" --window-size=1440,720 \
   --virtual-time-budget=3000 --screenshot="$out" "http://$admin/" 2>"$work/chromium.log" ||
   { cat "$work/chromium.log" >&2; exit 1; }
 echo "wrote $out" >&2

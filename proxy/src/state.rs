@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::fleet::Fleet;
 use crate::metrics::Metrics;
-use crate::ranking::Ranking;
+use crate::ranking::{History, Ranking};
 
 pub struct AppState {
     pub config: ArcSwap<Config>,
@@ -21,6 +21,8 @@ pub struct AppState {
     pub fleet: Fleet,
     /// The board and the routing table of the latest rebuild, published together.
     pub ranking: Arc<ArcSwap<Ranking>>,
+    /// What the published boards showed over the last minutes.
+    pub history: Mutex<History>,
     pub metrics: Metrics,
 }
 
@@ -34,7 +36,9 @@ impl AppState {
     pub fn new(config: Config, config_path: Option<PathBuf>) -> Arc<Self> {
         let fleet = Fleet::new(&config.nodes);
         let ranking = Arc::new(ArcSwap::from_pointee(Ranking::default()));
+        let history = History::new(config.admin.history_step, config.admin.history_window);
         let state = AppState {
+            history: Mutex::new(history),
             config: ArcSwap::from_pointee(config),
             config_path,
             reload_lock: Mutex::new(()),
@@ -68,6 +72,9 @@ impl AppState {
         let changed = *old != new;
         if changed {
             self.fleet.apply_config(&new.nodes);
+            self.history
+                .lock()
+                .configure(new.admin.history_step, new.admin.history_window);
             self.config.store(Arc::new(new));
             self.rebuild_ranking();
         }
@@ -79,7 +86,14 @@ impl AppState {
         let config = self.config.load();
         let view = self.fleet.view();
         let now = std::time::Instant::now();
-        let ranking = Ranking::build(&view, &config.routing, &config.health, now);
-        self.ranking.store(Arc::new(ranking));
+        let ranking = Arc::new(Ranking::build(&view, &config.routing, &config.health, now));
+        self.ranking.store(ranking.clone());
+        self.history.lock().record(&ranking.board, unix_ms());
     }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

@@ -473,6 +473,144 @@ async fn page_shows_the_live_ranking_as_proxy_ranks_it() {
     assert!(dom.contains("model smollm2:135m"), "{dom}");
 }
 
+/// `GET /ranking/history` on the admin listener.
+async fn history(proxy: &Proxy) -> Value {
+    let url = format!("http://{}/ranking/history", proxy.admin);
+    reqwest::get(&url).await.unwrap().json().await.unwrap()
+}
+
+/// Of one node's history, the (raw, penalized) pairs of the steps with thermal state `state`
+/// and both scores known.
+fn steps_in(history: &Value, id: &str, state: &str) -> Vec<(f64, f64)> {
+    let Some(node) = history["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == id)
+    else {
+        return Vec::new();
+    };
+    let column = |k: &str| node[k].as_array().unwrap().clone();
+    let (raw, pen, thermal) = (
+        column("raw_wes"),
+        column("penalized_wes"),
+        column("thermal_state"),
+    );
+    (0..thermal.len())
+        .filter(|&i| thermal[i] == state)
+        .filter_map(|i| Some((raw[i].as_f64()?, pen[i].as_f64()?)))
+        .collect()
+}
+
+/// The attributes of every `<TAG ...>` in `html`.
+fn elements(html: &str, tag: &str) -> Vec<HashMap<String, String>> {
+    html.split(&format!("<{tag} "))
+        .skip(1)
+        .map(|chunk| attrs(&format!("{tag} {}", &chunk[..chunk.find('>').unwrap()])))
+        .collect()
+}
+
+/// x → y of a drawn path ("M x y L x y ...").
+fn path_points(d: &str) -> HashMap<String, f64> {
+    let numbers: Vec<&str> = d
+        .split(|c: char| c == 'M' || c == 'L' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+        .collect();
+    numbers
+        .chunks(2)
+        .map(|xy| (xy[0].to_owned(), xy[1].parse().unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn history_shows_raw_and_penalized_wes_part_while_a_node_throttles() {
+    chromium();
+    let dir = tempfile::tempdir().unwrap();
+    let ollama = support::fake_ollama(Duration::from_millis(10), 20, &[]).await;
+    let url = format!("http://{ollama}");
+    let specs = [NodeSpec {
+        id: "alpha",
+        url: &url,
+        token: "tok-alpha",
+    }];
+    let tables = "[admin]\nhistory_step = \"200ms\"\nhistory_window = \"1m\"\n";
+    let proxy = Proxy::start(dir.path(), &support::proxy_config(0, &specs, tables));
+    let sensor = dir.path().join("alpha.json");
+    let at = |state: &str| format!(r#"{{"watts": 10.0, "thermal_state": "{state}"}}"#);
+    write_atomically(&sensor, &at("Normal"));
+    let _reporter = command_reporter(dir.path(), &proxy, "alpha", &sensor, ollama);
+    // Normal, then throttled to Fair, then Normal again: three measured steps of each.
+    let mut normal_before = 0;
+    for (state, normal_steps, fair_steps) in [("Normal", 3, 0), ("Fair", 0, 3), ("Normal", 3, 3)] {
+        write_atomically(&sensor, &at(state));
+        let need_normal = normal_before + normal_steps;
+        let h = wait_for(
+            Duration::from_secs(30),
+            &format!("{state} steps in the history"),
+            || async {
+                let h = history(&proxy).await;
+                (steps_in(&h, "alpha", "Normal").len() >= need_normal
+                    && steps_in(&h, "alpha", "Fair").len() >= fair_steps)
+                    .then_some(h)
+            },
+        )
+        .await;
+        normal_before = steps_in(&h, "alpha", "Normal").len();
+    }
+    let h = history(&proxy).await;
+    assert_eq!(h["step_ms"], 200);
+    assert_eq!(h["window_ms"], 60_000);
+    // Normal costs nothing: the two lines are one. Fair divides by 1.25 (a step that saw both
+    // states is in between, and counted as Fair).
+    for (raw, pen) in steps_in(&h, "alpha", "Normal") {
+        assert!((raw - pen).abs() <= 1e-6 * raw, "{h}");
+    }
+    let fair = steps_in(&h, "alpha", "Fair");
+    assert!(
+        fair.iter()
+            .all(|(raw, pen)| pen < raw && *pen >= raw / 1.25 * (1.0 - 1e-6)),
+        "{h}"
+    );
+    assert!(
+        fair.iter()
+            .any(|(raw, pen)| (pen * 1.25 - raw).abs() <= 1e-5 * raw),
+        "{h}"
+    );
+
+    // The page draws the same: where the strip is Normal the penalized line lies on the raw
+    // one; where it is Fair the penalized line lies below.
+    let dom = dump_dom(&format!("http://{}/", proxy.admin), 2500).await;
+    let rows = board(&dom);
+    let cell = &rows[0].cells["history"];
+    let drawn: usize = cell.attrs["data-points"].parse().unwrap();
+    assert!(drawn >= 9, "{}", cell.html);
+    let paths = elements(&cell.html, "path");
+    let line = |class: &str| {
+        let p = paths.iter().find(|p| p["class"] == class).unwrap();
+        path_points(&p["d"])
+    };
+    let (raw, pen) = (line("h-raw"), line("h-pen"));
+    assert!(!line("h-tok").is_empty(), "{}", cell.html);
+    let (mut normal, mut below) = (0, 0);
+    for rect in elements(&cell.html, "rect") {
+        let (Some(r), Some(p)) = (raw.get(&rect["x"]), pen.get(&rect["x"])) else {
+            continue;
+        };
+        match rect["class"].as_str() {
+            "h-t-Normal" => {
+                assert!((r - p).abs() < 0.11, "{}", cell.html);
+                normal += 1;
+            }
+            "h-t-Fair" => {
+                assert!(p > r, "{}", cell.html);
+                below += 1;
+            }
+            other => panic!("{other} in {}", cell.html),
+        }
+    }
+    assert!(normal >= 6 && below >= 3, "{normal} {below}: {}", cell.html);
+}
+
 /// Serves the page the proxy serves, with `/ranking` answering `script[i]` to the i-th poll
 /// (the last one from then on), so a rank change happens at a known poll.
 async fn scripted_admin(script: Vec<Value>) -> SocketAddr {

@@ -20,6 +20,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/", get(leaderboard))
         .route("/ranking", get(ranking))
+        .route("/ranking/history", get(ranking_history))
         .route("/metrics", get(metrics::render))
         .route("/healthz", get(healthz))
         .route("/reload", post(reload))
@@ -56,6 +57,11 @@ async fn ranking(
         }
     };
     axum::Json(body).into_response()
+}
+
+async fn ranking_history(State(state): State<Arc<AppState>>) -> Response {
+    let history = state.history.lock();
+    axum::Json(ranking_json::render_history(&history)).into_response()
 }
 
 /// Applies the config file whole, or answers 400 with every error and keeps the running one.
@@ -109,7 +115,7 @@ async fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
         axum::Json(
-            serde_json::json!({ "error": "not found: try /, /ranking, /metrics or /healthz" }),
+            serde_json::json!({ "error": "not found: try /, /ranking, /ranking/history, /metrics or /healthz" }),
         ),
     )
         .into_response()

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
-use crate::ranking::RankingSnapshot;
+use crate::ranking::{History, RankingSnapshot};
 
 /// `models` lists every model the fleet holds, whatever the snapshot was filtered to, so that
 /// a client showing one model can still offer the others.
@@ -44,4 +44,29 @@ pub fn render(snapshot: &RankingSnapshot, models: &BTreeSet<String>, now: Instan
         })
         .collect();
     json!({ "nodes": nodes, "models": models, "reference_model": snapshot.reference_model })
+}
+
+/// `GET /ranking/history`: per node, one array per quantity, aligned on `t` (each step's start,
+/// Unix ms; the last step is still open). Columns, not rows: a 1,000-node history is a few MB.
+pub fn render_history(history: &History) -> Value {
+    let nodes: Vec<Value> = history
+        .series()
+        .into_iter()
+        .map(|s| {
+            let p = &s.points;
+            json!({
+                "id": s.id,
+                "t": p.iter().map(|p| p.at_ms).collect::<Vec<_>>(),
+                "raw_wes": p.iter().map(|p| p.raw_wes).collect::<Vec<_>>(),
+                "penalized_wes": p.iter().map(|p| p.penalized_wes).collect::<Vec<_>>(),
+                "tok_s": p.iter().map(|p| p.tok_s).collect::<Vec<_>>(),
+                "thermal_state": p.iter().map(|p| p.thermal.display_name()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "step_ms": history.step().as_millis() as u64,
+        "window_ms": history.window().as_millis() as u64,
+        "nodes": nodes,
+    })
 }

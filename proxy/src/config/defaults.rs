@@ -36,6 +36,11 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 /// few KiB; 64 KiB leaves room for both and keeps a client from parking large headers here.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
+/// 180 points per node over 15 minutes: enough to see a throttle start and end, and about
+/// 4 MB for a 1,000-node fleet.
+pub const HISTORY_STEP: Duration = Duration::from_secs(5);
+pub const HISTORY_WINDOW: Duration = Duration::from_secs(15 * 60);
+
 pub const PUE: f64 = 1.0;
 pub const MAX_CONCURRENCY: u32 = 4;
 

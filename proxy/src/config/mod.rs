@@ -25,7 +25,27 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub api: ApiConfig,
     pub health: HealthConfig,
+    pub admin: AdminConfig,
     pub nodes: Vec<NodeConfig>,
+}
+
+/// The admin listener's own settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    /// Each node's history (`GET /ranking/history`, the leaderboard's sparklines) holds one
+    /// point per step...
+    pub history_step: Duration,
+    /// ...over this window.
+    pub history_window: Duration,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            history_step: defaults::HISTORY_STEP,
+            history_window: defaults::HISTORY_WINDOW,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -314,6 +334,33 @@ max_concurrency = 4
                 && errs[0].message.contains("average, marginal"),
             "{errs:?}"
         );
+    }
+
+    #[test]
+    fn history_step_and_window_default_and_are_bounded() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.admin, AdminConfig::default());
+        assert_eq!(c.admin.history_window, Duration::from_secs(900));
+        let set = format!("{GOOD}\n[admin]\nhistory_step = \"1s\"\nhistory_window = \"1h\"\n");
+        let c = Config::parse(&set).unwrap();
+        assert_eq!(c.admin.history_step, Duration::from_secs(1));
+        assert_eq!(c.admin.history_window, Duration::from_secs(3600));
+        for (bad, says) in [
+            ("history_step = \"10ms\"", "from 100ms"),
+            ("history_step = \"20m\"", "from 100ms"),
+            (
+                "history_step = \"100ms\"\nhistory_window = \"1h\"",
+                "more than 10000 points",
+            ),
+        ] {
+            let text = format!("{GOOD}\n[admin]\n{bad}\n");
+            let errs = Config::parse(&text).unwrap_err().0;
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert!(
+                errs[0].line.is_some() && errs[0].message.contains(says),
+                "{errs:?}"
+            );
+        }
     }
 
     #[test]

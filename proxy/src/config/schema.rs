@@ -21,6 +21,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub health: RawHealth,
     #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
     pub nodes: Vec<Spanned<RawNode>>,
 }
 
@@ -78,6 +80,13 @@ pub struct RawHealth {
 pub struct RawTelemetry {
     pub max_clock_skew: RawDuration,
     pub max_watts: Option<Spanned<f64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub history_step: RawDuration,
+    pub history_window: RawDuration,
 }
 
 #[derive(Deserialize, Default)]

@@ -12,8 +12,8 @@ use wes_proto::ThermalState;
 
 use super::schema::{DurationValue, RawConfig};
 use super::{
-    ApiConfig, Config, ConfigError, ConfigErrors, HealthConfig, ListenConfig, LoadScore,
-    NodeConfig, PowerBasis, RoutingConfig, TelemetryConfig, TlsFiles, defaults,
+    AdminConfig, ApiConfig, Config, ConfigError, ConfigErrors, HealthConfig, ListenConfig,
+    LoadScore, NodeConfig, PowerBasis, RoutingConfig, TelemetryConfig, TlsFiles, defaults,
 };
 use crate::policy::PolicyName;
 
@@ -209,6 +209,7 @@ pub fn validate(raw: RawConfig, text: &str) -> Result<Config, ConfigErrors> {
             defaults::MAX_HEADER_BYTES,
         ),
     };
+    let admin = admin(&mut c, &raw);
     let nodes = nodes(&mut c, &raw);
     if !c.errors.is_empty() {
         c.errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
@@ -220,8 +221,56 @@ pub fn validate(raw: RawConfig, text: &str) -> Result<Config, ConfigErrors> {
         telemetry,
         api,
         health,
+        admin,
         nodes,
     })
+}
+
+/// Points per node the history may hold: 10,000 nodes' worth stays within a few hundred MB.
+const MAX_HISTORY_POINTS: u128 = 10_000;
+
+fn admin(c: &mut Validator<'_>, raw: &RawConfig) -> AdminConfig {
+    let a = &raw.admin;
+    let step = c.duration(
+        "admin.history_step",
+        a.history_step.as_ref(),
+        defaults::HISTORY_STEP,
+    );
+    let window = c.duration(
+        "admin.history_window",
+        a.history_window.as_ref(),
+        defaults::HISTORY_WINDOW,
+    );
+    let span = a
+        .history_window
+        .as_ref()
+        .or(a.history_step.as_ref())
+        .map(Spanned::span);
+    if let Some(span) = span {
+        if step < Duration::from_millis(100) || step > window {
+            c.error(
+                span,
+                format!(
+                    "admin.history_step {} must be from 100ms to admin.history_window ({})",
+                    humantime::format_duration(step),
+                    humantime::format_duration(window)
+                ),
+            );
+        } else if window.as_millis() / step.as_millis() > MAX_HISTORY_POINTS {
+            c.error(
+                span,
+                format!(
+                    "admin.history_window {} over admin.history_step {} makes more than {MAX_HISTORY_POINTS} points per node",
+                    humantime::format_duration(window),
+                    humantime::format_duration(step)
+                ),
+            );
+        }
+    }
+    AdminConfig {
+        history_step: step,
+        history_window: window,
+    }
 }
 
 fn listen(c: &mut Validator<'_>, raw: &RawConfig) -> ListenConfig {

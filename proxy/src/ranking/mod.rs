@@ -3,10 +3,12 @@
 //! (`eligibility`, one rule), and yields the two things read from it: the board that admins
 //! see (`board`) and the routing table that requests choose from (`table`). Both are published
 //! together as one [`Ranking`] through one `arc-swap`, so a reader never sees one without the
-//! other. Building only reads fleet state: asking for a ranking changes nothing.
+//! other. Building only reads fleet state: asking for a ranking changes nothing. What the
+//! published boards showed over the last minutes is kept apart, in `history`.
 
 mod board;
 pub mod eligibility;
+mod history;
 mod node_score;
 pub mod table;
 
@@ -15,6 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub use board::{RankEntry, RankingSnapshot};
+pub use history::{History, NodeSeries, Point};
 pub use node_score::NodeScore;
 pub use table::{ModelRoute, RouteNode, RoutingTable};
 
