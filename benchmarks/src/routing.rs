@@ -162,13 +162,7 @@ fn fleet(n: usize, busy: bool) -> anyhow::Result<Bench> {
 impl Bench {
     fn request(&self) -> RouteRequest<'static> {
         let config = self.state.config.load();
-        RouteRequest {
-            model: MODEL,
-            now: Instant::now(),
-            stale_after: config.routing.stale_after,
-            hysteresis: config.routing.hysteresis,
-            slo_ttft: config.routing.slo_ttft,
-        }
+        RouteRequest::new(MODEL, &config.routing, Instant::now())
     }
 
     /// What the relay does to pick the nodes for one request, minus the relaying: load the

@@ -1,4 +1,4 @@
-//! Decode-rate estimates per (node, model): a time-decayed average of what the proxy measured
+//! Decode-rate estimates per (node, model) (and any other measured quantity that should fade): a time-decayed average of what the proxy measured
 //! on relayed responses, so that a node's recent speed counts most and old speed fades.
 
 use std::time::{Duration, Instant};
@@ -18,8 +18,6 @@ pub struct RateEstimate {
     updated_at: Instant,
     /// Relayed responses measured, ever.
     pub observations: u64,
-    /// Time to first token, smoothed (EWMA), for the `slo` policy.
-    ttft: Option<Duration>,
 }
 
 fn decay(age: Duration, half_life: Duration) -> f64 {
@@ -33,7 +31,6 @@ impl RateEstimate {
             weight: 1.0,
             updated_at: at,
             observations: 1,
-            ttft: None,
         }
     }
 
@@ -45,19 +42,6 @@ impl RateEstimate {
         self.weight = carried + 1.0;
         self.updated_at = at;
         self.observations += 1;
-    }
-
-    /// Folds in one time to first token; recent ones weigh most, one outlier cannot dominate.
-    pub fn observe_ttft(&mut self, ttft: Duration) {
-        const ALPHA: f64 = 0.3;
-        self.ttft = Some(match self.ttft {
-            None => ttft,
-            Some(old) => old.mul_f64(1.0 - ALPHA) + ttft.mul_f64(ALPHA),
-        });
-    }
-
-    pub fn ttft(&self) -> Option<Duration> {
-        self.ttft
     }
 
     pub fn updated_at(&self) -> Instant {
@@ -95,16 +79,6 @@ mod tests {
         f.observe(20.0, t0, HALF_LIFE);
         assert!((f.current(t0, HALF_LIFE).unwrap() - 15.0).abs() < 1e-9);
         assert_eq!(f.observations, 2);
-    }
-
-    #[test]
-    fn ttft_is_smoothed() {
-        let mut e = RateEstimate::new(100.0, Instant::now());
-        assert_eq!(e.ttft(), None);
-        e.observe_ttft(Duration::from_millis(100));
-        assert_eq!(e.ttft(), Some(Duration::from_millis(100)));
-        e.observe_ttft(Duration::from_millis(200));
-        assert_eq!(e.ttft(), Some(Duration::from_millis(130)));
     }
 
     #[test]

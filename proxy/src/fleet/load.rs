@@ -12,8 +12,11 @@
 //! - The fit is monotone (more streams never make fewer tokens, nor draw less power) and never
 //!   predicts beyond what was shown: past the highest measured n the curve stays flat, so a
 //!   node is not credited with batching it has not been seen doing.
+//! - TTFT(n), for the `slo` policy and the wait queue: each relayed request's time to first
+//!   token, filed under the in-flight count it was sent at. Its fit is monotone too, and past
+//!   what was shown it grows (a queue only gets longer), never stays flat.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::estimate::{HALF_LIFE, RateEstimate};
 use super::telemetry::ProbeLoad;
@@ -155,6 +158,65 @@ impl PowerCurve {
             .enumerate()
             .filter_map(|(n, w)| w.map(|w| (n as f64, w, 1.0)))
             .collect()
+    }
+}
+
+/// Times to first token by the in-flight count each request was sent at (its own included),
+/// for one (node, model), in seconds.
+#[derive(Debug, Clone, Default)]
+pub struct TtftCurve {
+    /// Index n − 1: requests sent with n in flight.
+    by_load: Vec<Option<RateEstimate>>,
+}
+
+impl TtftCurve {
+    pub fn observe(&mut self, in_flight: u32, ttft: Duration, at: Instant) {
+        let seconds = ttft.as_secs_f64();
+        if !seconds.is_finite() {
+            return;
+        }
+        let i = bucket(f64::from(in_flight), 1) - 1;
+        if self.by_load.len() <= i {
+            self.by_load.resize(i + 1, None);
+        }
+        match &mut self.by_load[i] {
+            Some(e) => e.observe(seconds, at, HALF_LIFE),
+            slot @ None => *slot = Some(RateEstimate::new(seconds, at)),
+        }
+    }
+
+    /// Predicted TTFT for a request sent with n = 1 ..= `max_concurrency` in flight (its own
+    /// included), index n − 1; `None` until measured or once every measurement has faded.
+    /// Within what was measured, the monotone fit; past the busiest measured count m, each
+    /// further request adds `1 / max_concurrency` of TTFT(m), as if it queued behind the
+    /// others: the shape the prediction had before the curve existed, so that one measured
+    /// point predicts what it always did.
+    pub fn predict(&self, max_concurrency: u32, now: Instant) -> Option<Vec<Duration>> {
+        let points: Vec<(f64, f64, f64)> = self
+            .by_load
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| {
+                let (seconds, weight) = e.as_ref()?.current_weighted(now, HALF_LIFE)?;
+                Some(((i + 1) as f64, seconds, weight))
+            })
+            .collect();
+        let fit = Monotone::fit(&points)?;
+        let (last, per_request) = (fit.last_x(), 1.0 / f64::from(max_concurrency.max(1)));
+        let at_last = fit.at(last);
+        Some(
+            (1..=max_concurrency.max(1))
+                .map(|n| {
+                    let n = f64::from(n);
+                    let seconds = if n <= last {
+                        fit.at(n)
+                    } else {
+                        at_last * (1.0 + (n - last) * per_request)
+                    };
+                    Duration::from_secs_f64(seconds.max(0.0))
+                })
+                .collect(),
+        )
     }
 }
 
@@ -367,6 +429,41 @@ mod tests {
             ..Prior::default()
         };
         LoadModel::new(curve, power, prior, fallback_watts, idle_watts, now)
+    }
+
+    fn ms(v: &[Duration]) -> Vec<u128> {
+        v.iter().map(Duration::as_millis).collect()
+    }
+
+    #[test]
+    fn ttft_rises_with_load_and_past_what_was_measured() {
+        let now = Instant::now();
+        let mut c = TtftCurve::default();
+        assert_eq!(c.predict(4, now), None);
+        // One point: 400 ms alone; each further request queues a quarter of it.
+        c.observe(1, Duration::from_millis(400), now);
+        assert_eq!(ms(&c.predict(4, now).unwrap()), [400, 500, 600, 700]);
+        // Measured at 3 in flight: interpolated between, stretched past it.
+        c.observe(3, Duration::from_millis(800), now);
+        assert_eq!(ms(&c.predict(4, now).unwrap()), [400, 600, 800, 1000]);
+        // Noise that would make a busier node answer sooner is pooled.
+        c.observe(2, Duration::from_millis(1000), now);
+        let p = ms(&c.predict(4, now).unwrap());
+        assert_eq!(p[1], p[2], "{p:?}");
+        assert!(p[1] == 900 && p[0] == 400, "{p:?}");
+    }
+
+    #[test]
+    fn ttft_measurements_fade() {
+        let t0 = Instant::now();
+        let mut c = TtftCurve::default();
+        c.observe(1, Duration::from_millis(400), t0);
+        c.observe(1, Duration::from_millis(200), t0 + HALF_LIFE * 3);
+        let p = c.predict(2, t0 + HALF_LIFE * 3).unwrap();
+        // The old 400 ms weighs an eighth of the new 200 ms.
+        let expect = (0.4 * 0.125 + 0.2) / 1.125;
+        assert!((p[0].as_secs_f64() - expect).abs() < 1e-9, "{p:?}");
+        assert_eq!(c.predict(2, t0 + HALF_LIFE * 9), None);
     }
 
     #[test]

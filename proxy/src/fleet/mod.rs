@@ -47,6 +47,8 @@ pub struct NodeState {
     load: Mutex<HashMap<String, load::LoadCurve>>,
     /// Power by the number of requests in flight when each sample arrived.
     power_by_load: Mutex<load::PowerCurve>,
+    /// Per model, times to first token by the in-flight count each request was sent at.
+    ttft: Mutex<HashMap<String, load::TtftCurve>>,
     pub health: NodeHealth,
     /// Shared by the whole fleet: woken whenever any node frees a slot, for queued requests.
     slot_freed: Arc<Notify>,
@@ -84,14 +86,7 @@ impl NodeState {
 
     /// Records a decode rate the relay measured for `model`, on a stream that ran while the
     /// node averaged `concurrency` requests in flight (unknown for a replayed subrequest).
-    pub fn observe_relayed(
-        &self,
-        model: &str,
-        tok_s: f64,
-        ttft: Option<Duration>,
-        at: Instant,
-        concurrency: Option<f64>,
-    ) {
+    pub fn observe_relayed(&self, model: &str, tok_s: f64, at: Instant, concurrency: Option<f64>) {
         if let Some(n) = concurrency {
             let mut curves = self.load.lock();
             match curves.get_mut(model) {
@@ -111,9 +106,6 @@ impl NodeState {
                 None => {
                     relayed.insert(model.to_owned(), RateEstimate::new(tok_s, at));
                 }
-            }
-            if let (Some(ttft), Some(e)) = (ttft, relayed.get_mut(model)) {
-                e.observe_ttft(ttft);
             }
         }
         // Only this model's rate moved.
@@ -170,9 +162,28 @@ impl NodeState {
         }
     }
 
-    /// The smoothed time to first token measured for `model`, if any.
-    pub fn ttft_for(&self, model: &str) -> Option<Duration> {
-        self.relayed.lock().get(model).and_then(RateEstimate::ttft)
+    /// Records the time to first token of a relayed request for `model`, sent while the node
+    /// had `in_flight` requests (its own included).
+    pub fn observe_ttft(&self, model: &str, in_flight: u32, ttft: Duration, at: Instant) {
+        let mut curves = self.ttft.lock();
+        match curves.get_mut(model) {
+            Some(c) => c.observe(in_flight, ttft, at),
+            None => {
+                let mut c = load::TtftCurve::default();
+                c.observe(in_flight, ttft, at);
+                curves.insert(model.to_owned(), c);
+            }
+        }
+    }
+
+    /// Predicted time to first token for `model` with n = 1 ..= `max_concurrency` in flight
+    /// (index n − 1), from its TTFT curve; empty until measured.
+    pub fn ttft_by_load(&self, model: &str, max_concurrency: u32, now: Instant) -> Arc<[Duration]> {
+        self.ttft
+            .lock()
+            .get(model)
+            .and_then(|c| c.predict(max_concurrency, now))
+            .map_or_else(|| Arc::from([]), Arc::from)
     }
 
     /// Takes one slot if the node has one free and its circuit admits a request. The slot is

@@ -59,6 +59,12 @@ impl PolicyName {
         }
     }
 
+    /// Whether the policy reads predicted times to first token (a fit per node and model that
+    /// the routing table computes only for such policies).
+    pub fn reads_ttft(self) -> bool {
+        matches!(self, PolicyName::Slo)
+    }
+
     /// The policy named `name`, if there is one.
     pub fn parse(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|p| p.as_str() == name)
@@ -94,6 +100,9 @@ pub struct RouteRequest<'a> {
     pub hysteresis: f64,
     /// The `slo` policy's time-to-first-token target.
     pub slo_ttft: Duration,
+    /// How long the request has waited in the queue for a slot: its client's time to first
+    /// token includes it.
+    pub waited: Duration,
 }
 
 impl<'a> RouteRequest<'a> {
@@ -105,6 +114,7 @@ impl<'a> RouteRequest<'a> {
             stale_after: routing.stale_after,
             hysteresis: routing.hysteresis,
             slo_ttft: routing.slo_ttft,
+            waited: Duration::ZERO,
         }
     }
 
@@ -207,7 +217,7 @@ pub(crate) mod testing {
             max_concurrency: 4,
             penalized_wes: wes,
             next: Arc::from([]),
-            ttft: None,
+            ttft: Arc::from([]),
             received_at: now,
         }
     }
@@ -223,6 +233,7 @@ pub(crate) mod testing {
             stale_after: Duration::from_secs(3),
             hysteresis: 0.05,
             slo_ttft: Duration::from_secs(1),
+            waited: Duration::ZERO,
         }
     }
 

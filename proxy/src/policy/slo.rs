@@ -1,8 +1,9 @@
 //! `slo`: the most efficient node whose predicted time to first token meets the target. The
-//! prediction is the node's smoothed measured TTFT for the model, stretched by its load
-//! (`ttft × (1 + in_flight / max_concurrency)`): crude, but it moves traffic off a node whose
-//! queue grows before its users notice. A node with no TTFT yet is assumed to meet the target,
-//! so that it gets measured. When none meets it, the fastest predicted node goes first.
+//! prediction is the node's TTFT curve for the model at the load this request would make
+//! (`fleet::load::TtftCurve`: measured by in-flight count, growing past what was measured), plus
+//! what the request has already waited in the queue, since its client waits for both. A node
+//! with no TTFT yet is assumed to meet the target, so that it gets measured. When none meets
+//! it, the fastest predicted node goes first.
 
 use std::time::Duration;
 
@@ -11,11 +12,6 @@ use rand::RngCore;
 use super::{ModelRoute, Policy, RouteNode, RouteRequest, fill};
 
 pub struct Slo;
-
-pub fn predicted_ttft(n: &RouteNode) -> Option<Duration> {
-    let load = f64::from(n.in_flight()) / f64::from(n.max_concurrency.max(1));
-    n.ttft.map(|t| t.mul_f64(1.0 + load))
-}
 
 impl Policy for Slo {
     fn name(&self) -> &'static str {
@@ -30,7 +26,11 @@ impl Policy for Slo {
         _: &mut dyn RngCore,
     ) -> Vec<usize> {
         let nodes = &route.nodes;
-        let meets = |n: &RouteNode| predicted_ttft(n).is_none_or(|t| t <= request.slo_ttft);
+        let predicted = |n: &RouteNode| n.predicted_ttft().map(|t| t + request.waited);
+        let meets = |n: &RouteNode| match predicted(n) {
+            Some(t) => t <= request.slo_ttft,
+            None => request.waited <= request.slo_ttft,
+        };
         let mut chosen = Vec::with_capacity(want);
         // In WES order, so the first that meets the target is the most efficient that does.
         let first = (0..nodes.len())
@@ -38,7 +38,7 @@ impl Policy for Slo {
             .or_else(|| {
                 (0..nodes.len())
                     .filter(|i| request.usable(&nodes[*i]))
-                    .min_by_key(|i| predicted_ttft(&nodes[*i]))
+                    .min_by_key(|i| predicted(&nodes[*i]).unwrap_or(Duration::ZERO))
             });
         if let (Some(first), true) = (first, want > 0) {
             chosen.push(first);
@@ -50,47 +50,88 @@ impl Policy for Slo {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::super::testing::*;
     use super::*;
 
-    fn with_ttft(id: &str, wes: f64, in_flight: u32, ttft_ms: u64) -> RouteNode {
+    /// A node whose TTFT curve predicts `by_load_ms[n − 1]` with n in flight.
+    fn with_ttft(id: &str, wes: f64, in_flight: u32, by_load_ms: &[u64]) -> RouteNode {
         let mut n = node(id, Some(wes), in_flight);
-        n.ttft = Some(Duration::from_millis(ttft_ms));
+        let curve: Vec<Duration> = by_load_ms
+            .iter()
+            .map(|ms| Duration::from_millis(*ms))
+            .collect();
+        n.ttft = Arc::from(curve);
         n
     }
 
-    fn first(nodes: Vec<RouteNode>) -> String {
+    fn first_after(nodes: Vec<RouteNode>, waited: Duration) -> String {
         let r = route(nodes);
         // request("m") targets 1 s.
-        ids(&r, &Slo.choose(&request("m"), &r, 3, &mut rng()))[0].clone()
+        let mut req = request("m");
+        req.waited = waited;
+        ids(&r, &Slo.choose(&req, &r, 3, &mut rng()))[0].clone()
+    }
+
+    fn first(nodes: Vec<RouteNode>) -> String {
+        first_after(nodes, Duration::ZERO)
     }
 
     #[test]
     fn most_efficient_among_those_meeting_the_target() {
         let got = first(vec![
-            with_ttft("efficient-but-slow", 50.0, 0, 1500),
-            with_ttft("ok", 20.0, 0, 300),
-            with_ttft("better", 30.0, 0, 600),
+            with_ttft("efficient-but-slow", 50.0, 0, &[1500; 4]),
+            with_ttft("ok", 20.0, 0, &[300; 4]),
+            with_ttft("better", 30.0, 0, &[600; 4]),
         ]);
         assert_eq!(got, "better");
     }
 
     #[test]
-    fn load_stretches_the_prediction() {
-        // 600 ms idle, but 3 of 4 slots taken: 1050 ms predicted, over the target.
+    fn the_prediction_is_the_curve_at_the_load_this_request_makes() {
+        // 600 ms alone, but with 3 in flight this request is the 4th: 1200 ms, over the target.
         let got = first(vec![
-            with_ttft("loaded", 30.0, 3, 600),
-            with_ttft("idle", 20.0, 0, 300),
+            with_ttft("loaded", 30.0, 3, &[600, 700, 900, 1200]),
+            with_ttft("idle", 20.0, 0, &[300, 400, 500, 600]),
         ]);
         assert_eq!(got, "idle");
+        // At 2 in flight the same node predicts 900 ms and wins on WES.
+        let got = first(vec![
+            with_ttft("loaded", 30.0, 2, &[600, 700, 900, 1200]),
+            with_ttft("idle", 20.0, 0, &[300, 400, 500, 600]),
+        ]);
+        assert_eq!(got, "loaded");
+    }
+
+    #[test]
+    fn time_spent_waiting_counts_against_the_target() {
+        let nodes = || {
+            vec![
+                with_ttft("efficient", 30.0, 0, &[700; 4]),
+                with_ttft("quick", 20.0, 0, &[200; 4]),
+            ]
+        };
+        assert_eq!(first(nodes()), "efficient");
+        // After 500 ms in the queue only the quick one still answers within 1 s.
+        assert_eq!(first_after(nodes(), Duration::from_millis(500)), "quick");
     }
 
     #[test]
     fn when_none_meets_it_the_fastest_goes_first() {
         let got = first(vec![
-            with_ttft("a", 30.0, 0, 3000),
-            with_ttft("b", 10.0, 0, 2000),
+            with_ttft("a", 30.0, 0, &[3000; 4]),
+            with_ttft("b", 10.0, 0, &[2000; 4]),
         ]);
         assert_eq!(got, "b");
+    }
+
+    #[test]
+    fn an_unmeasured_node_counts_as_meeting_it() {
+        let got = first(vec![
+            with_ttft("slow", 30.0, 0, &[3000; 4]),
+            node("new", Some(10.0), 0),
+        ]);
+        assert_eq!(got, "new");
     }
 }

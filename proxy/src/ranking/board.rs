@@ -292,7 +292,7 @@ mod tests {
         report(&fleet, "b", 10.0, ThermalState::Normal, 40.0);
         // b also serves a tiny model, fast and most recently: it must not rank b on that.
         let b = fleet.view().get("b").unwrap().state.clone();
-        b.observe_relayed("tiny", 900.0, None, Instant::now(), None);
+        b.observe_relayed("tiny", 900.0, Instant::now(), None);
         let snap = RankingSnapshot::build(
             &fleet.view(),
             &RoutingConfig::default(),

@@ -74,7 +74,13 @@ impl Ranking {
                             penalized_wes: table::score_at(&scored.next, scored.in_flight)
                                 .or(scored.wes.penalized),
                             next: scored.next,
-                            ttft: node.state.ttft_for(model),
+                            // A fit per (node, model): only where a policy reads it.
+                            ttft: if routing.policy_for(model).reads_ttft() {
+                                node.state
+                                    .ttft_by_load(model, node.config.max_concurrency, now)
+                            } else {
+                                Arc::from([])
+                            },
                             received_at: telemetry.map_or(now, |t| t.received_at),
                         };
                         push(&mut eligible, model, route_node);

@@ -27,8 +27,10 @@ pub struct RouteNode {
     /// Index n: what one more request scores while n are in flight (`node_score`), so that a
     /// pick between rebuilds sees the load it is made at.
     pub next: Arc<[Option<f64>]>,
-    /// Smoothed time to first token measured on this node for this model.
-    pub ttft: Option<Duration>,
+    /// Index n − 1: predicted time to first token for this model with n in flight, this
+    /// request included (the TTFT curve); empty while unmeasured, or when the model's policy
+    /// does not ask.
+    pub ttft: Arc<[Duration]>,
     /// When its newest telemetry arrived: a request re-checks staleness between rebuilds.
     pub received_at: Instant,
 }
@@ -46,6 +48,12 @@ impl RouteNode {
     /// What one more request scores on this node at its load now.
     pub fn wes_now(&self) -> Option<f64> {
         score_at(&self.next, self.in_flight()).or(self.penalized_wes)
+    }
+
+    /// Predicted time to first token for one more request at the node's load now.
+    pub fn predicted_ttft(&self) -> Option<Duration> {
+        let i = (self.in_flight() as usize).min(self.ttft.len().checked_sub(1)?);
+        self.ttft.get(i).copied()
     }
 
     /// Share of the node's slots still free, 0 to 1.

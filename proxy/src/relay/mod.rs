@@ -139,6 +139,9 @@ pub struct RelayCtx {
     sent_at: Option<Instant>,
     /// The node's in-flight history then, for the concurrency the answer was made at.
     sent_mark: Option<crate::fleet::OccupancyMark>,
+    /// The node's in-flight count when the request was sent, its own included: the load its
+    /// time to first token is filed under.
+    sent_in_flight: Option<u32>,
     /// Watches the node's response for tokens, once its header has arrived.
     meter: Option<Meter>,
     /// The current attempt is in the metrics already (it failed before answering).
@@ -247,6 +250,7 @@ impl ProxyHttp for Relay {
         let now = Instant::now();
         ctx.sent_at = Some(now);
         ctx.sent_mark = ctx.guard.as_ref().map(|g| g.state().occupancy_mark(now));
+        ctx.sent_in_flight = ctx.guard.as_ref().map(|g| g.state().in_flight());
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(Duration::from_secs(2));
         peer.options.total_connection_timeout = Some(Duration::from_secs(3));
@@ -352,17 +356,16 @@ impl ProxyHttp for Relay {
         {
             return;
         }
+        if let (Some(ttft), Some(in_flight)) = (report.first_token_at, ctx.sent_in_flight) {
+            node.state
+                .observe_ttft(&attempt.model, in_flight, ttft, now);
+        }
         if let Some(tok_s) = report.decode_tok_s {
             let concurrency = ctx
                 .sent_mark
                 .and_then(|mark| node.state.average_in_flight_since(mark, now));
-            node.state.observe_relayed(
-                &attempt.model,
-                tok_s,
-                report.first_token_at,
-                now,
-                concurrency,
-            );
+            node.state
+                .observe_relayed(&attempt.model, tok_s, now, concurrency);
             self.state.fleet.mark_changed();
         }
     }

@@ -34,7 +34,8 @@ impl Relay {
             respond::error(session, openai, 500, "configured policy is missing").await?;
             return Ok(None);
         };
-        let deadline = Instant::now() + routing.queue_timeout;
+        let arrived = Instant::now();
+        let deadline = arrived + routing.queue_timeout;
         // Armed only once every node is full (the common request never registers): after
         // arming, one more look, so a slot freed between that look and the wait still wakes us.
         let mut slot_freed = None;
@@ -54,7 +55,9 @@ impl Relay {
                 unavailable(session, openai, &message).await?;
                 return Ok(None);
             }
-            let request = RouteRequest::new(model, routing, Instant::now());
+            let now = Instant::now();
+            let mut request = RouteRequest::new(model, routing, now);
+            request.waited = now.saturating_duration_since(arrived);
             let chosen = policy::choose(
                 policy,
                 &request,
