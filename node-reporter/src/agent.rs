@@ -22,7 +22,10 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let (sample_tx, sample_rx) = watch::channel::<Option<Sample>>(None);
-    let view = Arc::new(Mutex::new(OllamaView::default()));
+    let view = Arc::new(Mutex::new(OllamaView {
+        memory_bytes: config.model_memory,
+        ..OllamaView::default()
+    }));
     let mut tasks = JoinSet::new();
 
     for url in &config.proxies {
@@ -39,6 +42,13 @@ pub async fn run(
         let client = OllamaClient::new(base.clone())?;
         tasks.spawn(poll_models(
             client.clone(),
+            config.models_interval,
+            view.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(poll_loaded(
+            client.clone(),
+            config.interval,
             config.models_interval,
             view.clone(),
             shutdown.clone(),
@@ -136,6 +146,50 @@ async fn poll_models(
         }
         last_ok = Some(models.is_ok());
         view.lock().models = Some(models);
+    }
+}
+
+/// Reads what is loaded once per sample interval: residency changes with every request. An
+/// engine without `/api/ps` is asked again only at the model-list pace, in case it is replaced
+/// by one that has it.
+async fn poll_loaded(
+    client: OllamaClient,
+    every: Duration,
+    without_list: Duration,
+    view: Arc<Mutex<OllamaView>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut last_error: Option<String> = None;
+    loop {
+        let loaded = client.loaded().await;
+        let pause = match &loaded {
+            Ok(None) => without_list.max(every),
+            _ => every,
+        };
+        match &loaded {
+            Err(e) if last_error.as_ref() != Some(e) => tracing::warn!("{e}"),
+            _ => {}
+        }
+        {
+            let mut view = view.lock();
+            match loaded {
+                Ok(list) => {
+                    view.loaded = list;
+                    view.loaded_error = None;
+                    last_error = None;
+                }
+                Err(e) => {
+                    // Unknown, not empty: a stale list would charge or spare the wrong nodes.
+                    view.loaded = None;
+                    view.loaded_error = Some(e.clone());
+                    last_error = Some(e);
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
     }
 }
 

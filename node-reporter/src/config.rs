@@ -77,6 +77,10 @@ pub struct ReporterFlags {
     /// Root of the sysfs tree the `linux` sensor reads (tests point it at a fixture).
     #[arg(long, global = true)]
     pub sysfs_root: Option<PathBuf>,
+    /// The memory models load into (the GPU's, or RAM for CPU inference), e.g. "24GiB": sent
+    /// beside the loaded models so that the proxy sees when one more model evicts another.
+    #[arg(long, global = true)]
+    pub model_memory: Option<String>,
 }
 
 /// The file form. Unknown keys are an error so that a typo is not silently ignored.
@@ -108,6 +112,7 @@ pub struct ReporterFile {
     #[serde(default, with = "humantime_serde::option")]
     pub models_interval: Option<Duration>,
     pub sysfs_root: Option<PathBuf>,
+    pub model_memory: Option<String>,
     #[serde(default)]
     pub thermal: Option<ThermalThresholds>,
     #[serde(default)]
@@ -140,6 +145,8 @@ pub struct ReporterConfig {
     pub probe_streams: Vec<u32>,
     pub models_interval: Duration,
     pub sysfs_root: PathBuf,
+    /// Bytes; `None`: unknown, and the proxy predicts no evictions.
+    pub model_memory: Option<u64>,
     pub thermal: ThermalThresholds,
     pub sim: SimParams,
     pub sim_seed: u64,
@@ -260,6 +267,14 @@ impl ReporterConfig {
         if probe_streams.len() > 8 {
             anyhow::bail!("probe_streams: at most 8 counts");
         }
+        let model_memory = match flags.model_memory.or(file.model_memory) {
+            None => None,
+            Some(text) => match text.parse::<bytesize::ByteSize>() {
+                Ok(size) if size.as_u64() > 0 => Some(size.as_u64()),
+                Ok(_) => anyhow::bail!("model_memory {text:?} must be more than zero"),
+                Err(e) => anyhow::bail!("model_memory {text:?} is not a size like \"24GiB\": {e}"),
+            },
+        };
         let sim_seed = file.sim_seed.unwrap_or_else(|| fnv1a(node_id.as_bytes()));
         Ok(ReporterConfig {
             node_id,
@@ -288,6 +303,7 @@ impl ReporterConfig {
                 .sysfs_root
                 .or(file.sysfs_root)
                 .unwrap_or_else(|| PathBuf::from("/sys")),
+            model_memory,
             thermal: file.thermal.unwrap_or_default(),
             sim: file.sim.unwrap_or_default(),
             sim_seed,
@@ -342,6 +358,19 @@ mod tests {
         let file: ReporterFile = toml::from_str("models_interval = \"0s\"").unwrap();
         let err = ReporterConfig::merge(file, flags()).unwrap_err();
         assert!(err.to_string().contains("models_interval"), "{err}");
+    }
+
+    #[test]
+    fn model_memory_is_a_size() {
+        let c = ReporterConfig::merge(ReporterFile::default(), flags()).unwrap();
+        assert_eq!(c.model_memory, None);
+        let file: ReporterFile = toml::from_str("model_memory = \"24GiB\"").unwrap();
+        let c = ReporterConfig::merge(file, flags()).unwrap();
+        assert_eq!(c.model_memory, Some(24 << 30));
+        let mut f = flags();
+        f.model_memory = Some("lots".into());
+        let err = ReporterConfig::merge(ReporterFile::default(), f).unwrap_err();
+        assert!(err.to_string().contains("model_memory \"lots\""), "{err}");
     }
 
     #[test]

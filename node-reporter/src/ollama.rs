@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde::Deserialize;
-use wes_proto::{Model, ProbeResult};
+use wes_proto::{LoadedModel, Model, ProbeResult};
 
 /// The prompt is fixed so that probes of the same model compare over time.
 pub const PROBE_PROMPT: &str = "Count from one to twenty in words, separated by commas.";
@@ -38,6 +38,31 @@ struct OpenAiModels {
 #[derive(Deserialize)]
 struct OpenAiModel {
     id: String,
+}
+
+#[derive(Deserialize)]
+struct PsResponse {
+    #[serde(default)]
+    models: Vec<PsModel>,
+}
+
+#[derive(Deserialize)]
+struct PsModel {
+    name: String,
+    #[serde(default)]
+    size: u64,
+    #[serde(default)]
+    size_vram: u64,
+    #[serde(default)]
+    expires_at: Option<String>,
+}
+
+/// Ollama writes `expires_at` as RFC 3339 with its local offset ("2024-06-04T14:38:31.83753-07:00").
+/// Unparseable or absent: never expires, as far as the proxy is told.
+fn expiry_unix_ms(text: Option<&str>) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(text?)
+        .ok()
+        .map(|t| t.timestamp_millis())
 }
 
 #[derive(Deserialize)]
@@ -132,6 +157,43 @@ impl OllamaClient {
                 digest: m.digest,
             })
             .collect())
+    }
+
+    /// `GET /api/ps`: the models loaded in memory now. `Ok(None)` when the engine has no such
+    /// list (404: llama.cpp's server, vLLM), so that residency stays unknown rather than empty.
+    pub async fn loaded(&self) -> Result<Option<Vec<LoadedModel>>, String> {
+        let url = format!("{}/api/ps", self.base);
+        let response = self
+            .http
+            .get(&url)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .map_err(|e| format!("ollama loaded models from {url}: {e}"))?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !response.status().is_success() {
+            return Err(format!(
+                "ollama loaded models from {url}: HTTP {}",
+                response.status()
+            ));
+        }
+        let ps: PsResponse = response
+            .json()
+            .await
+            .map_err(|e| format!("ollama loaded models from {url}: not the /api/ps shape: {e}"))?;
+        Ok(Some(
+            ps.models
+                .into_iter()
+                .map(|m| LoadedModel {
+                    expires_unix_ms: expiry_unix_ms(m.expires_at.as_deref()),
+                    name: m.name,
+                    size_bytes: m.size,
+                    size_vram_bytes: m.size_vram,
+                })
+                .collect(),
+        ))
     }
 
     /// Runs one small fixed streamed generation and measures its decode rate from the stream.
@@ -265,6 +327,20 @@ fn snippet(text: &str) -> &str {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expiry_is_read_with_its_offset() {
+        assert_eq!(
+            expiry_unix_ms(Some("1970-01-01T01:00:01.5+01:00")),
+            Some(1_500)
+        );
+        assert_eq!(
+            expiry_unix_ms(Some("2024-06-04T14:38:31Z")),
+            Some(1_717_511_911_000)
+        );
+        assert_eq!(expiry_unix_ms(Some("soon")), None);
+        assert_eq!(expiry_unix_ms(None), None);
+    }
 
     #[test]
     fn meter_counts_tokens_across_split_lines() {

@@ -2,7 +2,9 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use wes_proto::{Model, ModelList, PlatformFlags, ProbeResult, Sample, SensorKind};
+use wes_proto::{
+    LoadedModel, LoadedModels, Model, ModelList, PlatformFlags, ProbeResult, Sample, SensorKind,
+};
 
 use crate::sensor::Reading;
 
@@ -22,6 +24,12 @@ pub struct OllamaView {
     /// The probe is running: samples say so, so that the proxy does not take its power for
     /// the idle draw.
     pub probing: bool,
+    /// What `/api/ps` said last: `None` until read, or where the engine has no such list (the
+    /// error, if reading failed, is in `loaded_error`).
+    pub loaded: Option<Vec<LoadedModel>>,
+    pub loaded_error: Option<String>,
+    /// The memory models load into, from the config, sent beside the loaded list.
+    pub memory_bytes: Option<u64>,
 }
 
 pub fn build_sample(
@@ -46,6 +54,13 @@ pub fn build_sample(
     if let Some(reason) = &ollama.probe_error {
         sensor_errors.push(reason.clone());
     }
+    if let Some(reason) = &ollama.loaded_error {
+        sensor_errors.push(reason.clone());
+    }
+    let loaded = ollama.loaded.as_ref().map(|models| LoadedModels {
+        models: models.clone(),
+        memory_bytes: ollama.memory_bytes,
+    });
     Sample {
         node_id: node_id.to_owned(),
         timestamp_unix_ms,
@@ -70,6 +85,7 @@ pub fn build_sample(
         sensor_errors,
         reporter_version: env!("CARGO_PKG_VERSION").to_owned(),
         probing: ollama.probing,
+        loaded,
     }
 }
 

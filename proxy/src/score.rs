@@ -26,6 +26,16 @@ pub fn wes(tok_s: Option<f64>, watts: Option<f64>, pue: f64, penalty: f64) -> Op
     Some(t / denominator)
 }
 
+/// A score in tokens per joule (WES, penalized or not) for a request of `tokens` that must
+/// first spend `extra_joules` in the same units (a model load): the request's tokens over all
+/// the energy it causes.
+pub fn with_extra_energy(score: f64, tokens: f64, extra_joules: f64) -> f64 {
+    if !(score > 0.0 && tokens > 0.0) {
+        return score;
+    }
+    tokens / (tokens / score + extra_joules.max(0.0))
+}
+
 /// Raw and penalized WES and the thermal cost between them, for one sample.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct WesPair {

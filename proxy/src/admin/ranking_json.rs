@@ -39,6 +39,20 @@ pub fn render(snapshot: &RankingSnapshot, models: &BTreeSet<String>, now: Instan
                 "in_flight": e.state.in_flight(),
                 "last_sample_age_ms": e.last_sample_age(now).map(|d| d.as_millis() as u64),
                 "models": e.models,
+                "loaded_models": e.residency.as_ref().map(|r| {
+                    r.loaded
+                        .iter()
+                        .map(|m| {
+                            json!({
+                                "name": m.name,
+                                "size_bytes": m.size_bytes,
+                                "size_vram_bytes": m.size_vram_bytes,
+                                "expires_unix_ms": m.expires_unix_ms,
+                            })
+                        })
+                        .collect::<Vec<_>>()
+                }),
+                "model_memory_bytes": e.residency.as_ref().and_then(|r| r.memory_bytes),
                 "sensor_errors": e.sensor_errors,
             })
         })

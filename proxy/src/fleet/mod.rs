@@ -5,6 +5,7 @@ mod estimate;
 pub mod health;
 pub mod load;
 mod power;
+pub mod residency;
 mod telemetry;
 
 use std::collections::HashMap;
@@ -22,7 +23,7 @@ pub use estimate::{HALF_LIFE, RateEstimate};
 pub use health::{Admission, Circuit, NodeHealth};
 pub use load::{LoadModel, OccupancyMark};
 pub use power::PowerEstimate;
-pub use telemetry::{ProbeLoad, ProbeObservation, Telemetry};
+pub use telemetry::{LoadedModel, ProbeLoad, ProbeObservation, Residency, Telemetry};
 
 use crate::config::NodeConfig;
 
@@ -49,9 +50,25 @@ pub struct NodeState {
     power_by_load: Mutex<load::PowerCurve>,
     /// Per model, times to first token by the in-flight count each request was sent at.
     ttft: Mutex<HashMap<String, load::TtftCurve>>,
+    /// Per model, when this proxy last sent a request that found it cold (`residency`).
+    warming: Mutex<HashMap<String, Instant>>,
+    /// Per model, the smoothed seconds a cold load took here.
+    load_seconds: Mutex<HashMap<String, f64>>,
+    /// Per model, the smoothed output tokens of a relayed request.
+    request_tokens: Mutex<HashMap<String, f64>>,
     pub health: NodeHealth,
     /// Shared by the whole fleet: woken whenever any node frees a slot, for queued requests.
     slot_freed: Arc<Notify>,
+}
+
+/// Folds `value` into `model`'s smoothed average, allocating the key only the first time.
+fn smooth_into(map: &mut HashMap<String, f64>, model: &str, value: f64) {
+    match map.get_mut(model) {
+        Some(v) => *v = residency::smooth(Some(*v), value),
+        None => {
+            map.insert(model.to_owned(), value);
+        }
+    }
 }
 
 /// The rate a model is scored on: the proxy's own measurement while it is fresh, else the
@@ -174,6 +191,61 @@ impl NodeState {
                 curves.insert(model.to_owned(), c);
             }
         }
+    }
+
+    /// Whether `model` is loaded here (`residency::resident`); `None`: the node does not say.
+    pub fn resident(&self, model: &str) -> Option<bool> {
+        let telemetry = self.telemetry()?;
+        let warmed = self.warming.lock().get(model).copied();
+        residency::resident(
+            telemetry.residency.as_deref(),
+            telemetry.received_at,
+            warmed,
+            model,
+        )
+    }
+
+    /// A request for `model` is being sent: whether it finds the model cold. If so the model
+    /// counts as loading from now on, so that the next request is not charged the same load.
+    pub fn note_sent(&self, model: &str, now: Instant) -> bool {
+        if self.resident(model) != Some(false) {
+            return false;
+        }
+        self.warming.lock().insert(model.to_owned(), now);
+        true
+    }
+
+    /// A request that found `model` cold waited `seconds` more for its first token than a warm
+    /// one would have: the load.
+    pub fn observe_cold_load(&self, model: &str, seconds: f64) {
+        if !(seconds.is_finite() && seconds >= 0.0) {
+            return;
+        }
+        smooth_into(&mut self.load_seconds.lock(), model, seconds);
+    }
+
+    /// What loading `model` here takes: measured, else `residency::COLD_LOAD_PRIOR`.
+    pub fn load_seconds(&self, model: &str) -> f64 {
+        self.load_seconds
+            .lock()
+            .get(model)
+            .copied()
+            .unwrap_or(residency::COLD_LOAD_PRIOR.as_secs_f64())
+    }
+
+    pub fn observe_request_tokens(&self, model: &str, tokens: u64) {
+        if tokens > 0 {
+            smooth_into(&mut self.request_tokens.lock(), model, tokens as f64);
+        }
+    }
+
+    /// Output tokens of a request for `model` here: measured, else the prior.
+    pub fn tokens_per_request(&self, model: &str) -> f64 {
+        self.request_tokens
+            .lock()
+            .get(model)
+            .copied()
+            .unwrap_or(residency::TOKENS_PER_REQUEST_PRIOR)
     }
 
     /// Predicted time to first token for `model` with n = 1 ..= `max_concurrency` in flight

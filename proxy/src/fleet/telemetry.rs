@@ -23,6 +23,33 @@ pub struct Telemetry {
     pub sensor_errors: Vec<String>,
     /// The reporter's probe was running when this was read.
     pub probing: bool,
+    /// What the node has loaded in memory; `None`: unknown (the engine does not say).
+    pub residency: Option<std::sync::Arc<Residency>>,
+}
+
+/// The models a node has loaded in memory now (Ollama `/api/ps`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Residency {
+    pub loaded: Vec<LoadedModel>,
+    /// The memory models load into, when the reporter knows it.
+    pub memory_bytes: Option<u64>,
+    /// The size of each model the node holds (its model list), for what loading one evicts.
+    pub sizes: std::collections::HashMap<String, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadedModel {
+    pub name: String,
+    pub size_bytes: u64,
+    pub size_vram_bytes: u64,
+    /// When the engine will unload it if unused; `None`: never.
+    pub expires_unix_ms: Option<i64>,
+}
+
+impl Residency {
+    pub fn holds(&self, model: &str) -> bool {
+        self.loaded.iter().any(|m| m.name == model)
+    }
 }
 
 /// A reporter's probe of one model, as validated by ingest.
@@ -66,6 +93,7 @@ impl Telemetry {
             models: Some(vec![]),
             sensor_errors: vec![],
             probing: false,
+            residency: None,
         }
     }
 }

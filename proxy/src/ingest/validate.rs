@@ -6,7 +6,7 @@ use std::time::Instant;
 use wes_proto::{Sample, SensorKind, ThermalState};
 
 use crate::config::TelemetryConfig;
-use crate::fleet::{ProbeLoad, ProbeObservation, Telemetry};
+use crate::fleet::{LoadedModel, ProbeLoad, ProbeObservation, Residency, Telemetry};
 
 /// Why a sample was refused; the code is the gRPC status the stream ends with.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,6 +94,41 @@ pub fn validate(
         }
     };
 
+    let residency = match &sample.loaded {
+        None => None,
+        Some(list) => {
+            if list.models.len() > MAX_MODELS {
+                return Err(invalid(format!(
+                    "{} loaded models is more than the {MAX_MODELS} allowed",
+                    list.models.len()
+                )));
+            }
+            let mut loaded = Vec::with_capacity(list.models.len());
+            for m in &list.models {
+                if m.name.is_empty() || m.name.len() > MAX_TEXT {
+                    return Err(invalid("a loaded model's name is empty or too long".into()));
+                }
+                loaded.push(LoadedModel {
+                    name: m.name.clone(),
+                    size_bytes: m.size_bytes,
+                    size_vram_bytes: m.size_vram_bytes,
+                    expires_unix_ms: m.expires_unix_ms,
+                });
+            }
+            let sizes = sample
+                .models
+                .iter()
+                .flat_map(|l| &l.models)
+                .map(|m| (m.name.clone(), m.size_bytes))
+                .collect();
+            Some(std::sync::Arc::new(Residency {
+                loaded,
+                memory_bytes: list.memory_bytes.filter(|b| *b > 0),
+                sizes,
+            }))
+        }
+    };
+
     let mut probes = Vec::with_capacity(sample.probes.len());
     for p in &sample.probes {
         let field = |name: &str| format!("probe {:?} {name}", p.model);
@@ -173,6 +208,7 @@ pub fn validate(
             models,
             sensor_errors: sample.sensor_errors.clone(),
             probing: sample.probing,
+            residency,
         },
         probes,
     ))

@@ -56,6 +56,8 @@ pub struct RankEntry {
     pub unhealthy_reason: Option<String>,
     pub sample_received_at: Option<Instant>,
     pub models: Option<Vec<String>>,
+    /// What the node has loaded in memory; `None`: it does not say.
+    pub residency: Option<Arc<crate::fleet::Residency>>,
     pub sensor_errors: Vec<String>,
     pub power_capped: bool,
     pub state: Arc<crate::fleet::NodeState>,
@@ -107,6 +109,7 @@ impl RankEntry {
             unhealthy_reason,
             sample_received_at: telemetry.map(|t| t.received_at),
             models: telemetry.and_then(|t| t.models.clone()),
+            residency: telemetry.and_then(|t| t.residency.clone()),
             sensor_errors: telemetry
                 .map(|t| t.sensor_errors.clone())
                 .unwrap_or_default(),

@@ -10,11 +10,12 @@ mod board;
 pub mod eligibility;
 mod history;
 mod node_score;
+mod residency;
 pub mod table;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub use board::{RankEntry, RankingSnapshot};
 pub use history::{History, NodeSeries, Point};
@@ -65,19 +66,45 @@ impl Ranking {
                         if reference.as_deref() == Some(model.as_str()) {
                             on_reference = Some(scored.clone());
                         }
+                        // The route prices a cold model's load in; the board shows the node as
+                        // it runs.
+                        let cold =
+                            residency::cold_cost(node, telemetry, model, scored.scoring_watts);
+                        let mut next = scored.next.clone();
+                        let mut penalized = table::score_at(&scored.next, scored.in_flight)
+                            .or(scored.wes.penalized);
+                        if let Some(cost) = &cold {
+                            next = next.iter().map(|s| cost.charge(*s)).collect();
+                            penalized = cost.charge(penalized);
+                        }
                         let route_node = RouteNode {
                             id: node.id.clone(),
                             peer: node.peer.clone(),
                             header: node.header.clone(),
                             state: node.state.clone(),
                             max_concurrency: node.config.max_concurrency,
-                            penalized_wes: table::score_at(&scored.next, scored.in_flight)
-                                .or(scored.wes.penalized),
-                            next: scored.next,
+                            penalized_wes: penalized,
+                            next,
                             // A fit per (node, model): only where a policy reads it.
                             ttft: if routing.policy_for(model).reads_ttft() {
-                                node.state
-                                    .ttft_by_load(model, node.config.max_concurrency, now)
+                                let warm = node.state.ttft_by_load(
+                                    model,
+                                    node.config.max_concurrency,
+                                    now,
+                                );
+                                match &cold {
+                                    // Unmeasured warm, the load is what is known.
+                                    Some(c) if warm.is_empty() => {
+                                        let load = Duration::from_secs_f64(c.seconds);
+                                        vec![load; node.config.max_concurrency.max(1) as usize]
+                                            .into()
+                                    }
+                                    Some(c) => warm
+                                        .iter()
+                                        .map(|t| *t + Duration::from_secs_f64(c.seconds))
+                                        .collect(),
+                                    None => warm,
+                                }
                             } else {
                                 Arc::from([])
                             },

@@ -142,6 +142,8 @@ pub struct RelayCtx {
     /// The node's in-flight count when the request was sent, its own included: the load its
     /// time to first token is filed under.
     sent_in_flight: Option<u32>,
+    /// The request found its model cold on the node (not loaded): its TTFT holds the load.
+    sent_cold: bool,
     /// Watches the node's response for tokens, once its header has arrived.
     meter: Option<Meter>,
     /// The current attempt is in the metrics already (it failed before answering).
@@ -251,6 +253,10 @@ impl ProxyHttp for Relay {
         ctx.sent_at = Some(now);
         ctx.sent_mark = ctx.guard.as_ref().map(|g| g.state().occupancy_mark(now));
         ctx.sent_in_flight = ctx.guard.as_ref().map(|g| g.state().in_flight());
+        ctx.sent_cold = ctx
+            .guard
+            .as_ref()
+            .is_some_and(|g| g.state().note_sent(&attempt.model, now));
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(Duration::from_secs(2));
         peer.options.total_connection_timeout = Some(Duration::from_secs(3));
@@ -357,8 +363,24 @@ impl ProxyHttp for Relay {
             return;
         }
         if let (Some(ttft), Some(in_flight)) = (report.first_token_at, ctx.sent_in_flight) {
+            if ctx.sent_cold {
+                // What it waited beyond a warm request at the same load: the load.
+                let warm = node
+                    .state
+                    .ttft_by_load(&attempt.model, node.config.max_concurrency, now)
+                    .get(in_flight.saturating_sub(1) as usize)
+                    .copied()
+                    .unwrap_or_default();
+                let load = ttft.saturating_sub(warm).as_secs_f64();
+                node.state.observe_cold_load(&attempt.model, load);
+            } else {
+                node.state
+                    .observe_ttft(&attempt.model, in_flight, ttft, now);
+            }
+        }
+        if report.protocol != meter::Protocol::Embedding {
             node.state
-                .observe_ttft(&attempt.model, in_flight, ttft, now);
+                .observe_request_tokens(&attempt.model, report.tokens);
         }
         if let Some(tok_s) = report.decode_tok_s {
             let concurrency = ctx
