@@ -150,21 +150,28 @@ async fn traffic_follows_penalized_wes_thermal_state_capacity_and_draining() {
 
     // Each reporter reads its node's /api/ps: the probe loaded the model, with Ollama's
     // keep_alive, and the node says nothing of its memory.
-    let ranking = wait_for(Duration::from_secs(10), "loaded models on /ranking", || async {
-        let r = proxy.ranking().await;
-        let all = r["nodes"].as_array().unwrap().iter().all(|n| {
-            n["loaded_models"]
-                .as_array()
-                .is_some_and(|l| l.iter().any(|m| m["name"] == MODEL))
-        });
-        all.then_some(r)
-    })
+    let ranking = wait_for(
+        Duration::from_secs(10),
+        "loaded models on /ranking",
+        || async {
+            let r = proxy.ranking().await;
+            let all = r["nodes"].as_array().unwrap().iter().all(|n| {
+                n["loaded_models"]
+                    .as_array()
+                    .is_some_and(|l| l.iter().any(|m| m["name"] == MODEL))
+            });
+            all.then_some(r)
+        },
+    )
     .await;
     let now_ms = support::now_unix_ms();
     for n in ranking["nodes"].as_array().unwrap() {
         let m = &n["loaded_models"][0];
         let expires = m["expires_unix_ms"].as_i64().unwrap();
-        assert!(expires > now_ms && expires <= now_ms + 5 * 60_000 + 5_000, "{n}");
+        assert!(
+            expires > now_ms && expires <= now_ms + 5 * 60_000 + 5_000,
+            "{n}"
+        );
         assert!(m["size_bytes"].as_u64().unwrap() > 0, "{n}");
         assert_eq!(n["model_memory_bytes"], Value::Null, "{n}");
     }

@@ -89,6 +89,7 @@ pub struct Job {
     plan: Plan,
     received: Instant,
     load: Duration,
+    _model: crate::node::ModelUse,
 }
 
 /// Admits a request (waiting for a slot), then loads its model: both happen before any byte
@@ -97,13 +98,14 @@ pub async fn start(node: &Arc<Node>, mut plan: Plan, received: Instant) -> Resul
     // Ollama truncates a prompt to the context window, so no more than that is prefilled.
     plan.prompt_tokens = plan.prompt_tokens.min(plan.model.context_window());
     let slot = node.admit().await?;
-    let load = node.ensure_loaded(&plan.model, plan.keep_alive).await;
+    let (load, model) = node.ensure_loaded(&plan.model, plan.keep_alive).await;
     Ok(Job {
         node: Arc::clone(node),
         slot,
         plan,
         received,
         load,
+        _model: model,
     })
 }
 
@@ -244,7 +246,7 @@ pub async fn embed(
     received: Instant,
 ) -> Result<EmbedStats, Busy> {
     let slot = node.admit().await?;
-    let load = node.ensure_loaded(model, keep_alive).await;
+    let (load, _hold) = node.ensure_loaded(model, keep_alive).await;
     let (_, prompt_rate) = node.rates(model);
     let seconds = f64::from(tokens) / prompt_rate.max(1e-3);
     let wait = Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX);

@@ -67,6 +67,26 @@ struct Loaded {
     ready_at: Instant,
     /// `None`: loaded until unloaded (`keep_alive` negative).
     expires: Option<Instant>,
+    size_bytes: u64,
+    /// Requests using it now: a model in use is never evicted.
+    in_use: u32,
+}
+
+/// A request's hold on its loaded model; dropping it (the request ended, however) lets the
+/// model be evicted again.
+pub struct ModelUse {
+    node: Weak<Node>,
+    key: String,
+}
+
+impl Drop for ModelUse {
+    fn drop(&mut self) {
+        if let Some(node) = self.node.upgrade()
+            && let Some(l) = node.loaded.lock().get_mut(&self.key)
+        {
+            l.in_use = l.in_use.saturating_sub(1);
+        }
+    }
 }
 
 pub struct Node {
@@ -81,6 +101,8 @@ pub struct Node {
     queued: AtomicU32,
     tokens_sent: AtomicU64,
     loaded: Mutex<HashMap<String, Loaded>>,
+    loads: AtomicU64,
+    evictions: AtomicU64,
 }
 
 /// What `GET /wes-sim/state` answers. The first four keys are the reporter's `command` sensor
@@ -101,6 +123,11 @@ pub struct StateReport {
     pub idle_watts: f64,
     pub profile: String,
     pub time_scale: f64,
+    /// Models in memory now (loaded or loading), and the cold loads and evictions so far:
+    /// ground truth for the benchmark's oracle.
+    pub loaded: Vec<String>,
+    pub loads: u64,
+    pub evictions: u64,
 }
 
 /// A decode slot. Dropping it (request finished, or client gone) frees the slot and lowers
@@ -173,6 +200,8 @@ impl Node {
             queued: AtomicU32::new(0),
             tokens_sent: AtomicU64::new(0),
             loaded: Mutex::new(HashMap::new()),
+            loads: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
         })
     }
 
@@ -232,7 +261,19 @@ impl Node {
         let s = p.last;
         let active = self.active.load(Ordering::SeqCst);
         let queued = self.queued.load(Ordering::SeqCst);
+        let now = Instant::now();
+        let mut loaded: Vec<String> = self
+            .loaded
+            .lock()
+            .iter()
+            .filter(|(_, l)| l.expires.is_none_or(|e| e > now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        loaded.sort();
         StateReport {
+            loaded,
+            loads: self.loads.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
             watts: s.watts,
             energy_joules: s.energy_joules,
             thermal_state: s.thermal_state,
@@ -342,34 +383,74 @@ impl Node {
         models.len() != before
     }
 
-    /// Loads `model` if it is not resident (waiting out a load another request started) and
-    /// returns how long this request waited for it.
-    pub async fn ensure_loaded(&self, model: &ModelInfo, keep_alive: KeepAlive) -> Duration {
+    /// Loads `model` if it is not resident (waiting out a load another request started),
+    /// evicting idle models when the profile's memory is too small for it beside them; returns
+    /// how long this request waited, and its hold on the model.
+    pub async fn ensure_loaded(
+        self: &Arc<Self>,
+        model: &ModelInfo,
+        keep_alive: KeepAlive,
+    ) -> (Duration, ModelUse) {
         let start = Instant::now();
+        let key = bare(&model.name).to_string();
         let ready_at = {
             let mut loaded = self.loaded.lock();
-            let key = bare(&model.name).to_string();
-            let resident = loaded
-                .get(&key)
-                .filter(|l| l.expires.is_none_or(|e| e > start))
-                .map(|l| l.ready_at);
+            loaded.retain(|_, l| l.in_use > 0 || l.expires.is_none_or(|e| e > start));
+            let resident = loaded.get_mut(&key).map(|l| {
+                l.in_use += 1;
+                l.ready_at
+            });
             match resident {
                 Some(ready_at) => ready_at,
                 None => {
+                    self.evict_for(&mut loaded, model.size_bytes);
+                    self.loads.fetch_add(1, Ordering::Relaxed);
                     let ready_at = start + self.load_time(model);
                     loaded.insert(
-                        key,
+                        key.clone(),
                         Loaded {
                             ready_at,
                             expires: expiry(ready_at, keep_alive),
+                            size_bytes: model.size_bytes,
+                            in_use: 1,
                         },
                     );
                     ready_at
                 }
             }
         };
+        let hold = ModelUse {
+            node: Arc::downgrade(self),
+            key,
+        };
         tokio::time::sleep_until(ready_at.into()).await;
-        start.elapsed()
+        (start.elapsed(), hold)
+    }
+
+    /// Makes room for `bytes` more: idle models leave, soonest to expire first (those kept
+    /// forever last). Models in use stay even when that leaves too little room: Ollama would
+    /// make the request wait; the simulator lets memory overcommit instead.
+    fn evict_for(&self, loaded: &mut HashMap<String, Loaded>, bytes: u64) {
+        let memory = (self.profile.memory_gb * 1e9) as u64;
+        if memory == 0 {
+            return;
+        }
+        let mut used: u64 = loaded.values().map(|l| l.size_bytes).sum();
+        let mut idle: Vec<(Option<Instant>, String)> = loaded
+            .iter()
+            .filter(|(_, l)| l.in_use == 0)
+            .map(|(k, l)| (l.expires, k.clone()))
+            .collect();
+        idle.sort_by_key(|(expires, name)| (expires.is_none(), *expires, name.clone()));
+        for (_, name) in idle {
+            if used.saturating_add(bytes) <= memory {
+                break;
+            }
+            if let Some(l) = loaded.remove(&name) {
+                used -= l.size_bytes;
+                self.evictions.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// A request finished with `keep_alive`: the model's timer restarts from now.
@@ -484,6 +565,43 @@ mod tests {
         assert!(n.loaded_models().is_empty());
         n.ensure_loaded(&m, KeepAlive::Forever).await;
         assert_eq!(n.loaded_models()[0].1, None);
+    }
+
+    #[tokio::test]
+    async fn a_model_that_does_not_fit_evicts_an_idle_one_never_one_in_use() {
+        let mut profile = Profile::load("apple-m2").unwrap();
+        profile.load_gb_per_s = 0.0;
+        let n = Node::new(Settings {
+            profile,
+            models: vec!["a".into(), "b".into(), "c".into()],
+            seed: 0,
+            time_scale: 1.0,
+            default_tokens: 8,
+        });
+        let size = n.find_model("a").unwrap().size_bytes as f64;
+        // Room for two of the three.
+        let mut p = n.profile.clone();
+        p.memory_gb = 2.5 * size / 1e9;
+        let n = Node::new(Settings {
+            profile: p,
+            models: vec!["a".into(), "b".into(), "c".into()],
+            seed: 0,
+            time_scale: 1.0,
+            default_tokens: 8,
+        });
+        let m = |name: &str| n.find_model(name).unwrap();
+        let held_a = n.ensure_loaded(&m("a"), KeepAlive::default()).await.1;
+        drop(n.ensure_loaded(&m("b"), KeepAlive::default()).await.1);
+        assert_eq!(n.state().loaded, ["a", "b"]);
+        // c needs room: b is idle, a is in use.
+        let _c = n.ensure_loaded(&m("c"), KeepAlive::default()).await;
+        let s = n.state();
+        assert_eq!(s.loaded, ["a", "c"]);
+        assert_eq!((s.loads, s.evictions), (3, 1));
+        // Nothing idle to evict: b loads beside both, over the memory.
+        let _b = n.ensure_loaded(&m("b"), KeepAlive::default()).await;
+        assert_eq!(n.state().loaded, ["a", "b", "c"]);
+        drop(held_a);
     }
 
     #[tokio::test]

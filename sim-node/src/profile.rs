@@ -47,6 +47,10 @@ pub struct Profile {
     /// How fast a cold model loads from disk into (V)RAM; 0 loads instantly.
     #[serde(default)]
     pub load_gb_per_s: f64,
+    /// The memory models load into, in GB (10^9 bytes); 0: unlimited. A model that does not
+    /// fit beside the loaded ones evicts idle ones, soonest to expire first, as Ollama does.
+    #[serde(default)]
+    pub memory_gb: f64,
     /// Weights in system RAM rather than an accelerator's memory (`size_vram` 0 in `/api/ps`).
     #[serde(default)]
     pub cpu_only: bool,
@@ -129,6 +133,9 @@ impl Profile {
         }
         if self.max_parallel == 0 {
             return Err("max_parallel must be >= 1".to_string());
+        }
+        if !(self.memory_gb.is_finite() && self.memory_gb >= 0.0) {
+            return Err(format!("memory_gb {} must be a number ≥ 0", self.memory_gb));
         }
         if !(self.load_gb_per_s.is_finite() && self.load_gb_per_s >= 0.0) {
             return Err(format!(
