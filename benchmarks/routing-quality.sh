@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
-# Routing-quality benchmark: does efficiency routing save energy, and at what latency?
+# Routing-quality suite: does efficiency routing save energy, and at what latency, in each of
+# the scenarios a router must get right (benchmarks/routing_quality/scenarios.py)?
 #
-#   benchmarks/routing-quality.sh            all seven runs (~14 min): top, weighted, p2c, slo,
-#                                         round_robin, least_connections and the oracle;
-#                                         writes docs/benchmarks/routing-quality.md + PNGs
-#   benchmarks/routing-quality.sh --quick    top, round_robin and the oracle on 30 s of traffic
-#                                         (~3 min); writes target/routing-quality/
-#   benchmarks/routing-quality.sh --help     every option (policies, rate, duration, heat event,
-#                                         extra [routing] lines for the proxy, --report-only)
+#   benchmarks/routing-quality.sh                     every scenario, each with its policies
+#                                                     and the oracle (~50 min); writes
+#                                                     docs/benchmarks/routing-quality.md (the
+#                                                     summary) and routing-quality/<scenario>/
+#   benchmarks/routing-quality.sh --scenario NAME     one scenario (thermal, high-load,
+#                                                     multi-model, bursts)
+#   benchmarks/routing-quality.sh --quick             top, least_connections and the oracle on
+#                                                     30 s of traffic per scenario (~15 min);
+#                                                     writes target/routing-quality/
+#   benchmarks/routing-quality.sh --help              every option (policies, duration, extra
+#                                                     [routing] lines, --report-only)
 #
-# Each run starts a fresh simulated fleet (six wes-sim-node, a wes-reporter per node, the
-# wes-proxy with the policy under test), replays the same seeded Poisson workload, heats the
-# node the efficiency policies favour at 1/3 of the run, and measures fleet tokens per joule
-# from every node's energy counter, time to first token, failures, and how fast traffic left the
-# hot node. The harness is Python (benchmarks/routing_quality/, aiohttp and matplotlib, installed
-# into the repository's .venv). Ctrl-C stops every process it started.
+# Each run starts a fresh simulated fleet (a wes-sim-node per node, a wes-reporter per node, the
+# wes-proxy with the policy under test), replays the scenario's seeded workload, and measures
+# fleet tokens per joule from every node's energy counter, time to first token, failures, cold
+# loads, and where traffic went. The harness is Python (benchmarks/routing_quality/, aiohttp
+# and matplotlib, installed into the repository's .venv). Ctrl-C stops every process it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

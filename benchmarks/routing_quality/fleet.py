@@ -1,6 +1,6 @@
-"""The simulated fleet one benchmark run uses: six `wes-sim-node`s (the demo fleet's mix of
-profiles), the real `wes-proxy` with the policy under test in its TOML, and one real
-`wes-reporter` per node whose `command` sensor reads that node's `/wes-sim/state`.
+"""The simulated fleet one benchmark run uses: a `wes-sim-node` per node of the scenario, the
+real `wes-proxy` with the policy under test in its TOML, and one real `wes-reporter` per node
+whose `command` sensor reads that node's `/wes-sim/state`.
 
 Every run starts a fresh fleet (fresh thermal state, fresh proxy estimates), and `Fleet.stop`
 ends every process it started, by pid: SIGTERM, then SIGKILL after a few seconds.
@@ -20,29 +20,16 @@ import time
 import urllib.request
 from pathlib import Path
 
-MODEL = "llama3.2:3b"
+from scenarios import DEMO_NODES, MODEL, NodeSpec, Scenario  # noqa: F401 (re-exported)
+
+# The scenario being run: `use()` sets it before a run, and every module reads it from here.
+NODES: tuple[NodeSpec, ...] = DEMO_NODES
+SCENARIO: Scenario | None = None
 
 
-@dataclasses.dataclass(frozen=True)
-class NodeSpec:
-    id: str
-    profile: str  # a name from config/profiles/
-    pue: float
-    max_concurrency: int  # the proxy's [[nodes]] max_concurrency, and the oracle's limit
-    models: tuple[str, ...]
-
-
-# The demo fleet (config/demo-proxy.toml), except `max_concurrency` of the fanless boards:
-# their profile decodes one request at a time (OLLAMA_NUM_PARALLEL=1), so a second slot in the
-# proxy only queues a request behind a 9 s answer on the node. See the report's "Config" notes.
-NODES: tuple[NodeSpec, ...] = (
-    NodeSpec("m2-studio", "apple-m2", 1.0, 4, (MODEL, "smollm2:135m", "nomic-embed-text")),
-    NodeSpec("rtx4090-ws", "rtx-4090", 1.0, 4, (MODEL, "llama3.1:8b", "smollm2:135m")),
-    NodeSpec("h100-dc", "h100", 1.3, 8, (MODEL, "llama3.1:8b", "nomic-embed-text")),
-    NodeSpec("ryzen-desk", "ryzen-cpu", 1.0, 2, (MODEL, "smollm2:135m")),
-    NodeSpec("jetson-a", "fanless-edge", 1.0, 1, (MODEL, "smollm2:135m")),
-    NodeSpec("jetson-b", "fanless-edge", 1.0, 1, (MODEL, "smollm2:135m")),
-)
+def use(scenario: Scenario) -> None:
+    global NODES, SCENARIO
+    NODES, SCENARIO = scenario.nodes, scenario
 
 
 def free_port() -> int:
@@ -112,6 +99,7 @@ class Fleet:
         self.procs: list[subprocess.Popen] = []
         self.node_urls: dict[str, str] = {}
         self.profiles: dict[str, dict] = {}
+        self.model_sizes: dict[str, dict[str, int]] = {}
         self.api = ""
         self.admin = ""
 
@@ -127,16 +115,22 @@ class Fleet:
 
     def start(self, rank_timeout_s: float = 90.0) -> None:
         sims = {}
+        custom = dict(SCENARIO.profiles) if SCENARIO else {}
+        for name, text in custom.items():
+            (self.work / f"{name}.toml").write_text(text)
         for i, spec in enumerate(NODES, start=1):
+            profile = str(self.work / f"{spec.profile}.toml") if spec.profile in custom else spec.profile
             sims[spec.id] = self._spawn(f"sim-{spec.id}", [
                 str(self.bin / "wes-sim-node"), "--listen", "127.0.0.1:0",
-                "--profile", spec.profile, "--models", ",".join(spec.models),
+                "--profile", profile, "--models", ",".join(spec.models),
                 "--seed", str(i), "--time-scale", str(self.time_scale)])
         for spec in NODES:
             addr = wait_line(self.work / f"sim-{spec.id}.out", "wes-sim-node listening on ", 20,
                              sims[spec.id])
             self.node_urls[spec.id] = f"http://{addr}"
             self.profiles[spec.id] = get_json(f"http://{addr}/wes-sim/profile")
+            tags = get_json(f"http://{addr}/api/tags")["models"]
+            self.model_sizes[spec.id] = {m["name"]: m["size"] for m in tags}
 
         api_addr = f"127.0.0.1:{free_port()}"
         config = self.work / "proxy.toml"
@@ -167,19 +161,26 @@ class Fleet:
         # traffic arrives; its 10 min interval keeps it from running again inside a run.
         for spec in NODES:
             url = self.node_urls[spec.id]
+            memory = ["--model-memory", f"{spec.memory_gb}GB"] if spec.memory_gb else []
             self._spawn(f"reporter-{spec.id}", [
                 str(self.bin / "wes-reporter"), "--node-id", spec.id,
                 "--proxy", f"http://{telemetry}", "--ollama", url, "--sensor", "command",
                 "--sensor-command", f"curl -sf --max-time 1 {url}/wes-sim/state",
-                "--interval", "1s", "--probe-model", MODEL, "--probe-interval", "10m",
+                "--interval", "1s", "--probe-model", spec.models[0], "--probe-interval", "10m",
+                *memory,
             ], env={"WES_REPORTER_TOKEN": f"bench-{spec.id}"})
 
         deadline = time.monotonic() + rank_timeout_s
         while True:
             try:
-                nodes = get_json(f"{self.admin}/ranking?model={MODEL}")["nodes"]
-                ranked = [n for n in nodes if n.get("rank") is not None and n.get("healthy")]
-                if len(ranked) == len(NODES):
+                # Each node ranked on the model its reporter probed.
+                ranked = 0
+                for probed in sorted({s.models[0] for s in NODES}):
+                    nodes = get_json(f"{self.admin}/ranking?model={probed}")["nodes"]
+                    ids = {s.id for s in NODES if s.models[0] == probed}
+                    ranked += sum(1 for n in nodes if n["id"] in ids
+                                  and n.get("rank") is not None and n.get("healthy"))
+                if ranked == len(NODES):
                     return
             except OSError:
                 pass

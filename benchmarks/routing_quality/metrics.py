@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from fleet import NODES
+import fleet
 from runner import CUT, RunData
 
 EXIT_WINDOW_S = 10.0  # "traffic left": the node's share of the next 10 s of arrivals
@@ -42,13 +42,13 @@ def summarize(run: RunData, heat_node: str | None, idle_watts: dict[str, float])
     tokens = sum(o.tokens for o in run.outcomes)
     energy = {n: run.energy_end[n] - run.energy_start[n] for n in run.energy_start}
     total = sum(energy.values())
-    pue = {s.id: s.pue for s in NODES}
+    pue = {s.id: s.pue for s in fleet.NODES}
     facility = sum(e * pue[n] for n, e in energy.items())
     idle = sum(idle_watts[n] * run.window_s for n in energy)
     ttft = [o.ttft_s for o in ok if o.ttft_s is not None]
     te = run.heat_at_s
     per_node = {}
-    for s in NODES:
+    for s in fleet.NODES:
         mine = [o for o in run.outcomes if o.node == s.id]
         per_node[s.id] = {
             "requests": len(mine),
@@ -62,8 +62,14 @@ def summarize(run: RunData, heat_node: str | None, idle_watts: dict[str, float])
         if not o.ok and o.error != CUT:
             key = (o.error or f"HTTP {o.status}")[:120]
             errors[key] = errors.get(key, 0) + 1
+    def counted(key: str) -> int:
+        return sum(run.samples[n][-1][1].get(key, 0) - run.samples[n][0][1].get(key, 0)
+                   for n in run.samples if run.samples[n])
+
     return {
         "policy": run.policy,
+        "loads": counted("loads"),
+        "evictions": counted("evictions"),
         "window_s": run.window_s,
         "heat_at_s": te,
         "sent": len(run.outcomes),
@@ -102,7 +108,7 @@ def share_series(run: RunData) -> tuple[list[float], dict[str, list[float]]]:
         return [], {}
     end = max(o.sent_s for o in run.outcomes)
     bins = int(end // SHARE_BIN_S) + 1
-    counts = {s.id: [0] * bins for s in NODES}
+    counts = {s.id: [0] * bins for s in fleet.NODES}
     totals = [0] * bins
     for o in run.outcomes:
         b = int(o.sent_s // SHARE_BIN_S)

@@ -12,8 +12,10 @@ import time
 
 import aiohttp
 
-from fleet import MODEL, NODES, Fleet
-from oracle import NodeModel, Oracle
+import fleet as fleet_mod
+from fleet import Fleet
+from oracle import Memory, NodeModel, Oracle
+from scenarios import Heat
 from workload import Request
 
 STATE_EVERY_S = 0.2
@@ -45,13 +47,6 @@ class Outcome:
 
 
 @dataclasses.dataclass
-class Heat:
-    node: str
-    body: dict
-    at_fraction: float  # of the arrival window
-
-
-@dataclasses.dataclass
 class RunData:
     policy: str
     window_s: float
@@ -67,7 +62,7 @@ class RunData:
 
 async def _stream_generate(session: aiohttp.ClientSession, url: str, req: Request,
                            out: Outcome, start: float) -> None:
-    body = {"model": MODEL, "prompt": req.prompt, "stream": True,
+    body = {"model": req.model, "prompt": req.prompt, "stream": True,
             "options": {"num_predict": req.num_predict}}
     async with session.post(f"{url}/api/generate", json=body) as resp:
         out.status = resp.status
@@ -112,13 +107,20 @@ async def measure(fleet: Fleet, policy: str, schedule: list[Request], arrivals_s
     state reading. Requests still open at its end are cut and count as failed."""
     window = arrivals_s + grace_s
     use_oracle = policy == "oracle"
-    samples: dict[str, list] = {n.id: [] for n in NODES}
+    nodes = fleet_mod.NODES
+    samples: dict[str, list] = {n.id: [] for n in nodes}
     latest: dict[str, dict] = {}
     rankings: list = []
     outcomes: list[Outcome] = []
-    in_flight = {n.id: 0 for n in NODES}
+    in_flight = {n.id: 0 for n in nodes}
     slot_freed = asyncio.Condition()
-    oracle = Oracle({n.id: NodeModel(n, fleet.profiles[n.id], MODEL) for n in NODES})
+    oracle = Oracle(
+        {n.id: {m: NodeModel(n, fleet.profiles[n.id], m) for m in n.models} for n in nodes},
+        {n.id: Memory(fleet.profiles[n.id].get("load_gb_per_s", 0.0),
+                      int(fleet.profiles[n.id].get("memory_gb", 0.0) * 1e9),
+                      fleet.model_sizes[n.id]) for n in nodes})
+    # Models the oracle sent a request for since the newest state reading: loading there.
+    sent_since: dict[str, set[str]] = {n.id: set() for n in nodes}
 
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=3)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
@@ -129,7 +131,7 @@ async def measure(fleet: Fleet, policy: str, schedule: list[Request], arrivals_s
             async def one(node_id):
                 async with probe.get(f"{fleet.node_urls[node_id]}/wes-sim/state") as r:
                     return node_id, await r.json()
-            return dict(await asyncio.gather(*(one(n.id) for n in NODES)))
+            return dict(await asyncio.gather(*(one(n.id) for n in nodes)))
 
         first = await read_states()
         start = time.monotonic()
@@ -148,13 +150,15 @@ async def measure(fleet: Fleet, policy: str, schedule: list[Request], arrivals_s
                     continue
                 t = now()
                 latest.update(got)
+                for k in got:
+                    sent_since[k].clear()
                 for k, v in got.items():
                     samples[k].append((t, v))
 
         async def poll_ranking():
             while True:
                 try:
-                    async with probe.get(f"{fleet.admin}/ranking?model={MODEL}") as r:
+                    async with probe.get(f"{fleet.admin}/ranking?model={nodes[0].models[0]}") as r:
                         body = await r.json()
                     rankings.append((now(), {n["id"]: n for n in body["nodes"]}))
                 except (aiohttp.ClientError, asyncio.TimeoutError, KeyError):
@@ -185,9 +189,12 @@ async def measure(fleet: Fleet, policy: str, schedule: list[Request], arrivals_s
                 deadline = t_start + QUEUE_TIMEOUT_S
                 while True:
                     states = {k: v["thermal_state"] for k, v in latest.items()}
-                    node = oracle.pick(in_flight, states)
+                    loaded = {k: set(v.get("loaded", [])) | sent_since[k]
+                              for k, v in latest.items()}
+                    node = oracle.pick(req.model, req.num_predict, in_flight, states, loaded)
                     if node is not None:
                         in_flight[node] += 1
+                        sent_since[node].add(req.model)
                         break
                     left = deadline - time.monotonic()
                     if left <= 0:

@@ -1,7 +1,9 @@
 """The fixed workload: the same seeded list of requests for every policy.
 
 Open loop: request i is sent at its arrival time whether or not earlier ones have finished, as
-real clients do. Arrivals are Poisson (exponential gaps), prompt and output lengths uniform.
+real clients do. Arrivals are Poisson (exponential gaps), or waves of `burst_size` requests at
+once every `burst_every_s`; prompt and output lengths uniform; each request's model drawn from
+`models` by weight.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ class Workload:
     prompt_tokens: tuple[int, int] = (32, 512)  # uniform, inclusive
     output_tokens: tuple[int, int] = (64, 192)  # num_predict, uniform, inclusive
     seed: int = 42
+    models: tuple[tuple[str, float], ...] = (("llama3.2:3b", 1.0),)  # (model, weight)
+    burst_every_s: float = 0.0  # > 0: waves instead of Poisson arrivals
+    burst_size: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +36,7 @@ class Request:
     prompt: str
     prompt_tokens: int
     num_predict: int
+    model: str
 
 
 def _prompt(rng: random.Random, tokens: int) -> str:
@@ -44,13 +50,25 @@ def _prompt(rng: random.Random, tokens: int) -> str:
     return " ".join(words)
 
 
-def requests(w: Workload) -> list[Request]:
-    rng = random.Random(w.seed)
-    out: list[Request] = []
-    t = 0.0
+def arrival_times(w: Workload, rng: random.Random) -> list[float]:
+    if w.burst_every_s > 0:
+        waves = int(w.duration_s // w.burst_every_s)
+        return [(k + 0.5) * w.burst_every_s for k in range(waves) for _ in range(w.burst_size)]
+    times, t = [], 0.0
     while True:
         t += rng.expovariate(w.rate)
         if t >= w.duration_s:
-            return out
+            return times
+        times.append(t)
+
+
+def requests(w: Workload) -> list[Request]:
+    rng = random.Random(w.seed)
+    names = [m for m, _ in w.models]
+    weights = [wt for _, wt in w.models]
+    out: list[Request] = []
+    for t in arrival_times(w, rng):
         p = rng.randint(*w.prompt_tokens)
-        out.append(Request(len(out), t, _prompt(rng, p), p, rng.randint(*w.output_tokens)))
+        out.append(Request(len(out), t, _prompt(rng, p), p, rng.randint(*w.output_tokens),
+                           rng.choices(names, weights)[0]))
+    return out
