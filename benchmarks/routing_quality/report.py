@@ -26,7 +26,7 @@ REPORT = "README.md"
 SUMMARY = "routing-quality.json"
 SUITE = "routing-quality.md"
 DEFAULT = "top"
-TIMELINE_POLICIES = ("top", "top+marginal", "least_connections", "oracle")
+TIMELINE_POLICIES = ("top", "top+average", "least_connections", "oracle")
 STATE_COLOURS = {"Normal": None, "Fair": "#fde68a", "Serious": "#fdba74", "Critical": "#f87171",
                  "Unknown": "#d1d5db"}
 PALETTE = ["#2563eb", "#16a34a", "#9333ea", "#6b7280", "#ea580c", "#b45309"]
@@ -193,8 +193,8 @@ def _markdown(scenario, summaries: dict, runs: dict, meta: dict, plots: list[str
         "  `energy_joules` counter's increase across the window (idle nodes burn energy too).",
         "  **× PUE** weighs each node's energy by its site PUE (energy at the wall), which is what",
         "  WES and the oracle optimise. **above idle** subtracts each node's idle power × the",
-        "  window: it shows the part routing can change. **top+marginal** is `top` with",
-        "  `routing.score = \"marginal\"`; **cold loads** and **evictions** are the simulators' own",
+        "  window: it shows the part routing can change. **top+average** is `top` with",
+        "  `routing.score = \"average\"` (the default is `marginal`); **cold loads** and **evictions** are the simulators' own",
         "  counts over the window (the probes' loads before it are not counted).",
         "- **TTFT**: from sending the request to the first token-carrying chunk, as the client",
         "  sees it, over completed requests (nearest rank). **unfinished**: still streaming when",
@@ -272,11 +272,11 @@ def write_suite(out: Path, scenarios: list) -> None:
         if DEFAULT not in runs or "oracle" not in runs:
             continue
         t = targets(sc, runs)
-        marg = runs.get("top+marginal")
+        avg = runs.get("top+average")
         rows.append(
             f"| [`{sc.name}`](routing-quality/{sc.name}/README.md) | {sc.title} | "
             f"{t['vs_oracle'] * 100:.1f}% | "
-            f"{_pct(marg['tok_per_j'] / runs['oracle']['tok_per_j'], '.1f') if marg else '–'} | "
+            f"{_pct(avg['tok_per_j'] / runs['oracle']['tok_per_j'], '.1f') if avg else '–'} | "
             f"{_fmt(t['vs_least_connections'], '.2f')}×"
             f"{' (≥ ' + format(sc.beat_least_connections, 'g') + '×)' if sc.beat_least_connections else ''} | "
             f"{_fmt(t['ttft_p95_ms'])} ms | {'met' if t['met'] else '**missed**'} | "
@@ -295,11 +295,11 @@ def write_suite(out: Path, scenarios: list) -> None:
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, shared with other work.",
         "",
-        "Targets: the default policy (`top`, `routing.score = \"average\"`) at least 95% of the",
+        "Targets: the default policy (`top`, `routing.score = \"marginal\"`) at least 95% of the",
         "oracle's fleet tokens per joule in every scenario with p95 TTFT within `slo_ttft` (2 s),",
         "and at least 1.3× `least_connections`' in `high-load` and `multi-model`.",
         "",
-        "| scenario | what it tests | `top` vs oracle | `top+marginal` vs oracle | `top` vs "
+        "| scenario | what it tests | `top` vs oracle | `top+average` vs oracle | `top` vs "
         "`least_connections` | `top` TTFT p95 | target | run |",
         "|---|---|---:|---:|---:|---:|---|---|",
         *rows,

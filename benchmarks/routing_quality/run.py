@@ -25,7 +25,8 @@ from workload import requests
 
 BASE_POLICIES = ("top", "weighted", "p2c", "slo", "round_robin", "least_connections", "oracle")
 # A variant runs a policy with one [routing] line changed.
-VARIANTS = {"top+marginal": ("top", 'score = "marginal"')}
+VARIANTS = {"top+average": ("top", 'score = "average"'),
+            "top+marginal": ("top", 'score = "marginal"')}
 QUICK_POLICIES = ("top", "least_connections", "oracle")
 REPO = Path(__file__).resolve().parents[2]
 

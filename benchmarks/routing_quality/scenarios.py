@@ -49,7 +49,7 @@ class Scenario:
     grace_s: float
     heat: Heat | None = None
     time_scale: float = 8.0
-    policies: tuple[str, ...] = ("top", "top+marginal", "least_connections", "oracle")
+    policies: tuple[str, ...] = ("top", "top+average", "least_connections", "oracle")
     # Extra targets: the default policy at least this many times least_connections' tok/J.
     beat_least_connections: float | None = None
     profiles: tuple[tuple[str, str], ...] = ()
@@ -162,7 +162,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
         Workload(rate=2.0, duration_s=84.0),
         grace_s=24.0,
         heat=Heat("m2-studio", {"temperature_c": 105, "ambient_c": 80}, 1 / 3),
-        policies=("top", "top+marginal", "weighted", "p2c", "slo", "round_robin",
+        policies=("top", "top+average", "weighted", "p2c", "slo", "round_robin",
                   "least_connections", "oracle"),
     ),
     Scenario(

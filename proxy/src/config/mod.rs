@@ -317,14 +317,14 @@ max_concurrency = 4
     #[test]
     fn load_score_and_power_basis_default_and_name_their_choices() {
         let c = Config::parse(GOOD).unwrap();
-        assert_eq!(c.routing.score, LoadScore::Average);
+        assert_eq!(c.routing.score, LoadScore::Marginal);
         assert_eq!(c.routing.power_basis, PowerBasis::Gross);
         let set = GOOD.replace(
             "policy = \"top\"",
-            "policy = \"top\"\nscore = \"marginal\"\npower_basis = \"net\"",
+            "policy = \"top\"\nscore = \"average\"\npower_basis = \"net\"",
         );
         let c = Config::parse(&set).unwrap();
-        assert_eq!(c.routing.score, LoadScore::Marginal);
+        assert_eq!(c.routing.score, LoadScore::Average);
         assert_eq!(c.routing.power_basis, PowerBasis::Net);
         let bad = GOOD.replace("policy = \"top\"", "policy = \"top\"\nscore = \"best\"");
         let errs = Config::parse(&bad).unwrap_err().0;
