@@ -23,12 +23,6 @@ struct TagsResponse {
     models: Vec<TagModel>,
 }
 
-enum ModelsError {
-    /// The endpoint does not exist on this engine.
-    NotFound(String),
-    Other(String),
-}
-
 #[derive(Deserialize)]
 struct OpenAiModels {
     #[serde(default)]
@@ -38,6 +32,39 @@ struct OpenAiModels {
 #[derive(Deserialize)]
 struct OpenAiModel {
     id: String,
+    /// llama.cpp's router mode: whether the model is in memory now.
+    #[serde(default)]
+    status: Option<OpenAiStatus>,
+    /// llama.cpp: the model's file size among its metadata.
+    #[serde(default)]
+    meta: Option<OpenAiMeta>,
+}
+
+#[derive(Deserialize)]
+struct OpenAiStatus {
+    value: String,
+}
+
+#[derive(Deserialize)]
+struct OpenAiMeta {
+    #[serde(default)]
+    size: Option<u64>,
+}
+
+/// What an OpenAI-style server has in memory: llama.cpp's router mode says per model
+/// (`status.value`); a server that serves one model (llama.cpp without `--models-dir`, vLLM)
+/// has every model it lists loaded, for good.
+fn loaded_from_openai(models: Vec<OpenAiModel>) -> Vec<LoadedModel> {
+    models
+        .into_iter()
+        .filter(|m| m.status.as_ref().is_none_or(|s| s.value == "loaded"))
+        .map(|m| LoadedModel {
+            size_bytes: m.meta.and_then(|meta| meta.size).unwrap_or(0),
+            name: m.id,
+            size_vram_bytes: 0,
+            expires_unix_ms: None,
+        })
+        .collect()
 }
 
 #[derive(Deserialize)]
@@ -86,35 +113,60 @@ impl OllamaClient {
         })
     }
 
-    /// `GET /api/tags`: the models this node can serve. Engines that speak only the OpenAI API
-    /// (llama.cpp's server, vLLM) answer 404 there; their `GET /v1/models` is asked instead.
-    pub async fn models(&self) -> Result<Vec<Model>, String> {
-        match self.ollama_models().await {
-            Err(ModelsError::NotFound(why)) => self
-                .openai_models()
-                .await
-                .map_err(|e| format!("{why}; and {e}")),
-            Err(ModelsError::Other(why)) => Err(why),
-            Ok(models) => Ok(models),
-        }
-    }
-
-    async fn openai_models(&self) -> Result<Vec<Model>, String> {
-        let url = format!("{}/v1/models", self.base);
+    /// `GET path` as `T`: `Ok(None)` when the engine has no such endpoint (404); otherwise an
+    /// error that says what (`what`) could not be read from where.
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        what: &str,
+    ) -> Result<Option<T>, String> {
+        let url = format!("{}{path}", self.base);
         let response = self
             .http
             .get(&url)
             .timeout(Duration::from_secs(5))
             .send()
             .await
-            .map_err(|e| format!("model list from {url}: {e}"))?;
-        if !response.status().is_success() {
-            return Err(format!("model list from {url}: HTTP {}", response.status()));
+            .map_err(|e| format!("{what} from {url}: {e}"))?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
         }
-        let list: OpenAiModels = response
+        if !response.status().is_success() {
+            return Err(format!("{what} from {url}: HTTP {}", response.status()));
+        }
+        let body = response
             .json()
             .await
-            .map_err(|e| format!("model list from {url}: not the /v1/models shape: {e}"))?;
+            .map_err(|e| format!("{what} from {url}: not the {path} shape: {e}"))?;
+        Ok(Some(body))
+    }
+
+    /// `GET /api/tags`: the models this node can serve. Engines that speak only the OpenAI API
+    /// (llama.cpp's server, vLLM) answer 404 there; their `GET /v1/models` is asked instead.
+    pub async fn models(&self) -> Result<Vec<Model>, String> {
+        if let Some(tags) = self
+            .get_json::<TagsResponse>("/api/tags", "ollama model list")
+            .await?
+        {
+            return Ok(tags
+                .models
+                .into_iter()
+                .map(|m| Model {
+                    name: m.name,
+                    size_bytes: m.size,
+                    digest: m.digest,
+                })
+                .collect());
+        }
+        let list = self
+            .get_json::<OpenAiModels>("/v1/models", "model list")
+            .await?
+            .ok_or_else(|| {
+                format!(
+                    "{}/api/tags and {}/v1/models: HTTP 404 (neither Ollama nor OpenAI API)",
+                    self.base, self.base
+                )
+            })?;
         Ok(list
             .data
             .into_iter()
@@ -125,75 +177,30 @@ impl OllamaClient {
             .collect())
     }
 
-    async fn ollama_models(&self) -> Result<Vec<Model>, ModelsError> {
-        let url = format!("{}/api/tags", self.base);
-        let response = self
-            .http
-            .get(&url)
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-            .map_err(|e| ModelsError::Other(format!("ollama model list from {url}: {e}")))?;
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
-            return Err(ModelsError::NotFound(format!("{url}: HTTP 404")));
-        }
-        if !response.status().is_success() {
-            let status = response.status();
-            return Err(ModelsError::Other(format!(
-                "ollama model list from {url}: HTTP {status}"
-            )));
-        }
-        let tags: TagsResponse = response.json().await.map_err(|e| {
-            ModelsError::Other(format!(
-                "ollama model list from {url}: not the /api/tags shape: {e}"
-            ))
-        })?;
-        Ok(tags
-            .models
-            .into_iter()
-            .map(|m| Model {
-                name: m.name,
-                size_bytes: m.size,
-                digest: m.digest,
-            })
-            .collect())
-    }
-
-    /// `GET /api/ps`: the models loaded in memory now. `Ok(None)` when the engine has no such
-    /// list (404: llama.cpp's server, vLLM), so that residency stays unknown rather than empty.
+    /// `GET /api/ps`: the models loaded in memory now. An engine without it (404: llama.cpp's
+    /// server, vLLM) is asked `GET /v1/models` instead (`loaded_from_openai`). `Ok(None)` when
+    /// neither says, so that residency stays unknown rather than empty.
     pub async fn loaded(&self) -> Result<Option<Vec<LoadedModel>>, String> {
-        let url = format!("{}/api/ps", self.base);
-        let response = self
-            .http
-            .get(&url)
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-            .map_err(|e| format!("ollama loaded models from {url}: {e}"))?;
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        if !response.status().is_success() {
-            return Err(format!(
-                "ollama loaded models from {url}: HTTP {}",
-                response.status()
+        if let Some(ps) = self
+            .get_json::<PsResponse>("/api/ps", "ollama loaded models")
+            .await?
+        {
+            return Ok(Some(
+                ps.models
+                    .into_iter()
+                    .map(|m| LoadedModel {
+                        expires_unix_ms: expiry_unix_ms(m.expires_at.as_deref()),
+                        name: m.name,
+                        size_bytes: m.size,
+                        size_vram_bytes: m.size_vram,
+                    })
+                    .collect(),
             ));
         }
-        let ps: PsResponse = response
-            .json()
-            .await
-            .map_err(|e| format!("ollama loaded models from {url}: not the /api/ps shape: {e}"))?;
-        Ok(Some(
-            ps.models
-                .into_iter()
-                .map(|m| LoadedModel {
-                    expires_unix_ms: expiry_unix_ms(m.expires_at.as_deref()),
-                    name: m.name,
-                    size_bytes: m.size,
-                    size_vram_bytes: m.size_vram,
-                })
-                .collect(),
-        ))
+        Ok(self
+            .get_json::<OpenAiModels>("/v1/models", "loaded models")
+            .await?
+            .map(|list| loaded_from_openai(list.data)))
     }
 
     /// Runs one small fixed streamed generation and measures its decode rate from the stream.
@@ -327,6 +334,30 @@ fn snippet(text: &str) -> &str {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_openai_server_has_what_it_lists_loaded_unless_it_says_otherwise() {
+        let single: OpenAiModels = serde_json::from_str(
+            r#"{"object":"list","data":[{"id":"smollm2","object":"model","owned_by":"llamacpp","meta":{"n_params":134515008,"size":94000000}}]}"#,
+        )
+        .unwrap();
+        let loaded = loaded_from_openai(single.data);
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(
+            (loaded[0].name.as_str(), loaded[0].size_bytes),
+            ("smollm2", 94_000_000)
+        );
+        assert_eq!(loaded[0].expires_unix_ms, None);
+        let router: OpenAiModels = serde_json::from_str(
+            r#"{"object":"list","data":[{"id":"a","status":{"value":"loaded","args":[]}},{"id":"b","status":{"value":"unloaded"}},{"id":"c","status":{"value":"loading"}}]}"#,
+        )
+        .unwrap();
+        let names: Vec<String> = loaded_from_openai(router.data)
+            .into_iter()
+            .map(|m| m.name)
+            .collect();
+        assert_eq!(names, ["a"]);
+    }
 
     #[test]
     fn expiry_is_read_with_its_offset() {

@@ -121,6 +121,11 @@ def test_streamed_chat_rate_matches_the_engine(engine_fleet):
     )
     # With a rate and watts the node now has a score: tok/s per watt.
     assert node["raw_wes"] == pytest.approx(measured / 15.0)
+    # llama-server has no /api/ps: the reporter reads /v1/models, where a server of one model
+    # has it loaded for good, with its file's size.
+    loaded = node["loaded_models"]
+    assert [m["name"] for m in loaded] == [MODEL], node
+    assert loaded[0]["size_bytes"] > 0 and loaded[0]["expires_unix_ms"] is None, node
 
 
 def stream_rate(api, prompt, max_tokens):

@@ -200,6 +200,20 @@ pub struct NodeConfig {
     pub max_concurrency: u32,
 }
 
+#[cfg(test)]
+impl NodeConfig {
+    /// A node at an address nothing listens on, token `t-ID`, PUE 1, four slots.
+    pub fn for_test(id: &str) -> Self {
+        NodeConfig {
+            id: id.into(),
+            url: "http://127.0.0.1:1".into(),
+            token: format!("t-{id}"),
+            pue: 1.0,
+            max_concurrency: 4,
+        }
+    }
+}
+
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConfigError {

@@ -332,7 +332,9 @@ impl NodeState {
                 (Some(p.tok_s), p.watts, p.loads.clone())
             });
         let prior = load::Prior {
-            single: probed.or_else(|| self.tok_s_for(model, now).map(|r| r.0)),
+            single: probed
+                .or_else(|| self.tok_s_for(model, now).map(|r| r.0))
+                .or_else(|| self.estimated_rate(model, now)),
             single_watts,
             loads: &loads,
         };
@@ -341,6 +343,24 @@ impl NodeState {
         let curves = self.load.lock();
         let power = self.power_by_load.lock();
         LoadModel::new(curves.get(model), &power, prior, fallback, idle, now)
+    }
+
+    /// `model`'s decode rate here where neither the proxy nor the probe measured it: scaled by
+    /// size from the node's measured models (sizes from its model list, sent with what is
+    /// loaded), so that a model new to a node is routed on a guess rather than left to id order
+    /// and exploration until measured.
+    pub fn estimated_rate(&self, model: &str, now: Instant) -> Option<f64> {
+        let telemetry = self.telemetry()?;
+        let sizes = &telemetry.residency.as_ref()?.sizes;
+        let bytes = *sizes.get(model)?;
+        let relayed = self.relayed.lock();
+        let probes = self.probes.lock();
+        let measured: Vec<(f64, u64)> = sizes
+            .iter()
+            .filter(|(m, _)| m.as_str() != model)
+            .filter_map(|(m, b)| current_rate(&relayed, &probes, m, now).map(|(r, _)| (r, *b)))
+            .collect();
+        residency::rate_by_size(bytes, &measured)
     }
 
     /// The decode rate for `model` and where it came from: the proxy's own measurement while it
@@ -398,6 +418,9 @@ pub enum RateSource {
     Relayed,
     /// The reporter's probe.
     Probe,
+    /// Neither: scaled by size from another model measured on the node
+    /// (`residency::rate_by_size`).
+    Estimated,
 }
 
 impl RateSource {
@@ -405,6 +428,7 @@ impl RateSource {
         match self {
             RateSource::Relayed => "relayed",
             RateSource::Probe => "probe",
+            RateSource::Estimated => "estimated",
         }
     }
 }
@@ -625,11 +649,8 @@ mod tests {
 
     fn node(id: &str, token: &str) -> NodeConfig {
         NodeConfig {
-            id: id.into(),
-            url: "http://127.0.0.1:1".into(),
             token: token.into(),
-            pue: 1.0,
-            max_concurrency: 4,
+            ..NodeConfig::for_test(id)
         }
     }
 
@@ -738,14 +759,8 @@ mod tests {
     fn older_probe_results_do_not_replace_newer() {
         let fleet = Fleet::new(&[node("a", "ta")]);
         let probe = |ms, tok_s| ProbeObservation {
-            model: "m".into(),
-            tokens: 32,
-            seconds: 1.0,
-            tok_s,
-            watts: None,
-            claimed_tok_s: None,
             finished_unix_ms: ms,
-            loads: Vec::new(),
+            ..ProbeObservation::for_test("m", tok_s)
         };
         fleet.record("a", Telemetry::for_test(1.0), vec![probe(20, 50.0)]);
         fleet.record("a", Telemetry::for_test(1.0), vec![probe(10, 99.0)]);

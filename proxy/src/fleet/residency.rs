@@ -25,6 +25,22 @@ pub fn smooth(old: Option<f64>, new: f64) -> f64 {
     }
 }
 
+/// A decode rate for a model of `bytes` from the rates measured on the same node for other
+/// models `(tok_s, bytes)`: decoding reads every weight once per token, so the rate goes
+/// inversely with the model's bytes. Scaled from the measured model nearest in size, so that
+/// the guess spans as little as it can.
+pub fn rate_by_size(bytes: u64, measured: &[(f64, u64)]) -> Option<f64> {
+    if bytes == 0 {
+        return None;
+    }
+    let distance = |b: u64| (b as f64 / bytes as f64).ln().abs();
+    measured
+        .iter()
+        .filter(|(tok_s, b)| *b > 0 && tok_s.is_finite() && *tok_s > 0.0)
+        .min_by(|(_, a), (_, b)| distance(*a).total_cmp(&distance(*b)))
+        .map(|(tok_s, b)| tok_s * *b as f64 / bytes as f64)
+}
+
 /// Whether `model` is loaded on the node: `None` when the node does not say. A request this
 /// proxy sent for it after the newest sample arrived (`warmed_at`) has started its load, so
 /// the model counts as loaded from then on until a newer sample says otherwise.
@@ -124,6 +140,17 @@ mod tests {
             ..r.clone()
         };
         assert!(evictions(&unknown, "new", 100 << 30).is_empty());
+    }
+
+    #[test]
+    fn an_unmeasured_model_is_estimated_from_the_nearest_measured_size() {
+        // 100 tok/s on a 2 GB model, 20 on an 8 GB one: a 4 GB model scales from... the 2 GB
+        // one and the 8 GB one are as near; a 5 GB one from the 8 GB: 32 tok/s.
+        let measured = [(100.0, 2 << 30), (20.0, 8 << 30)];
+        assert!((rate_by_size(5 << 30, &measured).unwrap() - 32.0).abs() < 1e-9);
+        assert!((rate_by_size(1 << 30, &measured).unwrap() - 200.0).abs() < 1e-9);
+        assert_eq!(rate_by_size(1 << 30, &[]), None);
+        assert_eq!(rate_by_size(0, &measured), None);
     }
 
     #[test]

@@ -74,6 +74,26 @@ pub struct ProbeLoad {
     pub watts: Option<f64>,
 }
 
+#[cfg(test)]
+static PROBE_CLOCK: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(1);
+
+#[cfg(test)]
+impl ProbeObservation {
+    /// A 32-token probe of `model` at `tok_s`, each newer than the last, as a reporter's are.
+    pub fn for_test(model: &str, tok_s: f64) -> Self {
+        ProbeObservation {
+            model: model.into(),
+            tokens: 32,
+            seconds: 1.0,
+            tok_s,
+            watts: None,
+            claimed_tok_s: None,
+            finished_unix_ms: PROBE_CLOCK.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            loads: Vec::new(),
+        }
+    }
+}
+
 impl Telemetry {
     #[cfg(test)]
     pub fn for_test(watts: f64) -> Self {

@@ -184,31 +184,16 @@ mod tests {
 
     fn node(id: &str, pue: f64) -> NodeConfig {
         NodeConfig {
-            id: id.into(),
-            url: "http://127.0.0.1:1".into(),
-            token: format!("t-{id}"),
             pue,
-            max_concurrency: 4,
+            ..NodeConfig::for_test(id)
         }
     }
-
-    static PROBE_CLOCK: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(1);
 
     fn report(fleet: &Fleet, id: &str, watts: f64, thermal: ThermalState, tok_s: f64) {
         let mut t = Telemetry::for_test(watts);
         t.thermal = thermal;
         t.models = Some(vec!["m".into()]);
-        let probe = ProbeObservation {
-            model: "m".into(),
-            tokens: 32,
-            seconds: 1.0,
-            tok_s,
-            watts: None,
-            claimed_tok_s: None,
-            // Each probe newer than the last, as a reporter's are.
-            finished_unix_ms: PROBE_CLOCK.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            loads: Vec::new(),
-        };
+        let probe = ProbeObservation::for_test("m", tok_s);
         assert!(fleet.record(id, t, vec![probe]));
     }
 

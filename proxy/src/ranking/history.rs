@@ -192,35 +192,15 @@ mod tests {
     use std::time::Instant;
 
     fn fleet(ids: &[&str]) -> Fleet {
-        let nodes: Vec<NodeConfig> = ids
-            .iter()
-            .map(|id| NodeConfig {
-                id: (*id).into(),
-                url: "http://127.0.0.1:1".into(),
-                token: format!("t-{id}"),
-                pue: 1.0,
-                max_concurrency: 4,
-            })
-            .collect();
+        let nodes: Vec<NodeConfig> = ids.iter().map(|id| NodeConfig::for_test(id)).collect();
         Fleet::new(&nodes)
     }
-
-    static CLOCK: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(1);
 
     fn report(fleet: &Fleet, id: &str, watts: f64, thermal: ThermalState) {
         let mut t = Telemetry::for_test(watts);
         t.thermal = thermal;
         t.models = Some(vec!["m".into()]);
-        let probe = ProbeObservation {
-            model: "m".into(),
-            tokens: 32,
-            seconds: 1.0,
-            tok_s: 100.0,
-            watts: None,
-            claimed_tok_s: None,
-            finished_unix_ms: CLOCK.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            loads: Vec::new(),
-        };
+        let probe = ProbeObservation::for_test("m", 100.0);
         assert!(fleet.record(id, t, vec![probe]));
     }
 

@@ -82,7 +82,11 @@ pub fn score(
         tok_s,
         tok_s_single: curve.as_ref().map(|c| c.tok_s(1)),
         in_flight,
-        source: node.state.tok_s_for(model, now).map(|r| r.1),
+        source: node
+            .state
+            .tok_s_for(model, now)
+            .map(|r| r.1)
+            .or(curve.is_some().then_some(RateSource::Estimated)),
         scoring_watts,
         wes,
         baseline_loss: score::baseline_loss(single.penalized, best_clean_raw),

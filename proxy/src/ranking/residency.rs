@@ -64,8 +64,6 @@ mod tests {
     use crate::fleet::{Fleet, LoadedModel, ProbeObservation, Residency};
     use crate::ranking::Ranking;
 
-    static CLOCK: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(1);
-
     /// `id` decodes "m" at `tok_s` for 100 W, with `loaded` (4 GB each) in `memory_gb` of memory
     /// (`None`: it does not say what is loaded).
     fn report(fleet: &Fleet, id: &str, tok_s: f64, loaded: Option<&[&str]>, memory_gb: u64) {
@@ -90,16 +88,7 @@ mod tests {
                 .into(),
             })
         });
-        let probe = ProbeObservation {
-            model: "m".into(),
-            tokens: 32,
-            seconds: 1.0,
-            tok_s,
-            watts: None,
-            claimed_tok_s: None,
-            finished_unix_ms: CLOCK.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            loads: Vec::new(),
-        };
+        let probe = ProbeObservation::for_test("m", tok_s);
         assert!(fleet.record(id, t, vec![probe]));
     }
 
@@ -120,14 +109,7 @@ mod tests {
     }
 
     fn fleet() -> Fleet {
-        let node = |id: &str| NodeConfig {
-            id: id.into(),
-            url: "http://127.0.0.1:1".into(),
-            token: format!("t-{id}"),
-            pue: 1.0,
-            max_concurrency: 4,
-        };
-        Fleet::new(&[node("warm"), node("cold")])
+        Fleet::new(&[NodeConfig::for_test("warm"), NodeConfig::for_test("cold")])
     }
 
     #[test]

@@ -147,11 +147,8 @@ mod tests {
 
     fn node(id: &str) -> NodeConfig {
         NodeConfig {
-            id: id.into(),
             url: format!("http://127.0.0.1:1/{id}"),
-            token: format!("t-{id}"),
-            pue: 1.0,
-            max_concurrency: 4,
+            ..NodeConfig::for_test(id)
         }
     }
 
@@ -161,14 +158,8 @@ mod tests {
         t.models = Some(vec!["m".into(), "other".into()]);
         let probes = tok_s
             .map(|tok_s| ProbeObservation {
-                model: "m".into(),
-                tokens: 32,
-                seconds: 1.0,
-                tok_s,
-                watts: None,
-                claimed_tok_s: None,
                 finished_unix_ms: 1,
-                loads: Vec::new(),
+                ..ProbeObservation::for_test("m", tok_s)
             })
             .into_iter()
             .collect();
