@@ -193,22 +193,25 @@ impl NodeState {
         }
     }
 
-    /// Whether `model` is loaded here (`residency::resident`); `None`: the node does not say.
-    pub fn resident(&self, model: &str) -> Option<bool> {
-        let telemetry = self.telemetry()?;
+    /// Whether `model` is loaded here according to `telemetry` (this node's newest) and the
+    /// requests sent since (`residency::resident`); `None`: the node does not say.
+    pub fn resident_in(&self, telemetry: &Telemetry, model: &str) -> Option<bool> {
+        let residency = telemetry.residency.as_deref()?;
+        // The common case, a warm model, takes no lock.
+        if residency.holds(model) {
+            return Some(true);
+        }
         let warmed = self.warming.lock().get(model).copied();
-        residency::resident(
-            telemetry.residency.as_deref(),
-            telemetry.received_at,
-            warmed,
-            model,
-        )
+        residency::resident(Some(residency), telemetry.received_at, warmed, model)
     }
 
     /// A request for `model` is being sent: whether it finds the model cold. If so the model
     /// counts as loading from now on, so that the next request is not charged the same load.
     pub fn note_sent(&self, model: &str, now: Instant) -> bool {
-        if self.resident(model) != Some(false) {
+        let Some(telemetry) = self.telemetry() else {
+            return false;
+        };
+        if self.resident_in(&telemetry, model) != Some(false) {
             return false;
         }
         self.warming.lock().insert(model.to_owned(), now);

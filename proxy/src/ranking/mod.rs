@@ -15,7 +15,7 @@ pub mod table;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 pub use board::{RankEntry, RankingSnapshot};
 pub use history::{History, NodeSeries, Point};
@@ -93,16 +93,7 @@ impl Ranking {
                                     now,
                                 );
                                 match &cold {
-                                    // Unmeasured warm, the load is what is known.
-                                    Some(c) if warm.is_empty() => {
-                                        let load = Duration::from_secs_f64(c.seconds);
-                                        vec![load; node.config.max_concurrency.max(1) as usize]
-                                            .into()
-                                    }
-                                    Some(c) => warm
-                                        .iter()
-                                        .map(|t| *t + Duration::from_secs_f64(c.seconds))
-                                        .collect(),
+                                    Some(c) => c.delay(warm, node.config.max_concurrency),
                                     None => warm,
                                 }
                             } else {

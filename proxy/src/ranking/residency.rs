@@ -3,6 +3,9 @@
 //! energy (and the reload of whatever it evicts), added to the request's, so that a warm node
 //! wins unless the cold one is better by more than its load costs.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use crate::fleet::residency::evictions;
 use crate::fleet::{FleetNode, Telemetry};
 use crate::score;
@@ -23,6 +26,16 @@ impl ColdCost {
     pub fn charge(&self, score: Option<f64>) -> Option<f64> {
         score.map(|s| score::with_extra_energy(s, self.tokens, self.joules))
     }
+
+    /// Predicted times to first token by load (`warm`, index n − 1) with the load added; where
+    /// none is measured yet, the load alone at each of the node's `slots`.
+    pub fn delay(&self, warm: Arc<[Duration]>, slots: u32) -> Arc<[Duration]> {
+        let load = Duration::from_secs_f64(self.seconds);
+        if warm.is_empty() {
+            return vec![load; slots.max(1) as usize].into();
+        }
+        warm.iter().map(|t| *t + load).collect()
+    }
 }
 
 /// `None` when the model is loaded on the node, or the node does not say, or there is no
@@ -35,7 +48,7 @@ pub fn cold_cost(
 ) -> Option<ColdCost> {
     let telemetry = telemetry?;
     let residency = telemetry.residency.as_deref()?;
-    if node.state.resident(model)? {
+    if node.state.resident_in(telemetry, model)? {
         return None;
     }
     let bytes = residency.sizes.get(model).copied().unwrap_or(0);
@@ -56,7 +69,6 @@ pub fn cold_cost(
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use std::sync::Arc;
     use std::time::Instant;
 
     use super::*;
@@ -167,6 +179,19 @@ mod tests {
                 .tokens,
             1000.0
         );
+    }
+
+    #[test]
+    fn a_cold_load_delays_the_first_token_at_every_load() {
+        let load = ColdCost {
+            seconds: 2.0,
+            joules: 0.0,
+            tokens: 1.0,
+        };
+        let ms = Duration::from_millis;
+        let warm: Arc<[Duration]> = Arc::from([ms(100), ms(300)]);
+        assert_eq!(&*load.delay(warm, 2), &[ms(2100), ms(2300)]);
+        assert_eq!(&*load.delay(Arc::from([]), 3), &[ms(2000); 3]);
     }
 
     #[test]
