@@ -5,6 +5,7 @@
 //! scored by `score`) → peer choice (`policy`) → relay (`relay`) → meter (`meter`) → back into
 //! `fleet`; `metrics` and `admin` read along the way.
 
+pub mod access;
 pub mod admin;
 pub mod config;
 pub mod fleet;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
+use crate::access::Limiter;
 use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::fleet::Fleet;
 use crate::metrics::Metrics;
@@ -24,6 +25,8 @@ pub struct AppState {
     /// What the published boards showed over the last minutes.
     pub history: Mutex<History>,
     pub metrics: Metrics,
+    /// What each client key has spent of its limits.
+    pub limits: Limiter,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +47,7 @@ impl AppState {
             reload_lock: Mutex::new(()),
             fleet,
             metrics: Metrics::new(ranking.clone()),
+            limits: Limiter::default(),
             ranking,
         };
         state.rebuild_ranking();
@@ -75,6 +79,7 @@ impl AppState {
             self.history
                 .lock()
                 .configure(new.admin.history_step, new.admin.history_window);
+            self.limits.retain(&new.keys);
             self.config.store(Arc::new(new));
             self.rebuild_ranking();
         }

@@ -8,12 +8,15 @@ mod ranking_json;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Query, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{Query, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 
+use crate::access;
+use crate::config::AdminConfig;
 use crate::state::AppState;
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -27,7 +30,40 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/nodes/{id}/drain", post(drain::drain))
         .route("/nodes/{id}/undrain", post(drain::undrain))
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
+}
+
+/// Which admin calls need the token (when one is configured: without one the listener is on
+/// loopback, which the config check enforces, and stays open as before).
+fn needs_token(method: &Method, path: &str, admin: &AdminConfig) -> bool {
+    if admin.token.is_none() || path == "/healthz" {
+        return false;
+    }
+    let read = method == Method::GET || method == Method::HEAD;
+    !read || admin.protect_reads || path == "/usage"
+}
+
+async fn require_token(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let config = state.config.load();
+    let (method, path) = (request.method(), request.uri().path());
+    if needs_token(method, path, &config.admin)
+        && let Err(denied) = access::check_admin(&config.admin, request.headers())
+    {
+        tracing::info!(%method, path, "admin call refused: {}", denied.message());
+        return (
+            StatusCode::from_u16(denied.status()).unwrap_or(StatusCode::UNAUTHORIZED),
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            axum::Json(serde_json::json!({ "error": denied.message() })),
+        )
+            .into_response();
+    }
+    drop(config);
+    next.run(request).await
 }
 
 #[derive(Deserialize)]
@@ -119,4 +155,28 @@ async fn not_found() -> Response {
         ),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::SecretDigest;
+
+    #[test]
+    fn which_admin_calls_need_the_token() {
+        let mut admin = AdminConfig::default();
+        // No token: a loopback listener, open as before.
+        assert!(!needs_token(&Method::POST, "/reload", &admin));
+        admin.token = Some(SecretDigest::of("adm"));
+        assert!(needs_token(&Method::POST, "/reload", &admin));
+        assert!(needs_token(&Method::POST, "/nodes/a/drain", &admin));
+        assert!(needs_token(&Method::GET, "/usage", &admin));
+        assert!(!needs_token(&Method::GET, "/ranking", &admin));
+        assert!(!needs_token(&Method::GET, "/healthz", &admin));
+        admin.protect_reads = true;
+        assert!(needs_token(&Method::GET, "/ranking", &admin));
+        assert!(needs_token(&Method::GET, "/metrics", &admin));
+        assert!(needs_token(&Method::GET, "/", &admin));
+        assert!(!needs_token(&Method::GET, "/healthz", &admin));
+    }
 }

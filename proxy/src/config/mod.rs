@@ -10,10 +10,12 @@ mod validate;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use wes_proto::ThermalState;
 
+use crate::access::SecretDigest;
 use crate::policy::PolicyName;
 
 /// A validated configuration. Only [`Config::parse`] makes one, so holding one means every
@@ -27,6 +29,37 @@ pub struct Config {
     pub health: HealthConfig,
     pub admin: AdminConfig,
     pub nodes: Vec<NodeConfig>,
+    /// Client API keys; none leaves the API open, as Ollama's is.
+    pub keys: Vec<Arc<KeyConfig>>,
+}
+
+/// One `[[keys]]` table: who a client is, what it may use, how much.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyConfig {
+    /// What logs, metrics and `/usage` call the key; the key itself is never shown.
+    pub id: Arc<str>,
+    pub digest: SecretDigest,
+    /// The models the key may use; `None` for every model.
+    pub models: Option<Vec<String>>,
+    pub limits: KeyLimits,
+}
+
+impl KeyConfig {
+    pub fn allows(&self, model: &str) -> bool {
+        self.models
+            .as_ref()
+            .is_none_or(|models| models.iter().any(|m| m == model))
+    }
+}
+
+/// A key's limits; `None` is no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct KeyLimits {
+    pub requests_per_minute: Option<u32>,
+    /// Output tokens.
+    pub tokens_per_minute: Option<u64>,
+    /// Measured energy (gross, × PUE) of the key's requests.
+    pub energy_wh_per_day: Option<f64>,
 }
 
 /// The admin listener's own settings.
@@ -37,6 +70,11 @@ pub struct AdminConfig {
     pub history_step: Duration,
     /// ...over this window.
     pub history_window: Duration,
+    /// The admin token's digest: POST calls here and the API's management calls need it, and
+    /// so does `GET /usage`. `None` only with the admin listener on a loopback address.
+    pub token: Option<SecretDigest>,
+    /// Every admin GET but `/healthz` needs the token too.
+    pub protect_reads: bool,
 }
 
 impl Default for AdminConfig {
@@ -44,6 +82,8 @@ impl Default for AdminConfig {
         AdminConfig {
             history_step: defaults::HISTORY_STEP,
             history_window: defaults::HISTORY_WINDOW,
+            token: None,
+            protect_reads: false,
         }
     }
 }
@@ -348,6 +388,90 @@ max_concurrency = 4
                 && errs[0].message.contains("average, marginal"),
             "{errs:?}"
         );
+    }
+
+    #[test]
+    fn keys_parse_as_digests_with_their_limits() {
+        let text = format!(
+            "{GOOD}\n[[keys]]\nid = \"team-a\"\nkey = \"sk-a\"\nmodels = [\"llama3.2:3b\"]\nrequests_per_minute = 600\ntokens_per_minute = 100000\nenergy_wh_per_day = 50\n\n[[keys]]\nid = \"team-b\"\nkey_sha256 = \"8879f6a4ae35c420a15d35fed3b8dd07577207803d404f6d4cc4fa829dafa910\"\n"
+        );
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(c.keys.len(), 2);
+        let a = &c.keys[0];
+        assert_eq!(&*a.id, "team-a");
+        assert!(a.digest.matches(&SecretDigest::of("sk-a")));
+        assert_eq!(a.models.as_deref(), Some(&["llama3.2:3b".to_owned()][..]));
+        assert_eq!(
+            a.limits,
+            KeyLimits {
+                requests_per_minute: Some(600),
+                tokens_per_minute: Some(100_000),
+                energy_wh_per_day: Some(50.0),
+            }
+        );
+        // team-b's digest is that of "sk-team-a".
+        assert!(c.keys[1].digest.matches(&SecretDigest::of("sk-team-a")));
+        assert_eq!(c.keys[1].limits, KeyLimits::default());
+        // The secret itself is nowhere in what the config prints.
+        assert!(!format!("{c:?}").contains("sk-a"));
+    }
+
+    #[test]
+    fn bad_keys_name_their_lines() {
+        for (table, says) in [
+            ("id = \"a\"", "needs key"),
+            ("id = \"a\"\nkey = \"x\"\nkey_sha256 = \"00\"", "both set"),
+            ("id = \"a\"\nkey_sha256 = \"00\"", "64 hex digits"),
+            ("id = \"a b\"\nkey = \"x\"", "letters, digits"),
+            (
+                "id = \"a\"\nkey = \"x\"\nrequests_per_minute = 0",
+                "between 1",
+            ),
+            (
+                "id = \"a\"\nkey = \"x\"\nenergy_wh_per_day = -1",
+                "positive",
+            ),
+            ("id = \"a\"\nkey = \"x\"\nmodels = []", "models is empty"),
+        ] {
+            let text = format!("{GOOD}\n[[keys]]\n{table}\n");
+            let errs = Config::parse(&text).unwrap_err().0;
+            assert_eq!(errs.len(), 1, "{table}: {errs:?}");
+            assert!(
+                errs[0].line.is_some_and(|l| l > 18) && errs[0].message.contains(says),
+                "{table}: {errs:?}"
+            );
+        }
+        let twice = format!(
+            "{GOOD}\n[[keys]]\nid = \"a\"\nkey = \"x\"\n[[keys]]\nid = \"a\"\nkey = \"y\"\n[[keys]]\nid = \"b\"\nkey = \"x\"\n"
+        );
+        let errs = Config::parse(&twice).unwrap_err().0;
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs[0].message.contains("appears twice"), "{errs:?}");
+        assert!(errs[1].message.contains("same key"), "{errs:?}");
+    }
+
+    #[test]
+    fn an_admin_listener_off_loopback_needs_a_token() {
+        let open = GOOD.replace("admin = \"127.0.0.1:9090\"", "admin = \"0.0.0.0:9090\"");
+        let errs = Config::parse(&open).unwrap_err().0;
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].line, Some(5));
+        assert!(errs[0].message.contains("admin.token"), "{errs:?}");
+        let guarded = format!("{open}\n[admin]\ntoken = \"adm-1\"\nprotect_reads = true\n");
+        let c = Config::parse(&guarded).unwrap();
+        assert!(
+            c.admin
+                .token
+                .as_ref()
+                .is_some_and(|t| t.matches(&SecretDigest::of("adm-1")))
+        );
+        assert!(c.admin.protect_reads);
+        let both = format!(
+            "{GOOD}\n[admin]\ntoken = \"a\"\ntoken_sha256 = \"{}\"\n",
+            "0".repeat(64)
+        );
+        let errs = Config::parse(&both).unwrap_err().0;
+        assert!(errs[0].message.contains("both set"), "{errs:?}");
     }
 
     #[test]

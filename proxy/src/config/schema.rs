@@ -24,6 +24,8 @@ pub struct RawConfig {
     pub admin: RawAdmin,
     #[serde(default)]
     pub nodes: Vec<Spanned<RawNode>>,
+    #[serde(default)]
+    pub keys: Vec<Spanned<RawKey>>,
 }
 
 /// A duration as written ("500ms", "3s", "2m"), parsed by `humantime-serde`. A value it cannot
@@ -87,6 +89,21 @@ pub struct RawTelemetry {
 pub struct RawAdmin {
     pub history_step: RawDuration,
     pub history_window: RawDuration,
+    pub token: Option<Spanned<String>>,
+    pub token_sha256: Option<Spanned<String>>,
+    pub protect_reads: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    pub id: Spanned<String>,
+    pub key: Option<Spanned<String>>,
+    pub key_sha256: Option<Spanned<String>>,
+    pub models: Option<Spanned<Vec<String>>>,
+    pub requests_per_minute: Option<Spanned<i64>>,
+    pub tokens_per_minute: Option<Spanned<i64>>,
+    pub energy_wh_per_day: Option<Spanned<f64>>,
 }
 
 #[derive(Deserialize, Default)]

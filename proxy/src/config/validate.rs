@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::Duration;
 
 use toml::Spanned;
@@ -12,9 +13,11 @@ use wes_proto::ThermalState;
 
 use super::schema::{DurationValue, RawConfig};
 use super::{
-    AdminConfig, ApiConfig, Config, ConfigError, ConfigErrors, HealthConfig, ListenConfig,
-    LoadScore, NodeConfig, PowerBasis, RoutingConfig, TelemetryConfig, TlsFiles, defaults,
+    AdminConfig, ApiConfig, Config, ConfigError, ConfigErrors, HealthConfig, KeyConfig, KeyLimits,
+    ListenConfig, LoadScore, NodeConfig, PowerBasis, RoutingConfig, TelemetryConfig, TlsFiles,
+    defaults,
 };
+use crate::access::SecretDigest;
 use crate::policy::PolicyName;
 
 /// Collects errors against the file text, turning byte spans into line numbers.
@@ -129,6 +132,48 @@ impl Validator<'_> {
         default
     }
 
+    /// A secret written as itself or as its SHA-256 (never both); `None` when neither is set
+    /// or the one set is unusable.
+    fn secret(
+        &mut self,
+        (plain_field, plain): (&str, Option<&Spanned<String>>),
+        (digest_field, digest): (&str, Option<&Spanned<String>>),
+    ) -> Option<SecretDigest> {
+        match (plain, digest) {
+            (None, None) => None,
+            (Some(_), Some(d)) => {
+                self.error(
+                    d.span(),
+                    format!("{plain_field} and {digest_field} both set: keep one"),
+                );
+                None
+            }
+            (Some(p), None) => {
+                let text = p.get_ref();
+                if text.is_empty() || text.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+                    self.error(
+                        p.span(),
+                        format!("{plain_field} must be non-empty, without spaces"),
+                    );
+                    return None;
+                }
+                Some(SecretDigest::of(text))
+            }
+            (None, Some(d)) => {
+                let parsed = SecretDigest::from_hex(d.get_ref());
+                if parsed.is_none() {
+                    self.error(
+                        d.span(),
+                        format!(
+                            "{digest_field} must be 64 hex digits (what `printf %s SECRET | sha256sum` prints)"
+                        ),
+                    );
+                }
+                parsed
+            }
+        }
+    }
+
     fn fraction(
         &mut self,
         field: &str,
@@ -210,7 +255,19 @@ pub fn validate(raw: RawConfig, text: &str) -> Result<Config, ConfigErrors> {
         ),
     };
     let admin = admin(&mut c, &raw);
+    if admin.token.is_none() && !listen.admin.ip().is_loopback() {
+        // Anyone who reaches it could drain every node or reload the config.
+        let listen_raw = raw.listen.get_ref();
+        c.error(
+            listen_raw.admin.span(),
+            format!(
+                "listen.admin {} is reachable from other machines and [admin] has no token: set admin.token (or admin.token_sha256), or bind the admin listener to 127.0.0.1",
+                listen.admin
+            ),
+        );
+    }
     let nodes = nodes(&mut c, &raw);
+    let keys = keys(&mut c, &raw);
     if !c.errors.is_empty() {
         c.errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
         return Err(ConfigErrors(c.errors));
@@ -223,6 +280,7 @@ pub fn validate(raw: RawConfig, text: &str) -> Result<Config, ConfigErrors> {
         health,
         admin,
         nodes,
+        keys,
     })
 }
 
@@ -267,10 +325,105 @@ fn admin(c: &mut Validator<'_>, raw: &RawConfig) -> AdminConfig {
             );
         }
     }
+    let token = c.secret(
+        ("admin.token", a.token.as_ref()),
+        ("admin.token_sha256", a.token_sha256.as_ref()),
+    );
     AdminConfig {
         history_step: step,
         history_window: window,
+        token,
+        protect_reads: a.protect_reads.unwrap_or(false),
     }
+}
+
+fn keys(c: &mut Validator<'_>, raw: &RawConfig) -> Vec<Arc<KeyConfig>> {
+    let mut keys: Vec<Arc<KeyConfig>> = Vec::new();
+    for spanned in &raw.keys {
+        let k = spanned.get_ref();
+        let id = k.id.get_ref().trim().to_owned();
+        if !is_identifier(&id) {
+            c.error(
+                k.id.span(),
+                format!(
+                    "keys.id {:?}: use letters, digits, '.', '_', '-', ':' only",
+                    k.id.get_ref()
+                ),
+            );
+        } else if keys.iter().any(|other| *other.id == *id) {
+            c.error(k.id.span(), format!("keys.id {id:?} appears twice"));
+        }
+        let field = |name: &str| format!("key {id:?}: {name}");
+        let Some(digest) = c.secret(
+            (&field("key"), k.key.as_ref()),
+            (&field("key_sha256"), k.key_sha256.as_ref()),
+        ) else {
+            if k.key.is_none() && k.key_sha256.is_none() {
+                c.error(
+                    spanned.span(),
+                    format!("key {id:?}: needs key = \"...\" or key_sha256 = \"<hex>\""),
+                );
+            }
+            continue;
+        };
+        if keys.iter().any(|other| other.digest == digest) {
+            // One secret for two ids could not say which one calls.
+            c.error(
+                spanned.span(),
+                format!("key {id:?}: the same key as another [[keys]] entry; each needs its own"),
+            );
+        }
+        let models = match &k.models {
+            Some(list) if list.get_ref().is_empty() => {
+                c.error(
+                    list.span(),
+                    format!("key {id:?}: models is empty; leave it out to allow every model"),
+                );
+                None
+            }
+            Some(list) => Some(list.get_ref().clone()),
+            None => None,
+        };
+        let limits = KeyLimits {
+            requests_per_minute: k
+                .requests_per_minute
+                .as_ref()
+                .map(|v| c.count(&field("requests_per_minute"), Some(v), 10_000_000, 1)),
+            tokens_per_minute: k
+                .tokens_per_minute
+                .as_ref()
+                .map(|v| c.count(&field("tokens_per_minute"), Some(v), 1_000_000_000_000, 1)),
+            energy_wh_per_day: match &k.energy_wh_per_day {
+                Some(w) if !(w.get_ref().is_finite() && *w.get_ref() > 0.0) => {
+                    c.error(
+                        w.span(),
+                        format!(
+                            "key {id:?}: energy_wh_per_day {} must be a positive number",
+                            w.get_ref()
+                        ),
+                    );
+                    None
+                }
+                Some(w) => Some(*w.get_ref()),
+                None => None,
+            },
+        };
+        keys.push(Arc::new(KeyConfig {
+            id: id.into(),
+            digest,
+            models,
+            limits,
+        }));
+    }
+    keys
+}
+
+/// Node and key ids: what logs, metrics and URLs carry without quoting.
+fn is_identifier(id: &str) -> bool {
+    !id.is_empty()
+        && id
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "._-:".contains(ch))
 }
 
 fn listen(c: &mut Validator<'_>, raw: &RawConfig) -> ListenConfig {
@@ -435,11 +588,7 @@ fn nodes(c: &mut Validator<'_>, raw: &RawConfig) -> Vec<NodeConfig> {
     for spanned in &raw.nodes {
         let n = spanned.get_ref();
         let id = n.id.get_ref().trim().to_owned();
-        if id.is_empty()
-            || !id
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || "._-:".contains(ch))
-        {
+        if !is_identifier(&id) {
             c.error(
                 n.id.span(),
                 format!(

@@ -7,7 +7,7 @@ use futures::future::join_all;
 use serde_json::{Value, json};
 
 use super::route::Listing;
-use crate::config::{HealthConfig, RoutingConfig};
+use crate::config::{HealthConfig, KeyConfig, RoutingConfig};
 use crate::fleet::FleetView;
 use crate::ranking::eligibility::unavailable_reason;
 
@@ -29,6 +29,7 @@ pub async fn fetch_and_merge(
     routing: &RoutingConfig,
     health: &HealthConfig,
     listing: Listing,
+    key: Option<&KeyConfig>,
 ) -> Value {
     let now = Instant::now();
     let urls: Vec<String> = fleet
@@ -54,11 +55,17 @@ pub async fn fetch_and_merge(
         response.json::<Value>().await.ok()
     }))
     .await;
-    merge(listing, answers.into_iter().flatten())
+    let allowed = |model: &str| key.is_none_or(|k| k.allows(model));
+    merge(listing, answers.into_iter().flatten(), allowed)
 }
 
-/// Merges node answers in order; the first node to list a name wins.
-pub fn merge(listing: Listing, answers: impl IntoIterator<Item = Value>) -> Value {
+/// Merges node answers in order; the first node to list a name wins. Only models `allowed`
+/// are listed: a key sees the models it may use.
+pub fn merge(
+    listing: Listing,
+    answers: impl IntoIterator<Item = Value>,
+    allowed: impl Fn(&str) -> bool,
+) -> Value {
     let (list_key, id_key) = match listing {
         Listing::Tags | Listing::Running => ("models", "name"),
         Listing::OpenAiModels => ("data", "id"),
@@ -73,7 +80,7 @@ pub fn merge(listing: Listing, answers: impl IntoIterator<Item = Value>) -> Valu
             let Some(id) = item.get(id_key).and_then(Value::as_str) else {
                 continue;
             };
-            if seen.insert(id.to_owned()) {
+            if allowed(id) && seen.insert(id.to_owned()) {
                 items.push(item.clone());
             }
         }
@@ -92,7 +99,7 @@ mod tests {
     fn dedupes_by_name_first_wins() {
         let a = json!({"models": [{"name": "m1", "size": 1}, {"name": "m2", "size": 2}]});
         let b = json!({"models": [{"name": "m2", "size": 99}, {"name": "m3", "size": 3}]});
-        let merged = merge(Listing::Tags, [a, b, json!({"garbage": true})]);
+        let merged = merge(Listing::Tags, [a, b, json!({"garbage": true})], |_| true);
         let names: Vec<_> = merged["models"]
             .as_array()
             .into_iter()
@@ -106,11 +113,18 @@ mod tests {
     #[test]
     fn openai_shape() {
         let a = json!({"object": "list", "data": [{"id": "m1", "object": "model"}]});
-        let merged = merge(Listing::OpenAiModels, [a.clone(), a]);
+        let merged = merge(Listing::OpenAiModels, [a.clone(), a], |_| true);
         assert_eq!(
             merged,
             json!({"object": "list", "data": [{"id": "m1", "object": "model"}]})
         );
-        assert_eq!(merge(Listing::Running, []), json!({"models": []}));
+        assert_eq!(merge(Listing::Running, [], |_| true), json!({"models": []}));
+    }
+
+    #[test]
+    fn a_key_sees_only_the_models_it_may_use() {
+        let a = json!({"models": [{"name": "m1"}, {"name": "m2"}]});
+        let merged = merge(Listing::Tags, [a], |m| m == "m2");
+        assert_eq!(merged, json!({"models": [{"name": "m2"}]}));
     }
 }

@@ -31,6 +31,8 @@ use serde_json::json;
 use self::blame::{Blame, Verdict};
 use self::request::{BodyProblem, TooLarge};
 use self::route::{Endpoint, LocalAnswer, Route};
+use crate::access::{self, Denied};
+use crate::config::KeyConfig;
 use crate::fleet::InFlightGuard;
 use crate::meter::{self, Meter};
 use crate::metrics::{ErrorKind, Outcome};
@@ -82,6 +84,8 @@ pub struct Attempt {
     pub endpoint: Endpoint,
     pub model: Arc<str>,
     pub stream: bool,
+    /// The client key's id, charged for what the node answers.
+    pub key: Option<Arc<str>>,
 }
 
 impl Attempt {
@@ -94,6 +98,7 @@ impl Attempt {
             endpoint: self.endpoint,
             model: self.model.clone(),
             stream: self.stream,
+            key: self.key.clone(),
         }
     }
 }
@@ -148,6 +153,8 @@ pub struct RelayCtx {
     meter: Option<Meter>,
     /// The current attempt is in the metrics already (it failed before answering).
     recorded: bool,
+    /// The client key the request presented (`None` while the API is open).
+    key: Option<Arc<KeyConfig>>,
 }
 
 #[async_trait]
@@ -187,6 +194,29 @@ impl ProxyHttp for Relay {
             session.req_header().method.as_str(),
             session.req_header().uri.path(),
         );
+        let openai = session.req_header().uri.path().starts_with("/v1/");
+        let config = self.state.config.load_full();
+        if route == Route::Management {
+            let answer = access::check_admin(&config.admin, &session.req_header().headers);
+            match answer {
+                Err(denied) => respond::denied(session, openai, &denied).await?,
+                Ok(()) => {
+                    let message = "model management (pull, push, create, copy, delete, blobs) is not relayed yet: run it on the node's own Ollama";
+                    respond::error(session, false, 501, message).await?;
+                }
+            }
+            return Ok(true);
+        }
+        // The banner stays open: load balancers' health checks ask it without a key.
+        if route != Route::Local(LocalAnswer::Banner) {
+            match access::identify(&config.keys, &session.req_header().headers) {
+                Ok(key) => ctx.key = key.cloned(),
+                Err(denied) => {
+                    respond::denied(session, openai, &denied).await?;
+                    return Ok(true);
+                }
+            }
+        }
         match route {
             Route::ByModel(endpoint) => {
                 if !self.relay_by_model(session, ctx, endpoint).await? {
@@ -194,13 +224,13 @@ impl ProxyHttp for Relay {
                 }
             }
             Route::Merged(listing) => {
-                let config = self.state.config.load();
                 let merged = merge::fetch_and_merge(
                     &self.http,
                     &self.state.fleet.view(),
                     &config.routing,
                     &config.health,
                     listing,
+                    ctx.key.as_deref(),
                 )
                 .await;
                 respond::json(session, 200, &merged, &[]).await?;
@@ -217,10 +247,7 @@ impl ProxyHttp for Relay {
                 )
                 .await?;
             }
-            Route::Management => {
-                let message = "model management (pull, push, create, copy, delete) is not relayed: run it on the node's own Ollama";
-                respond::error(session, false, 403, message).await?;
-            }
+            Route::Management => {}
             Route::MethodNotAllowed => {
                 respond::error(session, false, 405, "method not allowed").await?
             }
@@ -351,6 +378,10 @@ impl ProxyHttp for Relay {
         let Some(report) = report else {
             return;
         };
+        // What the client received counts against its key, whatever the node's fate.
+        if let (Some(key), true) = (&attempt.key, report.protocol != meter::Protocol::Embedding) {
+            self.state.limits.charge_tokens(key, report.tokens, now);
+        }
         let view = self.state.fleet.view();
         let Some(node) = view.get(&attempt.node_id) else {
             return;
@@ -521,6 +552,29 @@ impl Relay {
                 return Ok(true);
             }
         };
+        if let Some(key) = ctx.key.as_deref() {
+            let now = Instant::now();
+            let refused = if !key.allows(&facts.model) {
+                Some(Denied::ModelNotAllowed {
+                    key: key.id.to_string(),
+                    model: facts.model.to_string(),
+                })
+            } else {
+                self.state
+                    .limits
+                    .admit(key, now)
+                    .err()
+                    .map(|limited| Denied::Limited {
+                        key: key.id.to_string(),
+                        limited,
+                    })
+            };
+            if let Some(denied) = refused {
+                tracing::info!(key = %key.id, model = %facts.model, status = denied.status(), "refused: {}", denied.message());
+                respond::denied(session, openai, &denied).await?;
+                return Ok(true);
+            }
+        }
         let Some(selection) = self.select(session, openai, &facts.model).await? else {
             return Ok(true);
         };
@@ -531,6 +585,7 @@ impl Relay {
             endpoint,
             model: selection.model.clone(),
             stream: facts.stream.unwrap_or(endpoint.streams_by_default()),
+            key: ctx.key.as_ref().map(|k| k.id.clone()),
         };
         if session.as_ref().retry_buffer_truncated() {
             self.relay_by_subrequests(session, selection, template, body)

@@ -5,19 +5,28 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use serde_json::{Value, json};
 
+use crate::access::{Denied, retry_after_secs};
+
 /// The version `/api/version` reports: the Ollama API level this proxy speaks.
 pub const OLLAMA_API_VERSION: &str = "0.6.0";
 
 /// An error body as the client's library expects it: Ollama's `{"error": "..."}`, or OpenAI's
 /// `{"error": {"message", "type", "code"}}` on `/v1/*`.
 pub fn error_body(openai: bool, status: u16, message: &str) -> Value {
+    coded_error_body(openai, status, message, None)
+}
+
+/// [`error_body`] with OpenAI's machine-readable `code` (`invalid_api_key`, ...).
+pub fn coded_error_body(openai: bool, status: u16, message: &str, code: Option<&str>) -> Value {
     if openai {
         let kind = match status {
-            400 | 404 | 413 => "invalid_request_error",
-            401 | 403 => "authentication_error",
+            400 | 404 | 413 | 431 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
+            429 => "rate_limit_error",
             _ => "server_error",
         };
-        json!({ "error": { "message": message, "type": kind, "param": null, "code": null } })
+        json!({ "error": { "message": message, "type": kind, "param": null, "code": code } })
     } else {
         json!({ "error": message })
     }
@@ -50,6 +59,26 @@ pub async fn error(
     message: &str,
 ) -> pingora::Result<()> {
     json(session, status, &error_body(openai, status, message), &[]).await
+}
+
+/// A refused call (no key, a forbidden model, a limit, the admin token), with `Retry-After`
+/// past a limit and `WWW-Authenticate` where a credential is missing.
+pub async fn denied(session: &mut Session, openai: bool, denied: &Denied) -> pingora::Result<()> {
+    let status = denied.status();
+    let body = coded_error_body(
+        openai,
+        status,
+        &denied.message(),
+        Some(denied.openai_code()),
+    );
+    let mut extra = Vec::new();
+    if let Some(wait) = denied.retry_after() {
+        extra.push(("Retry-After", retry_after_secs(wait).to_string()));
+    }
+    if status == 401 {
+        extra.push(("WWW-Authenticate", "Bearer".to_owned()));
+    }
+    json(session, status, &body, &extra).await
 }
 
 pub async fn text(session: &mut Session, status: u16, text: &'static str) -> pingora::Result<()> {
