@@ -12,7 +12,9 @@
 #   WES_DEMO_API_PORT [11434]       Ollama-compatible API (--check: a free port)
 #   WES_DEMO_ADMIN_PORT [9090]      leaderboard, /ranking, /metrics (--check: a free port)
 #   WES_DEMO_TELEMETRY_PORT [free]  gRPC ingest; only the demo's own reporters use it
-#   WES_DEMO_HOST [127.0.0.1]       address the proxy binds; 0.0.0.0 shows it to the network
+#   WES_DEMO_HOST [127.0.0.1]       address the proxy binds; 0.0.0.0 shows it to the network,
+#                                   and then the admin listener gets a fresh token, printed
+#   WES_DEMO_ADMIN_TOKEN [made]     that token, off loopback (set it to choose your own)
 #   WES_DEMO_TIME_SCALE [8]         the simulated thermal clock runs this much faster
 #   WES_DEMO_RATE [1.5]             background requests per second; 0 for none
 #   WES_DEMO_CONFIG [config/demo-proxy.toml]
@@ -238,9 +240,17 @@ done <<<"$nodes"
 
 # 2. The proxy, on a copy of the config with the demo's ports and the simulated nodes' URLs.
 #    The copy keeps every line in place, so an error's line number points into $config.
+#    Served to the network, the admin listener (drain, reload) needs a token: one is made.
+admin_token=
+case "$host" in
+  127.* | localhost | ::1 | "[::1]") ;;
+  *) admin_token=${WES_DEMO_ADMIN_TOKEN:-$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')} ;;
+esac
 awk -v api="$host:$api_port" -v tel="$host:$telemetry_port" -v admin="$host:$admin_port" \
-  -v urls="${node_urls[*]}" '
+  -v urls="${node_urls[*]}" -v admin_token="$admin_token" '
   BEGIN { split(urls, U, " "); k = 0 }
+  /^[[:space:]]*\[admin\]/ && admin_token != "" { print; print "token = \"" admin_token "\""; seen_admin = 1; sec = "[admin]"; next }
+  END { if (admin_token != "" && !seen_admin) { print ""; print "[admin]"; print "token = \"" admin_token "\"" } }
   /^[[:space:]]*\[\[nodes\]\]/ { sec = "nodes"; k++; print; next }
   /^[[:space:]]*\[/ { sec = $0; gsub(/[[:space:]]/, "", sec); print; next }
   sec == "[listen]" && /^[[:space:]]*api[[:space:]]*=/ { print "api = \"" api "\""; next }
@@ -343,6 +353,13 @@ if [ "$mode" = check ]; then
     die "generate through the API failed: HTTP $code, node '${node}', body: $(head -c 400 "$work/generate.json" 2>/dev/null)"
   fi
   say "demo --check: /api/generate answered by $node"
+  if [ -n "$admin_token" ]; then
+    [ "$(curl -s -o /dev/null -w '%{http_code}' -X POST "$admin/reload")" = 401 ] ||
+      die "the admin listener took a reload without its token"
+    [ "$(curl -s -o /dev/null -w '%{http_code}' -X POST -H "Authorization: Bearer $admin_token" "$admin/reload")" = 200 ] ||
+      die "the admin listener refused its own token"
+    say "demo --check: the admin listener needs its token"
+  fi
   say "demo --check: ok"
   exit 0
 fi
@@ -356,7 +373,9 @@ within a minute or two, and the ranking reorders.
   Ollama base URL   $api
   Leaderboard       $admin/
   Ranking (JSON)    $admin/ranking
-  Metrics           $admin/metrics
+  Metrics           $admin/metrics${admin_token:+
+  Admin token       $admin_token
+                    (POST /reload, drain: curl -H "Authorization: Bearer $admin_token" ...)}
 
 Try:
   curl $api/api/generate -d '{"model":"llama3.2:3b","prompt":"Why is the sky blue?"}'

@@ -1,6 +1,6 @@
 #!/bin/sh
 # The proxy container's entrypoint: renders the config (the ConfigMap's template with the
-# tokens of the Secret wes-tokens put in), validates it, and execs wes-proxy, which is then
+# tokens of the Secrets wes-tokens and wes-admin put in), validates it, and execs wes-proxy, which is then
 # PID 1 and gets SIGTERM and SIGHUP directly.
 #
 #   start-proxy.sh          render, check, exec wes-proxy
@@ -10,12 +10,13 @@ set -eu
 # The paths the manifests mount; overridable to try the script outside a pod.
 template=${WES_PROXY_TEMPLATE:-/etc/wes/config/proxy.toml}
 tokens=${WES_TOKENS_DIR:-/etc/wes/tokens}
+admin=${WES_ADMIN_DIR:-/etc/wes/admin}
 out=${WES_PROXY_RENDERED:-/run/wes/proxy.toml}
 
 render() {
   tmp=$out.tmp
   cp "$template" "$tmp"
-  for f in "$tokens"/*; do
+  for f in "$tokens"/* "$admin"/*; do
     [ -f "$f" ] || continue
     key=${f##*/}
     tok=$(cat "$f")
@@ -23,7 +24,7 @@ render() {
     # mean nothing to either (hex or base64 tokens qualify).
     case $tok in
       "" | *[!A-Za-z0-9._~+/=-]*)
-        echo "start-proxy: token $key in Secret wes-tokens is empty or has characters outside A-Z a-z 0-9 . _ ~ + / = -" >&2
+        echo "start-proxy: token $key (Secret wes-tokens or wes-admin) is empty or has characters outside A-Z a-z 0-9 . _ ~ + / = -" >&2
         return 1
         ;;
     esac
@@ -31,7 +32,7 @@ render() {
     sed -i "s|\"@${key_re}@\"|\"${tok}\"|g" "$tmp"
   done
   if grep -n '^[^#]*"@[^"]*@"' "$tmp" >&2; then
-    echo "start-proxy: the lines above name keys that the Secret wes-tokens lacks" >&2
+    echo "start-proxy: the lines above name keys that the Secrets wes-tokens and wes-admin lack" >&2
     return 1
   fi
   wes-proxy check-config "$tmp" >&2

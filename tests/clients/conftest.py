@@ -37,8 +37,9 @@ def read_line_with(proc, needle: str, log: Path, timeout: float = 30.0) -> str:
     raise RuntimeError(f"{needle!r} not printed; log:\n{log.read_text() if log.exists() else ''}")
 
 
-def get_json(url: str):
-    with urllib.request.urlopen(url, timeout=5) as r:
+def get_json(url: str, headers=None):
+    request = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=5) as r:
         return json.load(r)
 
 
@@ -65,11 +66,11 @@ class Fleet:
                 p.kill()
 
 
-@pytest.fixture(scope="session")
-def fleet():
+def start_fleet(tmp: Path, extra_config: str = "", admin_headers=None) -> Fleet:
+    """Two simulated nodes with their reporters behind one proxy, ranked and ready. The caller
+    closes it. `extra_config` is appended to the proxy's TOML (keys, an [admin] table)."""
     for b in ("wes-proxy", "wes-reporter", "wes-sim-node"):
         assert (BIN / b).exists(), f"{BIN / b} missing: run cargo build --workspace --bins"
-    tmp = Path(tempfile.mkdtemp(prefix="wes-clients-"))
     f = Fleet(tmp)
     try:
         nodes = []
@@ -89,8 +90,10 @@ def fleet():
         )
         for node_id, addr in nodes:
             text += f'[[nodes]]\nid = "{node_id}"\nurl = "http://{addr}"\ntoken = "tok-{node_id}"\n'
-        config.write_text(text)
+        config.write_text(text + extra_config)
+        f.config = config
         proxy, log = f.spawn("proxy", [str(BIN / "wes-proxy"), "--config", str(config)])
+        f.proxy_log = log
         telemetry = read_line_with(proxy, "telemetry listening on", log).rsplit(" ", 1)[1]
         admin = read_line_with(proxy, "admin listening on", log).rsplit(" ", 1)[1]
         for node_id, addr in nodes:
@@ -105,7 +108,7 @@ def fleet():
             )
         deadline = time.monotonic() + 60
         while True:
-            ranking = get_json(f"http://{admin}/ranking")
+            ranking = get_json(f"http://{admin}/ranking", admin_headers)
             if all(n["healthy"] and n["models"] and n["tok_s"] for n in ranking["nodes"]):
                 break
             if time.monotonic() > deadline:
@@ -113,6 +116,16 @@ def fleet():
             time.sleep(0.1)
         f.api = f"http://127.0.0.1:{api_port}"
         f.admin = f"http://{admin}"
+        return f
+    except BaseException:
+        f.close()
+        raise
+
+
+@pytest.fixture(scope="session")
+def fleet():
+    f = start_fleet(Path(tempfile.mkdtemp(prefix="wes-clients-")))
+    try:
         yield f
     finally:
         f.close()
