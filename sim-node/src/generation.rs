@@ -74,6 +74,8 @@ pub struct Stats {
     pub eval_count: u32,
     pub eval: Duration,
     pub reason: DoneReason,
+    /// This request's share of the node's energy (`energy`): ground truth for the ledger.
+    pub energy_joules: f64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -160,6 +162,7 @@ impl Job {
             eval_count: 0,
             eval: Duration::ZERO,
             reason: DoneReason::Stop,
+            energy_joules: 0.0,
         });
         (text, stats)
     }
@@ -177,6 +180,7 @@ async fn step(mut run: Run) -> Option<(Event, Run)> {
                 sleep_until((started + wait.min(Duration::from_secs(3600))).into()).await;
                 let now = Instant::now();
                 run.prompt_eval = now - started;
+                job.slot.credit(u64::from(job.plan.prompt_tokens));
                 run.phase = Phase::Decode {
                     emitted: 0,
                     started: now,
@@ -191,7 +195,7 @@ async fn step(mut run: Run) -> Option<(Event, Run)> {
                 last_token,
             } => {
                 if emitted >= job.plan.tokens {
-                    let stats = Stats {
+                    let mut stats = Stats {
                         total: job.received.elapsed(),
                         load: job.load,
                         prompt_eval_count: job.plan.prompt_tokens,
@@ -199,12 +203,16 @@ async fn step(mut run: Run) -> Option<(Event, Run)> {
                         eval_count: emitted,
                         eval: last_token - started,
                         reason: job.plan.reason,
+                        energy_joules: 0.0,
                     };
                     // Free the slot before the client sees `done`, so its next request
                     // finds the node as idle as this one left it.
                     if let Some(job) = run.job.take() {
                         job.node.touch(&job.plan.model, job.plan.keep_alive);
+                        let share = job.slot.share();
+                        // Dropping the slot splits the energy up to now: the share is whole.
                         drop(job.slot);
+                        stats.energy_joules = share.joules();
                     }
                     run.phase = Phase::Finished;
                     return Some((Event::Done(stats), run));
@@ -217,6 +225,7 @@ async fn step(mut run: Run) -> Option<(Event, Run)> {
                 let next = base + interval;
                 sleep_until(next.into()).await;
                 job.node.record_tokens(1);
+                job.slot.credit(1);
                 let token = run.filler.next().unwrap_or_default();
                 run.phase = Phase::Decode {
                     emitted: emitted + 1,
@@ -252,6 +261,7 @@ pub async fn embed(
     let wait = Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX);
     tokio::time::sleep(wait.min(Duration::from_secs(3600))).await;
     node.touch(model, keep_alive);
+    slot.credit(u64::from(tokens));
     drop(slot);
     Ok(EmbedStats {
         total: received.elapsed(),

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod catalog;
+pub mod energy;
 pub mod generation;
 pub mod model;
 pub mod node;

@@ -14,6 +14,7 @@ use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::catalog::{ModelInfo, same_model};
+use crate::energy::{Attribution, Share};
 use crate::model::{NodeModel, Snapshot, ThermalState};
 use crate::profile::Profile;
 
@@ -58,6 +59,8 @@ struct Physics {
     model: NodeModel,
     last_step: Instant,
     last: Snapshot,
+    /// Each step's energy, split among the requests decoding (ground truth for the ledger).
+    attribution: Attribution,
     tok_s_now: f64,
     tokens_at_tick: u64,
     last_tick: Instant,
@@ -119,6 +122,10 @@ pub struct StateReport {
     pub tok_s_now: f64,
     pub active: u32,
     pub queued: u32,
+    /// `energy_joules` split: the part spent with requests decoding (each request's share is
+    /// in its final answer) and the part spent with none.
+    pub attributed_energy_joules: f64,
+    pub idle_energy_joules: f64,
     pub speed_factor: f64,
     pub idle_watts: f64,
     pub profile: String,
@@ -134,12 +141,29 @@ pub struct StateReport {
 /// the load the physics sees.
 pub struct Slot {
     node: Arc<Node>,
+    share: Arc<Share>,
     _permit: OwnedSemaphorePermit,
+}
+
+impl Slot {
+    /// Tokens this request produced (or prefilled), for its share of the node's energy.
+    pub fn credit(&self, tokens: u64) {
+        self.share.credit(tokens);
+    }
+
+    /// The request's energy share, readable after the slot is gone.
+    pub fn share(&self) -> Arc<Share> {
+        self.share.clone()
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.node.change_active(|n| n.saturating_sub(1));
+        let mut p = self.node.physics.lock();
+        self.node.step_locked(&mut p);
+        let now = self.node.active.load(Ordering::SeqCst);
+        self.node.active.store(now.saturating_sub(1), Ordering::SeqCst);
+        p.attribution.close(&self.share);
     }
 }
 
@@ -190,6 +214,7 @@ impl Node {
             models: RwLock::new(catalog),
             physics: Mutex::new(Physics {
                 last: model.snapshot(),
+                attribution: Attribution::default(),
                 model,
                 last_step: now,
                 tok_s_now: 0.0,
@@ -239,20 +264,15 @@ impl Node {
     }
 
     /// Steps the physics up to now with the load that held since the last step.
+    /// Load changes step the physics first (`admit`, a slot's drop), so energy is integrated
+    /// with the load that was really running, not the one sampled at the next tick.
     fn step_locked(&self, p: &mut Physics) {
         let now = Instant::now();
         let dt = now.duration_since(p.last_step).as_secs_f64();
+        let before = p.last.energy_joules;
         p.last = p.model.step(dt, self.active.load(Ordering::SeqCst));
         p.last_step = now;
-    }
-
-    /// Load changes step the physics first, so energy is integrated with the load that was
-    /// really running, not the one sampled at the next tick.
-    fn change_active(&self, f: impl FnOnce(u32) -> u32) {
-        let mut p = self.physics.lock();
-        self.step_locked(&mut p);
-        let now = self.active.load(Ordering::SeqCst);
-        self.active.store(f(now), Ordering::SeqCst);
+        p.attribution.split(p.last.energy_joules - before);
     }
 
     pub fn state(&self) -> StateReport {
@@ -276,6 +296,8 @@ impl Node {
             evictions: self.evictions.load(Ordering::Relaxed),
             watts: s.watts,
             energy_joules: s.energy_joules,
+            attributed_energy_joules: p.attribution.attributed_joules,
+            idle_energy_joules: p.attribution.idle_joules,
             thermal_state: s.thermal_state,
             temperature_c: s.temperature_c,
             in_flight: active + queued,
@@ -335,9 +357,15 @@ impl Node {
                     .map_err(|_| Busy)?
             }
         };
-        self.change_active(|n| n + 1);
+        let share = {
+            let mut p = self.physics.lock();
+            self.step_locked(&mut p);
+            self.active.fetch_add(1, Ordering::SeqCst);
+            p.attribution.open()
+        };
         Ok(Slot {
             node: Arc::clone(self),
+            share,
             _permit: permit,
         })
     }

@@ -355,6 +355,8 @@ struct Timings {
     prompt_eval_duration: u64,
     eval_count: u32,
     eval_duration: u64,
+    /// Not Ollama's: the request's share of the simulated node's energy, the ledger's truth.
+    wes_sim_energy_joules: f64,
 }
 
 impl From<&Stats> for Timings {
@@ -366,6 +368,7 @@ impl From<&Stats> for Timings {
             prompt_eval_duration: nanos(s.prompt_eval),
             eval_count: s.eval_count,
             eval_duration: nanos(s.eval),
+            wes_sim_energy_joules: s.energy_joules,
         }
     }
 }
