@@ -18,3 +18,4 @@ pub mod relay;
 pub mod score;
 pub mod server;
 pub mod state;
+pub mod usage;

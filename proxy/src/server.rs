@@ -43,7 +43,16 @@ pub fn run(config: Config, config_path: std::path::PathBuf) -> anyhow::Result<()
     // Pingora binds the API listener itself, later, and retries a busy port instead of failing;
     // a trial bind now makes a taken port a clear error at start.
     drop(bind("api", api_addr)?);
-    let state = AppState::new(config, Some(config_path));
+    let usage = match &config.usage.log {
+        Some(path) => crate::usage::Usage::open(path).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot open the usage log {} ([usage] log): {e}",
+                path.display()
+            )
+        })?,
+        None => crate::usage::Usage::in_memory(),
+    };
+    let state = AppState::with_usage(config, Some(config_path), usage);
     let conf = server_conf(threads);
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
@@ -71,6 +80,12 @@ pub fn run(config: Config, config_path: std::path::PathBuf) -> anyhow::Result<()
     server.add_service(background_service(
         "health checks",
         HealthCheckService {
+            state: state.clone(),
+        },
+    ));
+    server.add_service(background_service(
+        "usage",
+        UsageService {
             state: state.clone(),
         },
     ));
@@ -231,6 +246,28 @@ impl BackgroundService for RankingService {
             }
             self.state.rebuild_ranking();
             tokio::time::sleep(REBUILD_SPACING).await;
+        }
+    }
+}
+
+/// How often requests of silent nodes are settled and old ledger buckets folded.
+const USAGE_SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+struct UsageService {
+    state: Arc<AppState>,
+}
+
+#[async_trait]
+impl BackgroundService for UsageService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(USAGE_SWEEP_EVERY) => self.state.sweep_usage(),
+                _ = shutdown.wait_for(|s| *s) => {
+                    self.state.usage.flush();
+                    return;
+                }
+            }
         }
     }
 }

@@ -10,8 +10,10 @@ use parking_lot::Mutex;
 use crate::access::Limiter;
 use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::fleet::Fleet;
+use crate::fleet::energy::{RequestFacts, Split};
 use crate::metrics::Metrics;
 use crate::ranking::{History, Ranking};
+use crate::usage::Usage;
 
 pub struct AppState {
     pub config: ArcSwap<Config>,
@@ -27,6 +29,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// What each client key has spent of its limits.
     pub limits: Limiter,
+    /// The energy ledger.
+    pub usage: Usage,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +40,12 @@ pub struct ReloadOutcome {
 }
 
 impl AppState {
+    /// With an in-memory ledger (tests, benchmarks); `with_usage` for the one the config names.
     pub fn new(config: Config, config_path: Option<PathBuf>) -> Arc<Self> {
+        Self::with_usage(config, config_path, Usage::in_memory())
+    }
+
+    pub fn with_usage(config: Config, config_path: Option<PathBuf>, usage: Usage) -> Arc<Self> {
         let fleet = Fleet::new(&config.nodes);
         let ranking = Arc::new(ArcSwap::from_pointee(Ranking::default()));
         let history = History::new(config.admin.history_step, config.admin.history_window);
@@ -48,6 +57,7 @@ impl AppState {
             fleet,
             metrics: Metrics::new(ranking.clone()),
             limits: Limiter::default(),
+            usage,
             ranking,
         };
         state.rebuild_ranking();
@@ -66,6 +76,12 @@ impl AppState {
         };
         let new = Config::load(path)?;
         let old = self.config.load_full();
+        if new.usage != old.usage {
+            return Err(ConfigErrors(vec![ConfigError {
+                line: None,
+                message: "[usage] changed: the usage log is opened once at start; restart to move it; nothing was applied".into(),
+            }]));
+        }
         if new.listen != old.listen {
             // Listeners are bound once at start; half-applying a new address would be a lie.
             return Err(ConfigErrors(vec![ConfigError {
@@ -86,6 +102,36 @@ impl AppState {
         Ok(ReloadOutcome { changed })
     }
 
+    /// Books a node's sample interval in the ledger (`usage`) and the metrics.
+    pub fn book_energy(&self, node_id: &str, split: Split<RequestFacts>) {
+        let view = self.fleet.view();
+        let Some(node) = view.get(node_id) else {
+            return;
+        };
+        let (idle, measured) = (split.idle_joules, split.measured_joules);
+        let entries = self
+            .usage
+            .record(&node.config, &node.id, split, unix_ms(), &self.limits);
+        self.metrics
+            .record_usage(&node.id, &entries, idle, measured);
+    }
+
+    /// Settles the ended requests of nodes that fell silent, and folds old ledger buckets.
+    pub fn sweep_usage(&self) {
+        let view = self.fleet.view();
+        let now = std::time::Instant::now();
+        for node in &view.nodes {
+            let settled = node.state.abandon_energy_if_silent(now);
+            if !settled.is_empty() {
+                let entries =
+                    self.usage
+                        .settle(&node.config, &node.id, settled, unix_ms(), &self.limits);
+                self.metrics.record_usage(&node.id, &entries, 0.0, 0.0);
+            }
+        }
+        self.usage.fold_old(unix_ms());
+    }
+
     /// Builds and publishes a fresh ranking (board and routing table) from fleet state.
     pub fn rebuild_ranking(&self) {
         let config = self.config.load();
@@ -97,7 +143,7 @@ impl AppState {
     }
 }
 
-fn unix_ms() -> u64 {
+pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

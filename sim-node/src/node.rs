@@ -162,7 +162,9 @@ impl Drop for Slot {
         let mut p = self.node.physics.lock();
         self.node.step_locked(&mut p);
         let now = self.node.active.load(Ordering::SeqCst);
-        self.node.active.store(now.saturating_sub(1), Ordering::SeqCst);
+        self.node
+            .active
+            .store(now.saturating_sub(1), Ordering::SeqCst);
         p.attribution.close(&self.share);
     }
 }

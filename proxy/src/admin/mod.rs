@@ -4,6 +4,7 @@
 mod drain;
 mod metrics;
 mod ranking_json;
+mod usage_json;
 
 use std::sync::Arc;
 
@@ -25,6 +26,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ranking", get(ranking))
         .route("/ranking/history", get(ranking_history))
         .route("/metrics", get(metrics::render))
+        .route("/usage", get(usage_json::usage))
         .route("/healthz", get(healthz))
         .route("/reload", post(reload))
         .route("/nodes/{id}/drain", post(drain::drain))
@@ -66,6 +68,10 @@ async fn require_token(
     next.run(request).await
 }
 
+/// `/ranking`'s measured J/token covers the ledger's last 15 minutes: recent enough to follow
+/// a node that heats up, long enough to hold many requests.
+const MEASURED_WINDOW_MS: u64 = 15 * 60 * 1000;
+
 #[derive(Deserialize)]
 struct RankingQuery {
     model: Option<String>,
@@ -78,8 +84,10 @@ async fn ranking(
     let now = std::time::Instant::now();
     let published = state.ranking.load();
     let models = &published.board.models;
+    let since = crate::state::unix_ms().saturating_sub(MEASURED_WINDOW_MS);
+    let measured = state.usage.joules_per_token(since);
     let body = match query.model {
-        None => ranking_json::render(&published.board, models, now),
+        None => ranking_json::render(&published.board, models, &measured, now),
         Some(model) => {
             let config = state.config.load();
             let snapshot = crate::ranking::RankingSnapshot::build_for_model(
@@ -89,7 +97,7 @@ async fn ranking(
                 now,
                 &model,
             );
-            ranking_json::render(&snapshot, models, now)
+            ranking_json::render(&snapshot, models, &measured, now)
         }
     };
     axum::Json(body).into_response()
@@ -151,7 +159,7 @@ async fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
         axum::Json(
-            serde_json::json!({ "error": "not found: try /, /ranking, /ranking/history, /metrics or /healthz" }),
+            serde_json::json!({ "error": "not found: try /, /ranking, /ranking/history, /usage, /metrics or /healthz" }),
         ),
     )
         .into_response()

@@ -6,14 +6,26 @@ use std::time::Instant;
 use serde_json::{Value, json};
 
 use crate::ranking::{History, RankingSnapshot};
+use crate::usage::MeasuredJoules;
 
 /// `models` lists every model the fleet holds, whatever the snapshot was filtered to, so that
 /// a client showing one model can still offer the others.
-pub fn render(snapshot: &RankingSnapshot, models: &BTreeSet<String>, now: Instant) -> Value {
+/// `measured` is the ledger's J/token per node and model: shown beside the figure derived from
+/// the rate and the power reading, for the model `tok_s` is about.
+pub fn render(
+    snapshot: &RankingSnapshot,
+    models: &BTreeSet<String>,
+    measured: &MeasuredJoules,
+    now: Instant,
+) -> Value {
     let nodes: Vec<Value> = snapshot
         .nodes
         .iter()
         .map(|e| {
+            let measured = e
+                .tok_s_model
+                .as_deref()
+                .and_then(|m| measured.get(e.id.as_str())?.get(m));
             json!({
                 "id": e.id,
                 "rank": e.rank,
@@ -30,6 +42,8 @@ pub fn render(snapshot: &RankingSnapshot, models: &BTreeSet<String>, now: Instan
                 "pue": e.pue,
                 "joules_per_token": e.joules_per_token.gross,
                 "joules_per_token_net": e.joules_per_token.net,
+                "measured_joules_per_token": measured.map(|j| j.0),
+                "measured_joules_per_token_net": measured.map(|j| j.1),
                 "baseline_loss_pct": e.baseline_loss.map(|l| l * 100.0),
                 "thermal_state": e.thermal.display_name(),
                 "temperature_c": e.temperature_c,

@@ -31,6 +31,15 @@ pub struct Config {
     pub nodes: Vec<NodeConfig>,
     /// Client API keys; none leaves the API open, as Ollama's is.
     pub keys: Vec<Arc<KeyConfig>>,
+    pub usage: UsageConfig,
+}
+
+/// The energy ledger's settings.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct UsageConfig {
+    /// The append-only JSON-lines log the ledger is kept in and rebuilt from at start; `None`:
+    /// the ledger lives in memory only and a restart loses it.
+    pub log: Option<std::path::PathBuf>,
 }
 
 /// One `[[keys]]` table: who a client is, what it may use, how much.
@@ -238,6 +247,10 @@ pub struct NodeConfig {
     pub token: String,
     pub pue: f64,
     pub max_concurrency: u32,
+    /// What a kWh costs at the node's site, in the operator's currency: `/usage` adds `cost`.
+    pub price_per_kwh: Option<f64>,
+    /// Grams of CO2 per kWh at the node's site: `/usage` adds `carbon_g`.
+    pub carbon_g_per_kwh: Option<f64>,
 }
 
 #[cfg(test)]
@@ -250,6 +263,8 @@ impl NodeConfig {
             token: format!("t-{id}"),
             pue: 1.0,
             max_concurrency: 4,
+            price_per_kwh: None,
+            carbon_g_per_kwh: None,
         }
     }
 }
@@ -311,10 +326,13 @@ impl Config {
             }])
         })?;
         let mut config = Config::parse(&text)?;
-        // Relative key and certificate paths are read from the config file's directory.
+        // Relative key, certificate and log paths are the config file's directory's.
         if let (Some(tls), Some(dir)) = (config.listen.telemetry_tls.as_mut(), path.parent()) {
             tls.cert = dir.join(&tls.cert);
             tls.key = dir.join(&tls.key);
+        }
+        if let (Some(log), Some(dir)) = (config.usage.log.as_mut(), path.parent()) {
+            *log = dir.join(&*log);
         }
         Ok(config)
     }

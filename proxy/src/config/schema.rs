@@ -26,6 +26,14 @@ pub struct RawConfig {
     pub nodes: Vec<Spanned<RawNode>>,
     #[serde(default)]
     pub keys: Vec<Spanned<RawKey>>,
+    #[serde(default)]
+    pub usage: RawUsage,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawUsage {
+    pub log: Option<Spanned<String>>,
 }
 
 /// A duration as written ("500ms", "3s", "2m"), parsed by `humantime-serde`. A value it cannot
@@ -121,4 +129,6 @@ pub struct RawNode {
     pub token: Spanned<String>,
     pub pue: Option<Spanned<f64>>,
     pub max_concurrency: Option<Spanned<i64>>,
+    pub price_per_kwh: Option<Spanned<f64>>,
+    pub carbon_g_per_kwh: Option<Spanned<f64>>,
 }

@@ -15,7 +15,7 @@ use super::schema::{DurationValue, RawConfig};
 use super::{
     AdminConfig, ApiConfig, Config, ConfigError, ConfigErrors, HealthConfig, KeyConfig, KeyLimits,
     ListenConfig, LoadScore, NodeConfig, PowerBasis, RoutingConfig, TelemetryConfig, TlsFiles,
-    defaults,
+    UsageConfig, defaults,
 };
 use crate::access::SecretDigest;
 use crate::policy::PolicyName;
@@ -268,6 +268,16 @@ pub fn validate(raw: RawConfig, text: &str) -> Result<Config, ConfigErrors> {
     }
     let nodes = nodes(&mut c, &raw);
     let keys = keys(&mut c, &raw);
+    let usage = UsageConfig {
+        log: raw.usage.log.as_ref().and_then(|l| {
+            if l.get_ref().trim().is_empty() {
+                c.error(l.span(), "usage.log must be a file path");
+                None
+            } else {
+                Some(l.get_ref().into())
+            }
+        }),
+    };
     if !c.errors.is_empty() {
         c.errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
         return Err(ConfigErrors(c.errors));
@@ -281,6 +291,7 @@ pub fn validate(raw: RawConfig, text: &str) -> Result<Config, ConfigErrors> {
         admin,
         nodes,
         keys,
+        usage,
     })
 }
 
@@ -651,12 +662,27 @@ fn nodes(c: &mut Validator<'_>, raw: &RawConfig) -> Vec<NodeConfig> {
             Some(m) => u32::try_from(*m.get_ref()).unwrap_or(1),
             None => defaults::MAX_CONCURRENCY,
         };
+        let mut site_figure = |field: &str, value: &Option<Spanned<f64>>| match value {
+            Some(v) if !(v.get_ref().is_finite() && *v.get_ref() >= 0.0) => {
+                c.error(
+                    v.span(),
+                    format!("node {id:?}: {field} {} must be zero or more", v.get_ref()),
+                );
+                None
+            }
+            Some(v) => Some(*v.get_ref()),
+            None => None,
+        };
+        let price_per_kwh = site_figure("price_per_kwh", &n.price_per_kwh);
+        let carbon_g_per_kwh = site_figure("carbon_g_per_kwh", &n.carbon_g_per_kwh);
         nodes.push(NodeConfig {
             id,
             url,
             token,
             pue,
             max_concurrency,
+            price_per_kwh,
+            carbon_g_per_kwh,
         });
     }
     if nodes.is_empty() {

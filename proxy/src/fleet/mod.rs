@@ -1,6 +1,7 @@
 //! Per-node state: what each node's reporter last said, what the proxy measured, and what is in
 //! flight. The node set follows the config; a node's state survives a reload that keeps its id.
 
+pub mod energy;
 mod estimate;
 pub mod health;
 pub mod load;
@@ -56,6 +57,8 @@ pub struct NodeState {
     load_seconds: Mutex<HashMap<String, f64>>,
     /// Per model, the smoothed output tokens of a relayed request.
     request_tokens: Mutex<HashMap<String, f64>>,
+    /// The node's measured energy, split among the requests in flight on it (`energy`).
+    energy: Mutex<energy::NodeEnergy<energy::RequestFacts>>,
     pub health: NodeHealth,
     /// Shared by the whole fleet: woken whenever any node frees a slot, for queued requests.
     slot_freed: Arc<Notify>,
@@ -92,6 +95,19 @@ impl NodeState {
 
     pub fn probes(&self) -> HashMap<String, ProbeObservation> {
         self.probes.lock().clone()
+    }
+
+    /// A request goes to the node: its share of the node's energy starts here.
+    pub fn open_energy_share(&self) -> energy::ShareHandle<energy::RequestFacts> {
+        self.energy.lock().open()
+    }
+
+    /// Ended requests of a node that fell silent, settled with the energy they have.
+    pub fn abandon_energy_if_silent(
+        &self,
+        now: Instant,
+    ) -> Vec<energy::Settled<energy::RequestFacts>> {
+        self.energy.lock().abandon_if_silent(now)
     }
 
     fn with_slot_signal(slot_freed: Arc<Notify>) -> Self {
@@ -535,17 +551,17 @@ impl Fleet {
             .is_some_and(|n| constant_time_eq(n.config.token.as_bytes(), token.as_bytes()))
     }
 
-    /// Stores a validated sample. Returns false if the node left the config meanwhile.
+    /// Stores a validated sample, and returns the node's energy since its previous sample
+    /// split among the requests that were in flight (`energy`). `None` if the node left the
+    /// config meanwhile.
     pub fn record(
         &self,
         node_id: &str,
         telemetry: Telemetry,
         probes: Vec<ProbeObservation>,
-    ) -> bool {
+    ) -> Option<energy::Split<energy::RequestFacts>> {
         let view = self.view.load();
-        let Some(node) = view.get(node_id) else {
-            return false;
-        };
+        let node = view.get(node_id)?;
         {
             let mut known = node.state.probes.lock();
             for probe in probes {
@@ -567,12 +583,24 @@ impl Fleet {
             let in_flight = f64::from(node.state.in_flight());
             node.state.power_by_load.lock().observe(in_flight, watts);
         }
+        let reading = energy::Reading {
+            energy_joules: telemetry.energy_joules,
+            watts: telemetry.watts,
+            at_unix_ms: telemetry.sample_unix_ms,
+        };
+        let idle_watts = node.state.power().idle;
+        let split = node.state.energy.lock().sample(
+            reading,
+            telemetry.received_at,
+            node.config.pue,
+            idle_watts,
+        );
         let telemetry = Arc::new(telemetry);
         *node.state.telemetry.lock() = Some(telemetry.clone());
         node.state
             .note_clean_baseline(&telemetry, Instant::now(), None);
         self.changed.notify_one();
-        true
+        Some(split)
     }
 
     /// Resolves when something changed since the last call; bursts coalesce into one wake-up.
@@ -668,7 +696,11 @@ mod tests {
     #[test]
     fn reload_keeps_state_of_kept_nodes() {
         let fleet = Fleet::new(&[node("a", "ta"), node("b", "tb")]);
-        assert!(fleet.record("a", Telemetry::for_test(100.0), vec![]));
+        assert!(
+            fleet
+                .record("a", Telemetry::for_test(100.0), vec![])
+                .is_some()
+        );
         let _guard = fleet
             .view()
             .get("a")
@@ -682,7 +714,11 @@ mod tests {
         assert_eq!(a.state.telemetry().unwrap().watts, Some(100.0));
         assert_eq!(a.state.in_flight(), 1);
         assert!(view.get("b").is_none());
-        assert!(!fleet.record("b", Telemetry::for_test(1.0), vec![]));
+        assert!(
+            fleet
+                .record("b", Telemetry::for_test(1.0), vec![])
+                .is_none()
+        );
         assert_eq!(fleet.authenticate("new-token").as_deref(), Some("a"));
     }
 

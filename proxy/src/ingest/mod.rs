@@ -107,7 +107,9 @@ async fn pump(
         let limits = state.config.load().telemetry.clone();
         match validate(&sample, node_id, unix_ms_now(), Instant::now(), &limits) {
             Ok((telemetry, probes)) => {
-                state.fleet.record(node_id, telemetry, probes);
+                if let Some(split) = state.fleet.record(node_id, telemetry, probes) {
+                    state.book_energy(node_id, split);
+                }
                 counters.samples_accepted.inc();
                 if acks.send(Ok(Ack { seq: sample.seq })).await.is_err() {
                     return Ok(());

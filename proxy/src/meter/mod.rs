@@ -255,6 +255,11 @@ impl Meter {
         self.protocol
     }
 
+    /// Output tokens counted so far (on streams; a whole response counts at `finish`).
+    pub fn tokens_so_far(&self) -> u64 {
+        self.tally.tokens_so_far()
+    }
+
     pub fn framing(&self) -> Framing {
         self.framing
     }

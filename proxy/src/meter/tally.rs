@@ -22,6 +22,10 @@ pub(crate) struct Tally {
 }
 
 impl Tally {
+    pub fn tokens_so_far(&self) -> u64 {
+        self.tokens
+    }
+
     pub(crate) fn new(protocol: Protocol, start: Instant) -> Self {
         Self {
             start,

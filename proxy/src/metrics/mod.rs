@@ -42,6 +42,21 @@ struct NodeModel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyModelNode {
+    /// The client key's id; empty while the API is open.
+    key: Label,
+    model: Label,
+    node: Label,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeOnly {
+    node: Label,
+}
+
+type EnergyCounter = Counter<f64, std::sync::atomic::AtomicU64>;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NodeModelKind {
     node: Label,
     model: Label,
@@ -103,6 +118,12 @@ pub struct Metrics {
     tokens_per_request: HistogramFamily,
     /// Every pair seen, so that an attempt costs one lookup, not one per family.
     pairs: RwLock<HashMap<NodeModel, Arc<PairSeries>>>,
+    usage_requests: Family<KeyModelNode, Counter>,
+    usage_input_tokens: Family<KeyModelNode, Counter>,
+    usage_output_tokens: Family<KeyModelNode, Counter>,
+    usage_energy: Family<KeyModelNode, EnergyCounter>,
+    node_idle_energy: Family<NodeOnly, EnergyCounter>,
+    node_measured_energy: Family<NodeOnly, EnergyCounter>,
 }
 
 impl Metrics {
@@ -166,7 +187,49 @@ impl Metrics {
             "Output tokens per response",
             tokens_per_request.clone(),
         );
+        let usage_requests = Family::default();
+        let usage_input_tokens = Family::default();
+        let usage_output_tokens = Family::default();
+        let usage_energy = Family::default();
+        let node_idle_energy = Family::default();
+        let node_measured_energy = Family::default();
+        registry.register(
+            "wes_usage_requests",
+            "Requests settled in the energy ledger, by client key, model and node",
+            usage_requests.clone(),
+        );
+        registry.register(
+            "wes_usage_input_tokens",
+            "Prompt tokens of settled requests",
+            usage_input_tokens.clone(),
+        );
+        registry.register(
+            "wes_usage_output_tokens",
+            "Output tokens of settled requests",
+            usage_output_tokens.clone(),
+        );
+        registry.register(
+            "wes_usage_energy_joules",
+            "Measured energy of settled requests (gross, x PUE), split among requests in flight by tokens",
+            usage_energy.clone(),
+        );
+        registry.register(
+            "wes_node_idle_energy_joules",
+            "Measured energy of the node with nothing in flight (x PUE)",
+            node_idle_energy.clone(),
+        );
+        registry.register(
+            "wes_node_measured_energy_joules",
+            "Measured energy of the node over every interval it reported (x PUE)",
+            node_measured_energy.clone(),
+        );
         Metrics {
+            usage_requests,
+            usage_input_tokens,
+            usage_output_tokens,
+            usage_energy,
+            node_idle_energy,
+            node_measured_energy,
             registry,
             telemetry,
             requests,
@@ -219,6 +282,44 @@ impl Metrics {
         if let Some(n) = outcome.output_tokens {
             series.output_tokens.inc_by(n);
             series.tokens_per_request.observe(n as f64);
+        }
+    }
+
+    /// Settled ledger entries of one node, and its interval's idle and measured energy.
+    pub fn record_usage(
+        &self,
+        node: &Arc<str>,
+        entries: &[crate::usage::Entry],
+        idle_joules: f64,
+        measured_joules: f64,
+    ) {
+        let node_label = NodeOnly {
+            node: Label(node.clone()),
+        };
+        if measured_joules > 0.0 {
+            self.node_idle_energy
+                .get_or_create(&node_label)
+                .inc_by(idle_joules);
+            self.node_measured_energy
+                .get_or_create(&node_label)
+                .inc_by(measured_joules);
+        }
+        for e in entries {
+            let labels = KeyModelNode {
+                key: Label(e.key.clone().unwrap_or_else(|| Arc::from(""))),
+                model: Label(e.model.clone()),
+                node: Label(node.clone()),
+            };
+            self.usage_requests
+                .get_or_create(&labels)
+                .inc_by(e.requests);
+            self.usage_input_tokens
+                .get_or_create(&labels)
+                .inc_by(e.input_tokens);
+            self.usage_output_tokens
+                .get_or_create(&labels)
+                .inc_by(e.output_tokens);
+            self.usage_energy.get_or_create(&labels).inc_by(e.joules);
         }
     }
 

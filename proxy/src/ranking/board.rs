@@ -194,7 +194,7 @@ mod tests {
         t.thermal = thermal;
         t.models = Some(vec!["m".into()]);
         let probe = ProbeObservation::for_test("m", tok_s);
-        assert!(fleet.record(id, t, vec![probe]));
+        assert!(fleet.record(id, t, vec![probe]).is_some());
     }
 
     fn build(fleet: &Fleet) -> RankingSnapshot {

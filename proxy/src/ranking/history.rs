@@ -201,7 +201,7 @@ mod tests {
         t.thermal = thermal;
         t.models = Some(vec!["m".into()]);
         let probe = ProbeObservation::for_test("m", 100.0);
-        assert!(fleet.record(id, t, vec![probe]));
+        assert!(fleet.record(id, t, vec![probe]).is_some());
     }
 
     fn board(fleet: &Fleet) -> RankingSnapshot {

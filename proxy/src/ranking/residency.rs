@@ -101,7 +101,7 @@ mod tests {
             })
         });
         let probe = ProbeObservation::for_test("m", tok_s);
-        assert!(fleet.record(id, t, vec![probe]));
+        assert!(fleet.record(id, t, vec![probe]).is_some());
     }
 
     fn route_order(fleet: &Fleet) -> Vec<String> {

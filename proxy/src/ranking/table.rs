@@ -163,7 +163,7 @@ mod tests {
             })
             .into_iter()
             .collect();
-        assert!(fleet.record(id, t, probes));
+        assert!(fleet.record(id, t, probes).is_some());
     }
 
     #[test]

@@ -34,6 +34,7 @@ use self::route::{Endpoint, LocalAnswer, Route};
 use crate::access::{self, Denied};
 use crate::config::KeyConfig;
 use crate::fleet::InFlightGuard;
+use crate::fleet::energy::{RequestFacts, ShareHandle};
 use crate::meter::{self, Meter};
 use crate::metrics::{ErrorKind, Outcome};
 use crate::policy::{Policy, PolicyName, RouteNode};
@@ -155,6 +156,26 @@ pub struct RelayCtx {
     recorded: bool,
     /// The client key the request presented (`None` while the API is open).
     key: Option<Arc<KeyConfig>>,
+    /// This attempt's share of its node's measured energy (metered endpoints only).
+    energy: Option<ShareHandle<RequestFacts>>,
+}
+
+impl RelayCtx {
+    /// Ends the attempt's energy share: it settles at the node's next sample.
+    fn end_energy(&mut self, input_tokens: u64, output_tokens: u64, answered: bool) {
+        let (Some(share), Some(attempt)) = (self.energy.take(), self.attempt.as_ref()) else {
+            return;
+        };
+        // Prompt tokens are known only now; they weigh in the interval the answer ended in.
+        share.share.credit_to(input_tokens + output_tokens);
+        share.end(RequestFacts {
+            key: attempt.key.clone(),
+            model: attempt.model.clone(),
+            input_tokens,
+            output_tokens,
+            answered,
+        });
+    }
 }
 
 #[async_trait]
@@ -284,6 +305,19 @@ impl ProxyHttp for Relay {
             .guard
             .as_ref()
             .is_some_and(|g| g.state().note_sent(&attempt.model, now));
+        if attempt.endpoint.meter_protocol().is_some() {
+            // A retry on the same node (a pooled connection it had closed) ends the first try.
+            ctx.end_energy(0, 0, false);
+            let attempt = ctx.attempt.as_ref();
+            ctx.energy = match ctx.guard.as_ref() {
+                Some(g) => Some(g.state().open_energy_share()),
+                // A replayed subrequest: its parent holds the slot.
+                None => attempt.and_then(|a| {
+                    let view = self.state.fleet.view();
+                    view.get(&a.node_id).map(|n| n.state.open_energy_share())
+                }),
+            };
+        }
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(Duration::from_secs(2));
         peer.options.total_connection_timeout = Some(Duration::from_secs(3));
@@ -327,6 +361,9 @@ impl ProxyHttp for Relay {
     ) -> pingora::Result<Option<Duration>> {
         if let (Some(meter), Some(chunk)) = (ctx.meter.as_mut(), body.as_ref()) {
             meter.feed(chunk, Instant::now());
+            if let Some(share) = &ctx.energy {
+                share.share.credit_to(meter.tokens_so_far());
+            }
         }
         Ok(None)
     }
@@ -348,6 +385,15 @@ impl ProxyHttp for Relay {
                     && report.as_ref().is_some_and(|r| r.succeeded())
             }
         };
+        let (input, output) = report.as_ref().map_or((0, 0), |r| {
+            let input = r.claimed.prompt_tokens().unwrap_or(0);
+            match r.protocol {
+                meter::Protocol::Embedding => (input, 0),
+                _ => (input, r.tokens),
+            }
+        });
+        let answered = node_answered && report.as_ref().is_some_and(|r| r.succeeded());
+        ctx.end_energy(input, output, answered);
         // The node answered: its circuit closes. (Failures were settled where they happened.)
         if let (Some(guard), true) = (ctx.guard.as_mut(), node_answered) {
             guard.succeeded();
@@ -608,6 +654,7 @@ impl Relay {
     /// Records a failure before the answer, blames it (`blame`), and says whether the request
     /// goes on to another node.
     fn attempt_failed(&self, ctx: &mut RelayCtx, e: &pingora::Error) -> bool {
+        ctx.end_energy(0, 0, false);
         let kind = ErrorKind::classify(Some(e), None, None);
         if let (Some(attempt), false) = (ctx.attempt.as_ref(), ctx.recorded) {
             ctx.recorded = true;
