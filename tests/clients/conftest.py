@@ -66,15 +66,17 @@ class Fleet:
                 p.kill()
 
 
-def start_fleet(tmp: Path, extra_config: str = "", admin_headers=None) -> Fleet:
-    """Two simulated nodes with their reporters behind one proxy, ranked and ready. The caller
-    closes it. `extra_config` is appended to the proxy's TOML (keys, an [admin] table)."""
+def start_fleet(tmp: Path, extra_config: str = "", admin_headers=None,
+                nodes=(("gpu", "rtx-4090"), ("cpu", "ryzen-cpu"))) -> Fleet:
+    """Simulated nodes (id, profile) with their reporters behind one proxy, ranked and ready.
+    The caller closes it. `extra_config` is appended to the proxy's TOML (keys, an [admin]
+    table)."""
     for b in ("wes-proxy", "wes-reporter", "wes-sim-node"):
         assert (BIN / b).exists(), f"{BIN / b} missing: run cargo build --workspace --bins"
     f = Fleet(tmp)
     try:
-        nodes = []
-        for node_id, profile in [("gpu", "rtx-4090"), ("cpu", "ryzen-cpu")]:
+        profiles, nodes = nodes, []
+        for node_id, profile in profiles:
             proc, log = f.spawn(
                 f"sim-{node_id}",
                 [str(BIN / "wes-sim-node"), "--listen", "127.0.0.1:0", "--profile", profile,
@@ -82,6 +84,7 @@ def start_fleet(tmp: Path, extra_config: str = "", admin_headers=None) -> Fleet:
             )
             addr = read_line_with(proc, "listening on", log).rsplit(" ", 1)[1]
             nodes.append((node_id, addr))
+        f.nodes = dict(nodes)
         api_port = free_port()
         config = tmp / "proxy.toml"
         text = (

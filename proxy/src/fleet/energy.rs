@@ -1,20 +1,27 @@
 //! Each node's measured energy, split among the requests the proxy had in flight on it
-//! (docs/design.md, Energy per request). Pure: samples and token counts in, settled shares out.
+//! (docs/design.md, Energy per request). Pure: samples, times and token counts in, settled
+//! shares out.
 //!
 //! - Energy between two samples comes from the node's counter when both carry one (the
 //!   reporter folds hardware wraparound in; a smaller value is a reset, and the new value is the
 //!   energy since it), else from the power readings, integrated (trapezoid) over the samples'
 //!   own timestamps. A gap longer than [`MAX_GAP`] is not guessed across.
-//! - That energy × PUE is split among the requests in flight in proportion to the tokens each
-//!   received in the interval; evenly when none received any (prefill, a cold load); as idle
-//!   energy when nothing was in flight. Requests plus idle is the counter's increase.
-//! - Each share also carries its part of the node's idle power over the interval, so that a
+//! - Within an interval, the time with nothing in flight is idle: its energy is the node's
+//!   idle power over that time (or, with no idle power known, that time's part of the whole).
+//!   The rest, × PUE, is split among the requests in flight in proportion to the tokens each
+//!   received in the interval, a request's prompt tokens counting in the interval its first
+//!   token arrived in (its prefill ended there); by time present when none received any (a
+//!   cold load). Requests plus idle is the counter's increase, × PUE.
+//! - Engines say a request's prompt tokens only at its end, so an interval in which a first
+//!   token arrived waits, unsplit, until each such request has ended; every other interval
+//!   is split at once.
+//! - Each share also carries its part of the node's idle power over its time, so that a
 //!   request's energy net of idle is its energy minus that baseline.
 //! - A request that ends stays in the split until the next sample (its last tokens arrived
 //!   within that interval), then settles.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -70,12 +77,20 @@ pub fn between(previous: &Reading, now: &Reading) -> Option<Interval> {
     Some(Interval { joules, seconds })
 }
 
-/// What the relay tells a request's share: tokens as they arrive, then that it ended.
-#[derive(Debug, Default)]
+/// What the relay tells a request's share: tokens as they arrive, then when it ended and its
+/// prompt tokens.
+#[derive(Debug)]
 pub struct RequestShare {
-    /// Tokens received so far (prompt tokens added once they are known, at the end).
+    opened: Instant,
+    /// Output tokens received so far.
     credited: AtomicU64,
-    ended: AtomicBool,
+    ended: Mutex<Option<Ended>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Ended {
+    at: Instant,
+    prompt_tokens: u64,
 }
 
 impl RequestShare {
@@ -84,8 +99,12 @@ impl RequestShare {
         self.credited.fetch_max(tokens, Ordering::Relaxed);
     }
 
-    pub fn end(&self) {
-        self.ended.store(true, Ordering::Release);
+    fn end_at(&self, at: Instant, prompt_tokens: u64) {
+        self.ended.lock().get_or_insert(Ended { at, prompt_tokens });
+    }
+
+    fn ended(&self) -> Option<Ended> {
+        *self.ended.lock()
     }
 }
 
@@ -107,8 +126,65 @@ struct Open<T> {
     joules: f64,
     baseline_joules: f64,
     complete: bool,
+    /// Intervals waiting to be split that this share is in: it settles only after them.
+    waiting_in: u32,
     /// What the relay wants back with the energy (key, model, tokens): set when it ends.
     facts: Arc<Mutex<Option<T>>>,
+}
+
+/// One share's part in an interval.
+struct Member {
+    share: Arc<RequestShare>,
+    tokens: f64,
+    seconds: f64,
+    /// Its first token arrived in this interval: its prompt tokens count here.
+    first_token: bool,
+}
+
+/// An interval's energy and who was in it, split once every member's weight is known.
+struct Unsplit {
+    busy: f64,
+    baseline: f64,
+    members: Vec<Member>,
+}
+
+impl Unsplit {
+    fn ready(&self) -> bool {
+        self.members
+            .iter()
+            .all(|m| !m.first_token || m.share.ended().is_some())
+    }
+
+    /// Each member's fraction: by tokens (prompt included where it counts), else by time.
+    fn fractions(&self) -> Vec<f64> {
+        #[allow(clippy::cast_precision_loss)]
+        let weights: Vec<f64> = self
+            .members
+            .iter()
+            .map(|m| {
+                let prompt = match (m.first_token, m.share.ended()) {
+                    (true, Some(e)) => e.prompt_tokens as f64,
+                    _ => 0.0,
+                };
+                m.tokens + prompt
+            })
+            .collect();
+        let total: f64 = weights.iter().sum();
+        let time: f64 = self.members.iter().map(|m| m.seconds).sum();
+        self.members
+            .iter()
+            .zip(weights)
+            .map(|(m, w)| {
+                if total > 0.0 {
+                    w / total
+                } else if time > 0.0 {
+                    m.seconds / time
+                } else {
+                    0.0
+                }
+            })
+            .collect()
+    }
 }
 
 /// What one sample's interval split into.
@@ -134,9 +210,10 @@ impl<T> Default for Split<T> {
 /// One node's energy bookkeeping.
 pub struct NodeEnergy<T> {
     last: Option<Reading>,
-    /// When the last reading arrived, for requests whose node fell silent.
+    /// When the last reading arrived: the start of the interval the next one closes.
     last_arrival: Option<Instant>,
     open: Vec<Open<T>>,
+    unsplit: Vec<Unsplit>,
 }
 
 impl<T> Default for NodeEnergy<T> {
@@ -145,7 +222,18 @@ impl<T> Default for NodeEnergy<T> {
             last: None,
             last_arrival: None,
             open: Vec::new(),
+            unsplit: Vec::new(),
         }
+    }
+}
+
+impl<T> std::fmt::Debug for NodeEnergy<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeEnergy")
+            .field("last", &self.last)
+            .field("open", &self.open.len())
+            .field("unsplit", &self.unsplit.len())
+            .finish()
     }
 }
 
@@ -156,10 +244,11 @@ pub struct ShareHandle<T> {
 }
 
 impl<T> ShareHandle<T> {
-    /// The request ended: its share settles at the node's next sample, with `facts`.
-    pub fn end(self, facts: T) {
+    /// The request ended at `at` with `prompt_tokens` (0 when the engine did not say): its
+    /// share settles at the node's next sample, with `facts`.
+    pub fn end(self, facts: T, prompt_tokens: u64, at: Instant) {
         *self.facts.lock() = Some(facts);
-        self.share.end();
+        self.share.end_at(at, prompt_tokens);
     }
 }
 
@@ -167,23 +256,40 @@ impl<T> Drop for ShareHandle<T> {
     /// A handle dropped without `end` (a request torn down before its end was seen) must not
     /// keep taking a share forever: it leaves the split, unbooked.
     fn drop(&mut self) {
-        self.share.end();
+        self.share.end_at(Instant::now(), 0);
     }
 }
 
-impl<T> std::fmt::Debug for NodeEnergy<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeEnergy")
-            .field("last", &self.last)
-            .field("open", &self.open.len())
-            .finish()
+/// Seconds of `[t0, t1]` covered by at least one of `spans`.
+fn covered(mut spans: Vec<(Instant, Instant)>) -> Duration {
+    spans.sort_by_key(|s| s.0);
+    let mut total = Duration::ZERO;
+    let mut current: Option<(Instant, Instant)> = None;
+    for (start, stop) in spans {
+        match current.as_mut() {
+            Some((_, end)) if start <= *end => *end = (*end).max(stop),
+            _ => {
+                if let Some((a, b)) = current {
+                    total += b - a;
+                }
+                current = Some((start, stop));
+            }
+        }
     }
+    if let Some((a, b)) = current {
+        total += b - a;
+    }
+    total
 }
 
 impl<T> NodeEnergy<T> {
-    /// A request went to the node.
-    pub fn open(&mut self) -> ShareHandle<T> {
-        let share = Arc::new(RequestShare::default());
+    /// A request went to the node at `now`.
+    pub fn open(&mut self, now: Instant) -> ShareHandle<T> {
+        let share = Arc::new(RequestShare {
+            opened: now,
+            credited: AtomicU64::new(0),
+            ended: Mutex::new(None),
+        });
         let facts = Arc::new(Mutex::new(None));
         self.open.push(Open {
             share: share.clone(),
@@ -191,6 +297,7 @@ impl<T> NodeEnergy<T> {
             joules: 0.0,
             baseline_joules: 0.0,
             complete: true,
+            waiting_in: 0,
             facts: facts.clone(),
         });
         ShareHandle { share, facts }
@@ -205,64 +312,121 @@ impl<T> NodeEnergy<T> {
         idle_watts: Option<f64>,
     ) -> Split<T> {
         let interval = self.last.as_ref().and_then(|prev| between(prev, &reading));
+        let started = self.last_arrival;
         self.last = Some(reading);
         self.last_arrival = Some(arrived);
         let mut split = Split::default();
-        match interval {
-            Some(i) => {
-                let joules = i.joules * pue;
-                split.measured_joules = joules;
-                let baseline = idle_watts.map_or(0.0, |w| (w * i.seconds * pue).min(joules));
-                if self.open.is_empty() {
-                    split.idle_joules = joules;
-                } else {
-                    self.share_out(joules, baseline);
-                }
+        match (interval, started) {
+            (Some(i), Some(t0)) if arrived > t0 => {
+                split.measured_joules = i.joules * pue;
+                split.idle_joules = self.share_out(i, t0, arrived, pue, idle_watts);
             }
-            None => {
+            _ => {
                 for open in &mut self.open {
                     open.complete = false;
                     open.seen = open.share.credited.load(Ordering::Relaxed);
                 }
             }
         }
-        split.settled = self.settle(|_| true);
+        self.split_ready(false);
+        split.settled = self.settle();
         split
     }
 
-    fn share_out(&mut self, joules: f64, baseline: f64) {
-        let deltas: Vec<u64> = self
+    /// Shares the interval `[t0, t1]` out; returns its idle energy.
+    fn share_out(
+        &mut self,
+        i: Interval,
+        t0: Instant,
+        t1: Instant,
+        pue: f64,
+        idle_watts: Option<f64>,
+    ) -> f64 {
+        let joules = i.joules * pue;
+        let span = (t1 - t0).as_secs_f64();
+        let present: Vec<(Instant, Instant)> = self
             .open
-            .iter_mut()
+            .iter()
             .map(|o| {
-                let now = o.share.credited.load(Ordering::Relaxed);
-                let delta = now.saturating_sub(o.seen);
-                o.seen = now;
-                delta
+                let start = o.share.opened.clamp(t0, t1);
+                let stop = o.share.ended().map_or(t1, |e| e.at).clamp(start, t1);
+                (start, stop)
             })
             .collect();
-        let total: u64 = deltas.iter().sum();
-        #[allow(clippy::cast_precision_loss)]
-        let even = 1.0 / self.open.len() as f64;
-        for (open, delta) in self.open.iter_mut().zip(deltas) {
-            #[allow(clippy::cast_precision_loss)]
-            let fraction = if total == 0 {
-                even
-            } else {
-                delta as f64 / total as f64
-            };
-            open.joules += joules * fraction;
-            open.baseline_joules += baseline * fraction;
+        let busy_share = (covered(present.clone()).as_secs_f64() / span).min(1.0);
+        if busy_share <= 0.0 {
+            return joules;
+        }
+        // The node's seconds, not ours: the energy is over the samples' own timestamps.
+        let (busy_s, idle_s) = (i.seconds * busy_share, i.seconds * (1.0 - busy_share));
+        let idle = match idle_watts {
+            Some(w) => (w * idle_s * pue).min(joules),
+            None => joules * (1.0 - busy_share),
+        };
+        let busy = joules - idle;
+        let baseline = idle_watts.map_or(0.0, |w| (w * busy_s * pue).min(busy));
+        let members: Vec<Member> = self
+            .open
+            .iter_mut()
+            .zip(present)
+            .map(|(o, (a, b))| {
+                let now = o.share.credited.load(Ordering::Relaxed);
+                // A request that ends without output (an embedding) prefilled up to its end.
+                let first_token = o.seen == 0 && (now > 0 || o.share.ended().is_some());
+                let delta = now.saturating_sub(o.seen);
+                o.seen = now;
+                #[allow(clippy::cast_precision_loss)]
+                let tokens = delta as f64;
+                Member {
+                    share: o.share.clone(),
+                    tokens,
+                    seconds: (b - a).as_secs_f64(),
+                    first_token,
+                }
+            })
+            .collect();
+        for o in &mut self.open {
+            o.waiting_in += 1;
+        }
+        self.unsplit.push(Unsplit {
+            busy,
+            baseline,
+            members,
+        });
+        idle
+    }
+
+    /// Splits every interval whose weights are all known (all of them when `force`: a prompt
+    /// count that never comes counts as none).
+    fn split_ready(&mut self, force: bool) {
+        let mut i = 0;
+        while i < self.unsplit.len() {
+            if !(force || self.unsplit[i].ready()) {
+                i += 1;
+                continue;
+            }
+            let interval = self.unsplit.remove(i);
+            for (member, fraction) in interval.members.iter().zip(interval.fractions()) {
+                if let Some(o) = self
+                    .open
+                    .iter_mut()
+                    .find(|o| Arc::ptr_eq(&o.share, &member.share))
+                {
+                    o.joules += interval.busy * fraction;
+                    o.baseline_joules += interval.baseline * fraction;
+                    o.waiting_in = o.waiting_in.saturating_sub(1);
+                }
+            }
         }
     }
 
-    /// Settles the ended shares `which` picks.
-    fn settle(&mut self, which: impl Fn(&Open<T>) -> bool) -> Vec<Settled<T>> {
+    /// Removes the ended shares no interval waits on, and returns those with facts (a handle
+    /// dropped without facts leaves unbooked).
+    fn settle(&mut self) -> Vec<Settled<T>> {
         let mut settled = Vec::new();
         let mut i = 0;
         while i < self.open.len() {
-            let open = &self.open[i];
-            if open.share.ended.load(Ordering::Acquire) && which(open) {
+            if self.open[i].share.ended().is_some() && self.open[i].waiting_in == 0 {
                 let open = self.open.swap_remove(i);
                 if let Some(facts) = open.facts.lock().take() {
                     settled.push(Settled {
@@ -291,7 +455,8 @@ impl<T> NodeEnergy<T> {
         for open in &mut self.open {
             open.complete = false;
         }
-        self.settle(|_| true)
+        self.split_ready(true);
+        self.settle()
     }
 
     /// Requests in flight now, ended ones not yet settled included.
@@ -311,6 +476,10 @@ mod tests {
             watts,
             at_unix_ms,
         }
+    }
+
+    fn ms(t0: Instant, ms: u64) -> Instant {
+        t0 + Duration::from_millis(ms)
     }
 
     #[test]
@@ -342,39 +511,67 @@ mod tests {
         let mut node: NodeEnergy<&'static str> = NodeEnergy::default();
         let mut measured = 0.0;
         let mut parts = 0.0;
-        let mut step = |node: &mut NodeEnergy<&'static str>, j: f64, ms: i64| {
-            let s = node.sample(reading(Some(j), None, ms), t0, 1.5, Some(10.0));
+        let mut step = |node: &mut NodeEnergy<&'static str>, j: f64, at: u64| {
+            let s = node.sample(
+                reading(Some(j), None, at as i64),
+                ms(t0, at),
+                1.5,
+                Some(10.0),
+            );
             measured += s.measured_joules;
             parts += s.idle_joules + s.settled.iter().map(|x| x.joules).sum::<f64>();
             s
         };
         assert!(step(&mut node, 0.0, 0).settled.is_empty());
-        // Idle second: 40 J × PUE 1.5.
+        // An idle second: 40 J × PUE 1.5.
         let s = step(&mut node, 40.0, 1_000);
         assert_eq!(s.idle_joules, 60.0);
-        let a = node.open();
-        let b = node.open();
-        // Prefill: no tokens, even split.
-        step(&mut node, 140.0, 2_000);
+        // Both arrive in the second second, a quarter in: 10 W idle for 0.25 s is idle.
+        let a = node.open(ms(t0, 1_250));
+        let b = node.open(ms(t0, 1_250));
+        let s = step(&mut node, 140.0, 2_000);
+        assert!((s.idle_joules - 3.75).abs() < 1e-9);
+        // No tokens yet: the 146.25 J left, by time present (even here).
+        // Both first tokens arrive in the third second; a ends with it, its prompt 10 tokens.
         a.share.credit_to(30);
         b.share.credit_to(10);
-        a.end("a");
+        a.end("a", 10, ms(t0, 3_000));
         let s = step(&mut node, 240.0, 3_000);
-        // a: 75 (even) + 112.5 (3/4 of 150); b: 75 + 37.5 so far.
-        assert_eq!(s.settled.len(), 1);
-        let sa = &s.settled[0];
-        assert_eq!(sa.facts, "a");
-        assert!((sa.joules - 187.5).abs() < 1e-9);
-        // Baseline: 10 W idle × 1 s × 1.5 per interval, shared the same way.
-        assert!((sa.baseline_joules - (7.5 + 11.25)).abs() < 1e-9);
-        assert!(sa.complete);
+        // That interval waits for b's prompt count: nothing settles, a included.
+        assert!(s.settled.is_empty());
+        // b ends half way through the last second (the rest of it is idle), prompt 30 tokens.
         b.share.credit_to(15);
-        b.end("b");
+        b.end("b", 30, ms(t0, 3_500));
         let s = step(&mut node, 300.0, 4_000);
-        assert!((s.settled[0].joules - (75.0 + 37.5 + 90.0)).abs() < 1e-9);
+        assert!((s.idle_joules - 7.5).abs() < 1e-9);
+        assert_eq!(s.settled.len(), 2);
+        let by = |id| s.settled.iter().find(|x| x.facts == id).unwrap();
+        // The third second by 30 + 10 against 10 + 30: even. b had the last alone.
+        let (sa, sb) = (by("a"), by("b"));
+        assert!((sa.joules - (73.125 + 75.0)).abs() < 1e-9, "{}", sa.joules);
+        assert!(
+            (sb.joules - (73.125 + 75.0 + 82.5)).abs() < 1e-9,
+            "{}",
+            sb.joules
+        );
+        // Baseline: 10 W × the busy time × 1.5, shared the same way.
+        assert!((sa.baseline_joules - (5.625 + 7.5)).abs() < 1e-9);
+        assert!(sa.complete && sb.complete);
         assert_eq!(node.open_count(), 0);
         assert!((parts - measured).abs() < 1e-9);
         assert!((measured - 450.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn without_idle_power_the_idle_part_is_its_time() {
+        let t0 = Instant::now();
+        let mut node: NodeEnergy<u8> = NodeEnergy::default();
+        node.sample(reading(None, Some(100.0), 0), t0, 1.0, None);
+        let r = node.open(ms(t0, 500));
+        r.end(1, 0, ms(t0, 750));
+        let s = node.sample(reading(None, Some(100.0), 1_000), ms(t0, 1_000), 1.0, None);
+        assert!((s.settled[0].joules - 25.0).abs() < 1e-9);
+        assert!((s.idle_joules - 75.0).abs() < 1e-9);
     }
 
     #[test]
@@ -382,16 +579,53 @@ mod tests {
         let t0 = Instant::now();
         let mut node: NodeEnergy<u32> = NodeEnergy::default();
         node.sample(reading(None, Some(100.0), 0), t0, 1.0, None);
-        let r = node.open();
+        let r = node.open(t0);
         r.share.credit_to(5);
         // 60 s later: not attributed.
-        let s = node.sample(reading(None, Some(100.0), 60_000), t0, 1.0, None);
+        let s = node.sample(
+            reading(None, Some(100.0), 60_000),
+            ms(t0, 60_000),
+            1.0,
+            None,
+        );
         assert_eq!(s.measured_joules, 0.0);
-        r.end(7);
-        assert!(node.abandon_if_silent(t0).is_empty(), "not silent yet");
-        let gone = node.abandon_if_silent(t0 + MAX_GAP + Duration::from_secs(1));
+        r.share.credit_to(9);
+        r.end(7, 4, ms(t0, 60_100));
+        let later = ms(t0, 60_200);
+        assert!(node.abandon_if_silent(later).is_empty(), "not silent yet");
+        let gone = node.abandon_if_silent(later + MAX_GAP + Duration::from_secs(1));
         assert_eq!(gone.len(), 1);
         assert_eq!(gone[0].facts, 7);
         assert!(!gone[0].complete);
+    }
+
+    #[test]
+    fn an_answer_without_output_counts_its_prompt_where_it_ends() {
+        let t0 = Instant::now();
+        let mut node: NodeEnergy<&'static str> = NodeEnergy::default();
+        node.sample(reading(Some(0.0), None, 0), t0, 1.0, None);
+        let stream = node.open(t0);
+        let embed = node.open(t0);
+        stream.share.credit_to(10);
+        node.sample(reading(Some(10.0), None, 1_000), ms(t0, 1_000), 1.0, None);
+        stream.share.credit_to(20);
+        embed.end("embed", 30, ms(t0, 2_000));
+        stream.end("stream", 0, ms(t0, 2_000));
+        let s = node.sample(reading(Some(20.0), None, 2_000), ms(t0, 2_000), 1.0, None);
+        let by = |id| s.settled.iter().find(|x| x.facts == id).unwrap().joules;
+        // Second one: the stream's 10 tokens against the embedding's 30 prompt tokens.
+        assert!((by("embed") - 7.5).abs() < 1e-9);
+        assert!((by("stream") - 12.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn overlapping_spans_count_once() {
+        let t0 = Instant::now();
+        let spans = vec![
+            (ms(t0, 0), ms(t0, 10)),
+            (ms(t0, 5), ms(t0, 20)),
+            (ms(t0, 30), ms(t0, 40)),
+        ];
+        assert_eq!(covered(spans), Duration::from_millis(30));
     }
 }

@@ -99,7 +99,7 @@ impl NodeState {
 
     /// A request goes to the node: its share of the node's energy starts here.
     pub fn open_energy_share(&self) -> energy::ShareHandle<energy::RequestFacts> {
-        self.energy.lock().open()
+        self.energy.lock().open(Instant::now())
     }
 
     /// Ended requests of a node that fell silent, settled with the energy they have.

@@ -166,15 +166,19 @@ impl RelayCtx {
         let (Some(share), Some(attempt)) = (self.energy.take(), self.attempt.as_ref()) else {
             return;
         };
-        // Prompt tokens are known only now; they weigh in the interval the answer ended in.
-        share.share.credit_to(input_tokens + output_tokens);
-        share.end(RequestFacts {
-            key: attempt.key.clone(),
-            model: attempt.model.clone(),
+        share.share.credit_to(output_tokens);
+        // Prompt tokens are known only now (engines say them at the end).
+        share.end(
+            RequestFacts {
+                key: attempt.key.clone(),
+                model: attempt.model.clone(),
+                input_tokens,
+                output_tokens,
+                answered,
+            },
             input_tokens,
-            output_tokens,
-            answered,
-        });
+            Instant::now(),
+        );
     }
 }
 
