@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod joules;
 pub mod ollama;
 pub mod sample;
 pub mod sensor;

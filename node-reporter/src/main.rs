@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
-use wes_reporter::agent;
 use wes_reporter::config::{ReporterConfig, ReporterFlags};
 use wes_reporter::sensor::select;
+use wes_reporter::{agent, joules};
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +28,26 @@ enum Command {
     ReadSensor {
         #[arg(long, default_value_t = 3)]
         count: u32,
+    },
+    /// Measure J/token on this node by the second seed's protocol (steady thermal state, idle
+    /// baseline, a fixed workload run N times) and print the report as JSON; needs --ollama
+    /// and the sensor flags.
+    Joules {
+        #[arg(long)]
+        model: String,
+        #[arg(long, default_value_t = 10)]
+        runs: u32,
+        /// Output tokens per run.
+        #[arg(long, default_value_t = 256)]
+        tokens: u32,
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        idle: Duration,
+        /// The thermal state must have held this long before measuring...
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        stable_for: Duration,
+        /// ...waiting at most this long (then measuring anyway, and saying so).
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        stable_timeout: Duration,
     },
 }
 
@@ -57,6 +77,26 @@ fn main() -> ExitCode {
     };
     let outcome = match cli.command {
         Some(Command::ReadSensor { count }) => runtime.block_on(read_sensor(cli.flags, count)),
+        Some(Command::Joules {
+            model,
+            runs,
+            tokens,
+            idle,
+            stable_for,
+            stable_timeout,
+        }) => {
+            let interval = cli.flags.interval.unwrap_or(Duration::from_millis(500));
+            let protocol = joules::Protocol {
+                model,
+                runs,
+                tokens,
+                idle,
+                stable_for,
+                stable_timeout,
+                interval,
+            };
+            runtime.block_on(measure_joules(cli.flags, protocol))
+        }
         None => runtime.block_on(run(cli.flags)),
     };
     match outcome {
@@ -99,6 +139,21 @@ async fn read_sensor(flags: ReporterFlags, count: u32) -> anyhow::Result<()> {
         let reading = sensor.read().await;
         println!("{}", select::reading_json(sensor.kind(), &reading));
     }
+    Ok(())
+}
+
+async fn measure_joules(flags: ReporterFlags, protocol: joules::Protocol) -> anyhow::Result<()> {
+    let ollama = flags
+        .ollama
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("joules needs --ollama URL (the engine to measure)"))?;
+    let mut settings = select::SensorSettings::from_flags(&flags)?;
+    settings.interval = protocol.interval;
+    let (mut sensor, why) = select::open(&settings)?;
+    eprintln!("sensor: {why}");
+    let client = wes_reporter::ollama::OllamaClient::new(ollama)?;
+    let report = joules::run(sensor.as_mut(), &why, &client, &protocol).await?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }
 

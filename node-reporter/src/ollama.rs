@@ -204,6 +204,64 @@ impl OllamaClient {
     }
 
     /// Runs one small fixed streamed generation and measures its decode rate from the stream.
+    /// One fixed completion (`/v1/completions`, which Ollama, llama.cpp and vLLM all serve):
+    /// `tokens` tokens at temperature 0, not stopping at end-of-text where the engine allows.
+    /// Returns the output tokens the engine counted.
+    pub async fn complete(&self, model: &str, prompt: &str, tokens: u32) -> Result<u64, String> {
+        let url = format!("{}/v1/completions", self.base);
+        let body = serde_json::json!({
+            "model": model,
+            "prompt": prompt,
+            "max_tokens": tokens,
+            "temperature": 0,
+            "seed": 1,
+            "ignore_eos": true,
+            "stream": false,
+        });
+        let response = self
+            .http
+            .post(&url)
+            .json(&body)
+            .timeout(Duration::from_secs(600))
+            .send()
+            .await
+            .map_err(|e| format!("completion at {url}: {e}"))?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(format!(
+                "completion at {url}: HTTP {status}: {}",
+                snippet(&text)
+            ));
+        }
+        let answer: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| format!("completion at {url}: not JSON ({e}): {}", snippet(&text)))?;
+        answer["usage"]["completion_tokens"]
+            .as_u64()
+            .ok_or_else(|| {
+                format!(
+                    "completion at {url}: no usage.completion_tokens: {}",
+                    snippet(&text)
+                )
+            })
+    }
+
+    /// What the engine says it is: llama.cpp's `/props` build, else Ollama's `/api/version`.
+    pub async fn engine(&self) -> String {
+        if let Ok(Some(props)) = self.get_json::<serde_json::Value>("/props", "props").await
+            && let Some(build) = props["build_info"].as_str()
+        {
+            return format!("llama.cpp {build}");
+        }
+        match self
+            .get_json::<serde_json::Value>("/api/version", "version")
+            .await
+        {
+            Ok(Some(v)) => format!("ollama API {}", v["version"].as_str().unwrap_or("?")),
+            _ => "unknown".into(),
+        }
+    }
+
     pub async fn probe(&self, model: &str, timeout: Duration) -> Result<ProbeResult, String> {
         let url = format!("{}/api/generate", self.base);
         let body = serde_json::json!({
