@@ -80,6 +80,10 @@ table("Simulated node (RTX 4090 profile)", sim,
       "The simulator's energy counter is exact and its power follows its load model: the spread is the protocol's own (timing of the sensor reads around each run).")
 table("Real engine (llama.cpp + SmolLM2-135M, CPU)", engine,
       "Power is modelled from CPU load (benchmarks/load-watts.sh, 20 W idle to 65 W busy): a relative figure for this machine, not a measurement of it. The spread is real: it is the engine's run-to-run time and load.")
+print("Reading these: the CV is the run-to-run spread of J/token. On the simulated node it is")
+print("the protocol's own floor (sensor reads around each run). On the real engine with modelled")
+print("power, J/token follows each run's duration, so the CV is the engine's speed spread on this")
+print("machine; on a machine with a power meter (NVML, RAPL) run the reporter's own sensor instead.\n")
 print(footer)
 PY
 echo "wrote $out" >&2

@@ -28,14 +28,26 @@ use crate::sensor::{Reading, Sensor};
 pub const PROMPT: &str =
     "Explain, step by step, how a heat pump moves heat from a cold room to a warm one.";
 
-#[derive(Debug, Clone)]
+/// The protocol's settings, as `wes-reporter joules` takes them.
+#[derive(Debug, Clone, clap::Args)]
 pub struct Protocol {
+    #[arg(long)]
     pub model: String,
+    #[arg(long, default_value_t = 10)]
     pub runs: u32,
+    /// Output tokens per run.
+    #[arg(long, default_value_t = 256)]
     pub tokens: u32,
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub idle: Duration,
+    /// The thermal state must have held this long before measuring...
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub stable_for: Duration,
+    /// ...waiting at most this long (then measuring anyway, and saying so).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub stable_timeout: Duration,
+    /// How often the sensor is read during a span: the reporter's `--interval`.
+    #[arg(skip = Duration::from_millis(500))]
     pub interval: Duration,
 }
 

@@ -32,23 +32,7 @@ enum Command {
     /// Measure J/token on this node by the second seed's protocol (steady thermal state, idle
     /// baseline, a fixed workload run N times) and print the report as JSON; needs --ollama
     /// and the sensor flags.
-    Joules {
-        #[arg(long)]
-        model: String,
-        #[arg(long, default_value_t = 10)]
-        runs: u32,
-        /// Output tokens per run.
-        #[arg(long, default_value_t = 256)]
-        tokens: u32,
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-        idle: Duration,
-        /// The thermal state must have held this long before measuring...
-        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-        stable_for: Duration,
-        /// ...waiting at most this long (then measuring anyway, and saying so).
-        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
-        stable_timeout: Duration,
-    },
+    Joules(joules::Protocol),
 }
 
 fn main() -> ExitCode {
@@ -77,24 +61,10 @@ fn main() -> ExitCode {
     };
     let outcome = match cli.command {
         Some(Command::ReadSensor { count }) => runtime.block_on(read_sensor(cli.flags, count)),
-        Some(Command::Joules {
-            model,
-            runs,
-            tokens,
-            idle,
-            stable_for,
-            stable_timeout,
-        }) => {
-            let interval = cli.flags.interval.unwrap_or(Duration::from_millis(500));
-            let protocol = joules::Protocol {
-                model,
-                runs,
-                tokens,
-                idle,
-                stable_for,
-                stable_timeout,
-                interval,
-            };
+        Some(Command::Joules(mut protocol)) => {
+            if let Some(interval) = cli.flags.interval {
+                protocol.interval = interval;
+            }
             runtime.block_on(measure_joules(cli.flags, protocol))
         }
         None => runtime.block_on(run(cli.flags)),

@@ -257,16 +257,24 @@ struct UsageService {
     state: Arc<AppState>,
 }
 
+/// Writes the usage log's pending lines when dropped: Pingora's shutdown may drop the
+/// service's task before it is polled again, and a drop runs either way.
+struct FlushOnDrop<'a>(&'a crate::usage::Usage);
+
+impl Drop for FlushOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.flush();
+    }
+}
+
 #[async_trait]
 impl BackgroundService for UsageService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        let _flush = FlushOnDrop(&self.state.usage);
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(USAGE_SWEEP_EVERY) => self.state.sweep_usage(),
-                _ = shutdown.wait_for(|s| *s) => {
-                    self.state.usage.flush();
-                    return;
-                }
+                _ = shutdown.wait_for(|s| *s) => return,
             }
         }
     }

@@ -142,6 +142,12 @@ def test_tokens_per_minute_counts_what_the_node_answered(guarded):
     assert "tokens_per_minute" in r.json()["error"]
     # 20 over at 10 a minute: two minutes.
     assert 100 <= int(r.headers["retry-after"]) <= 121
+    with pytest.raises(ollama.ResponseError) as e:
+        client.generate(model="llama3.2:3b", prompt="x")
+    assert e.value.status_code == 429 and "tokens_per_minute" in e.value.error
+    with pytest.raises(openai.RateLimitError) as e:
+        chat(oai(guarded, KEY_TOKENS))
+    assert int(e.value.response.headers["retry-after"]) >= 100
 
 
 def test_admin_posts_need_the_token(guarded):

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import httpx
+import ollama
+import openai
 import pytest
 
 from conftest import BIN, get_json, read_line_with, start_fleet
@@ -136,6 +138,14 @@ def test_energy_per_day_limit(one_node):
     assert "energy_wh_per_day" in r.json()["error"]
     # Overdrawn by tens of joules at 36 J a day: hours away.
     assert int(r.headers["retry-after"]) > 3600
+    with pytest.raises(ollama.ResponseError) as e:
+        ollama.Client(host=one_node.api, headers={"Authorization": f"Bearer {KEYS['frugal']}"}).chat(
+            model="llama3.2:3b", messages=[{"role": "user", "content": "x"}])
+    assert e.value.status_code == 429 and "energy_wh_per_day" in e.value.error
+    client = openai.OpenAI(base_url=f"{one_node.api}/v1", api_key=KEYS["frugal"], max_retries=0)
+    with pytest.raises(openai.RateLimitError) as e:
+        client.chat.completions.create(model="llama3.2:3b", messages=[{"role": "user", "content": "x"}])
+    assert int(e.value.response.headers["retry-after"]) > 3600
 
 
 def test_usage_windows_and_metrics(one_node):

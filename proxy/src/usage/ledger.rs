@@ -11,9 +11,10 @@ use std::time::Duration;
 pub const RETAIN: Duration = Duration::from_secs(7 * 24 * 3600);
 const MINUTE_MS: u64 = 60_000;
 
-/// One settled request on one node.
-#[derive(Debug, Clone, PartialEq)]
+/// One settled request on one node (also a usage-log line, `log`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Entry {
+    #[serde(rename = "t")]
     pub at_unix_ms: u64,
     /// The client key's id; `None` while the API is open.
     pub key: Option<Arc<str>>,
@@ -25,6 +26,7 @@ pub struct Entry {
     /// counts: the node drew it).
     pub requests: u64,
     /// Gross, × PUE.
+    #[serde(rename = "energy_joules")]
     pub joules: f64,
     /// The node's idle power over the request's part of the time, × PUE.
     pub baseline_joules: f64,

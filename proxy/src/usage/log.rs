@@ -15,20 +15,7 @@ use super::ledger::{Entry, Ledger};
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Line {
-    Request {
-        t: u64,
-        key: Option<Arc<str>>,
-        model: Arc<str>,
-        node: Arc<str>,
-        input_tokens: u64,
-        output_tokens: u64,
-        requests: u64,
-        energy_joules: f64,
-        baseline_joules: f64,
-        cost: Option<f64>,
-        carbon_g: Option<f64>,
-        complete: bool,
-    },
+    Request(Entry),
     /// A node's energy over one minute's intervals.
     Node {
         t: u64,
@@ -39,52 +26,9 @@ pub enum Line {
 }
 
 impl Line {
-    pub fn of(e: &Entry) -> Line {
-        Line::Request {
-            t: e.at_unix_ms,
-            key: e.key.clone(),
-            model: e.model.clone(),
-            node: e.node.clone(),
-            input_tokens: e.input_tokens,
-            output_tokens: e.output_tokens,
-            requests: e.requests,
-            energy_joules: e.joules,
-            baseline_joules: e.baseline_joules,
-            cost: e.cost,
-            carbon_g: e.carbon_g,
-            complete: e.complete,
-        }
-    }
-
     fn apply(self, ledger: &mut Ledger) {
         match self {
-            Line::Request {
-                t,
-                key,
-                model,
-                node,
-                input_tokens,
-                output_tokens,
-                requests,
-                energy_joules,
-                baseline_joules,
-                cost,
-                carbon_g,
-                complete,
-            } => ledger.add(&Entry {
-                at_unix_ms: t,
-                key,
-                model,
-                node,
-                input_tokens,
-                output_tokens,
-                requests,
-                joules: energy_joules,
-                baseline_joules,
-                cost,
-                carbon_g,
-                complete,
-            }),
+            Line::Request(entry) => ledger.add(&entry),
             Line::Node {
                 t,
                 node,
@@ -185,7 +129,7 @@ mod tests {
             complete: true,
         };
         ledger.add(&e);
-        writer.append(&Line::of(&e)).unwrap();
+        writer.append(&Line::Request(e.clone())).unwrap();
         let node = Line::Node {
             t: 2_000,
             node: "n".into(),

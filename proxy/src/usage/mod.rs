@@ -137,7 +137,7 @@ impl Usage {
             }
         }
         for e in &entries {
-            self.append(&Line::of(e));
+            self.append(&Line::Request(e.clone()));
         }
         entries
     }
