@@ -16,6 +16,8 @@ cargo test --workspace --locked -- --test-threads=2
 
 echo "== the demo fleet, as a new user starts it (six simulated nodes ranked, one request relayed)"
 scripts/demo.sh --check
+echo "== the demo served to the network: it makes an admin token, and the admin listener needs it"
+WES_DEMO_HOST=0.0.0.0 scripts/demo.sh --check
 
 echo "== real inference engine (llama.cpp llama-server + SmolLM2; built once, cached)"
 eval "$(scripts/real-engine.sh | sed 's/^/export /')"

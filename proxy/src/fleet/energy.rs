@@ -121,6 +121,9 @@ pub struct Settled<T> {
 }
 
 struct Open<T> {
+    /// Opens get increasing ids and `NodeEnergy::open` stays sorted by them, so a member finds
+    /// its share by binary search (thousands are in flight at saturation).
+    id: u64,
     share: Arc<RequestShare>,
     seen: u64,
     joules: f64,
@@ -134,6 +137,7 @@ struct Open<T> {
 
 /// One share's part in an interval.
 struct Member {
+    id: u64,
     share: Arc<RequestShare>,
     tokens: f64,
     seconds: f64,
@@ -213,6 +217,7 @@ pub struct NodeEnergy<T> {
     /// When the last reading arrived: the start of the interval the next one closes.
     last_arrival: Option<Instant>,
     open: Vec<Open<T>>,
+    next_id: u64,
     unsplit: Vec<Unsplit>,
 }
 
@@ -222,6 +227,7 @@ impl<T> Default for NodeEnergy<T> {
             last: None,
             last_arrival: None,
             open: Vec::new(),
+            next_id: 0,
             unsplit: Vec::new(),
         }
     }
@@ -291,7 +297,9 @@ impl<T> NodeEnergy<T> {
             ended: Mutex::new(None),
         });
         let facts = Arc::new(Mutex::new(None));
+        self.next_id += 1;
         self.open.push(Open {
+            id: self.next_id,
             share: share.clone(),
             seen: 0,
             joules: 0.0,
@@ -378,6 +386,7 @@ impl<T> NodeEnergy<T> {
                 #[allow(clippy::cast_precision_loss)]
                 let tokens = delta as f64;
                 Member {
+                    id: o.id,
                     share: o.share.clone(),
                     tokens,
                     seconds: (b - a).as_secs_f64(),
@@ -407,11 +416,8 @@ impl<T> NodeEnergy<T> {
             }
             let interval = self.unsplit.remove(i);
             for (member, fraction) in interval.members.iter().zip(interval.fractions()) {
-                if let Some(o) = self
-                    .open
-                    .iter_mut()
-                    .find(|o| Arc::ptr_eq(&o.share, &member.share))
-                {
+                let found = self.open.binary_search_by_key(&member.id, |o| o.id);
+                if let Some(o) = found.ok().and_then(|at| self.open.get_mut(at)) {
                     o.joules += interval.busy * fraction;
                     o.baseline_joules += interval.baseline * fraction;
                     o.waiting_in = o.waiting_in.saturating_sub(1);
@@ -424,22 +430,21 @@ impl<T> NodeEnergy<T> {
     /// dropped without facts leaves unbooked).
     fn settle(&mut self) -> Vec<Settled<T>> {
         let mut settled = Vec::new();
-        let mut i = 0;
-        while i < self.open.len() {
-            if self.open[i].share.ended().is_some() && self.open[i].waiting_in == 0 {
-                let open = self.open.swap_remove(i);
-                if let Some(facts) = open.facts.lock().take() {
-                    settled.push(Settled {
-                        facts,
-                        joules: open.joules,
-                        baseline_joules: open.baseline_joules,
-                        complete: open.complete,
-                    });
-                }
-            } else {
-                i += 1;
+        // One pass that keeps the order (ids stay sorted for the members' lookups).
+        self.open.retain(|open| {
+            if open.share.ended().is_none() || open.waiting_in > 0 {
+                return true;
             }
-        }
+            if let Some(facts) = open.facts.lock().take() {
+                settled.push(Settled {
+                    facts,
+                    joules: open.joules,
+                    baseline_joules: open.baseline_joules,
+                    complete: open.complete,
+                });
+            }
+            false
+        });
         settled
     }
 
