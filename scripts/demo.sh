@@ -160,7 +160,7 @@ reap() {
   done
   for p in "$@"; do
     if kill -0 "$p" 2>/dev/null; then
-      say "demo: pid $p did not stop in ${limit}s; killing it"
+      say "demo: pid $p ($(ps -o args= -p "$p" 2>/dev/null | cut -c1-60)) did not stop in ${limit}s; killing it"
       kill -KILL "$p" 2>/dev/null || true
     fi
   done
