@@ -124,6 +124,8 @@ pub struct Metrics {
     usage_energy: Family<KeyModelNode, EnergyCounter>,
     node_idle_energy: Family<NodeOnly, EnergyCounter>,
     node_measured_energy: Family<NodeOnly, EnergyCounter>,
+    /// The `key` label of requests made while the API is open, built once.
+    no_key: Label,
 }
 
 impl Metrics {
@@ -224,6 +226,7 @@ impl Metrics {
             node_measured_energy.clone(),
         );
         Metrics {
+            no_key: Label(Arc::from("")),
             usage_requests,
             usage_input_tokens,
             usage_output_tokens,
@@ -306,7 +309,7 @@ impl Metrics {
         }
         for e in entries {
             let labels = KeyModelNode {
-                key: Label(e.key.clone().unwrap_or_else(|| Arc::from(""))),
+                key: e.key.clone().map_or_else(|| self.no_key.clone(), Label),
                 model: Label(e.model.clone()),
                 node: Label(node.clone()),
             };

@@ -206,9 +206,11 @@ impl ProxyHttp for Relay {
                 .map(|a| a.clone());
             return Ok(false);
         }
-        let limit = self.state.config.load().api.max_header_bytes;
+        // One config for the whole request's checks: a reload mid-request cannot mix two.
+        let config = self.state.config.load_full();
+        let openai = session.req_header().uri.path().starts_with("/v1/");
+        let limit = config.api.max_header_bytes;
         if let Some(size) = request::header_size_over(session.req_header(), limit) {
-            let openai = session.req_header().uri.path().starts_with("/v1/");
             let message = format!(
                 "request headers are {size} bytes, more than the proxy's limit of {limit} bytes"
             );
@@ -219,8 +221,6 @@ impl ProxyHttp for Relay {
             session.req_header().method.as_str(),
             session.req_header().uri.path(),
         );
-        let openai = session.req_header().uri.path().starts_with("/v1/");
-        let config = self.state.config.load_full();
         if route == Route::Management {
             let answer = access::check_admin(&config.admin, &session.req_header().headers);
             match answer {

@@ -58,15 +58,17 @@ fn add_opt(into: &mut Option<f64>, value: Option<f64>) {
 }
 
 impl Totals {
-    fn add_entry(&mut self, e: &Entry) {
-        self.requests += e.requests;
-        self.input_tokens += e.input_tokens;
-        self.output_tokens += e.output_tokens;
-        self.joules += e.joules;
-        self.baseline_joules += e.baseline_joules;
-        add_opt(&mut self.cost, e.cost);
-        add_opt(&mut self.carbon_g, e.carbon_g);
-        self.incomplete += u64::from(!e.complete);
+    fn of(e: &Entry) -> Totals {
+        Totals {
+            requests: e.requests,
+            input_tokens: e.input_tokens,
+            output_tokens: e.output_tokens,
+            joules: e.joules,
+            baseline_joules: e.baseline_joules,
+            cost: e.cost,
+            carbon_g: e.carbon_g,
+            incomplete: u64::from(!e.complete),
+        }
     }
 
     fn add(&mut self, o: &Totals) {
@@ -121,17 +123,14 @@ struct Bucket {
 
 impl Bucket {
     fn add_entry(&mut self, e: &Entry) {
-        self.keys.entry(e.key.clone()).or_default().add_entry(e);
-        self.models.entry(e.model.clone()).or_default().add_entry(e);
-        self.nodes
-            .entry(e.node.clone())
-            .or_default()
-            .served
-            .add_entry(e);
+        let t = Totals::of(e);
+        self.keys.entry(e.key.clone()).or_default().add(&t);
+        self.models.entry(e.model.clone()).or_default().add(&t);
+        self.nodes.entry(e.node.clone()).or_default().served.add(&t);
         self.pairs
             .entry((e.node.clone(), e.model.clone()))
             .or_default()
-            .add_entry(e);
+            .add(&t);
     }
 
     fn add(&mut self, o: &Bucket) {
