@@ -159,19 +159,20 @@ def test_throughput_of_four_streams_matches_the_engine(parallel_engine_fleet):
     # The first wave teaches the proxy the node's curve at four in flight.
     rates = wave()
     engine_total = sum(rates)
-    # The second wave: /ranking read while four are in flight shows the throughput there.
+    # The second wave: /ranking scored while four are in flight shows the throughput there
+    # (`in_flight` is live; the figures are at `scored_in_flight`, the last rebuild's load).
     with ThreadPoolExecutor(1) as pool:
         second = pool.submit(wave)
         seen = None
         deadline = time.monotonic() + 60
         while not second.done() and time.monotonic() < deadline:
             node = get_json(f"{f.admin}/ranking?model={MODEL}")["nodes"][0]
-            if node["in_flight"] == 4:
+            if node["scored_in_flight"] == 4:
                 seen = node
                 break
             time.sleep(0.02)
         second_rates = second.result()
-    assert seen, "never saw four requests in flight"
+    assert seen, "never saw the ranking scored at four in flight"
     measured, single = seen["tok_s"], seen["tok_s_single"]
     print(f"engine: four streams at {[round(r, 1) for r in rates]} tok/s, {engine_total:.1f} in all "
           f"(second wave {sum(second_rates):.1f}); proxy: {measured:.1f} at four in flight, "

@@ -51,6 +51,7 @@ pub fn render(
                 "healthy": e.healthy,
                 "unhealthy_reason": e.unhealthy_reason,
                 "in_flight": e.state.in_flight(),
+                "scored_in_flight": e.scored_in_flight,
                 "last_sample_age_ms": e.last_sample_age(now).map(|d| d.as_millis() as u64),
                 "models": e.models,
                 "loaded_models": e.residency.as_ref().map(|r| {

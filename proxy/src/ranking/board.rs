@@ -35,6 +35,9 @@ pub struct RankEntry {
     pub tok_s: Option<f64>,
     /// One stream's rate alone.
     pub tok_s_single: Option<f64>,
+    /// Requests in flight when the row was scored: the load `tok_s`, `scoring_watts` and the
+    /// WES are at. The live count (`state.in_flight()`) may have moved since.
+    pub scored_in_flight: u32,
     /// Which model `tok_s` is for.
     pub tok_s_model: Option<String>,
     pub tok_s_source: Option<RateSource>,
@@ -99,6 +102,7 @@ impl RankEntry {
             ),
             tok_s: scored.tok_s,
             tok_s_single: scored.tok_s_single,
+            scored_in_flight: scored.in_flight,
             tok_s_source: scored.source,
             tok_s_model: scored.model,
             watts,
