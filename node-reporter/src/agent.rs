@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use wes_proto::{ProbeLoad, ProbeResult, Sample};
 
@@ -27,6 +27,10 @@ pub async fn run(
         ..OllamaView::default()
     }));
     let mut tasks = JoinSet::new();
+    // A proxy asks for the model list after a pull through it; the list, once read, goes out
+    // in a sample at once.
+    let refresh_models = Arc::new(Notify::new());
+    let sample_now = Arc::new(Notify::new());
 
     for url in &config.proxies {
         let target = StreamTarget {
@@ -36,7 +40,12 @@ pub async fn run(
             token: config.token.clone(),
             node_id: config.node_id.clone(),
         };
-        tasks.spawn(stream::run(target, sample_rx.clone(), shutdown.clone()));
+        tasks.spawn(stream::run(
+            target,
+            sample_rx.clone(),
+            shutdown.clone(),
+            refresh_models.clone(),
+        ));
     }
     if let Some(base) = &config.ollama {
         let client = OllamaClient::new(base.clone())?;
@@ -45,6 +54,7 @@ pub async fn run(
             config.models_interval,
             view.clone(),
             shutdown.clone(),
+            (refresh_models.clone(), sample_now.clone()),
         ));
         tasks.spawn(poll_loaded(
             client.clone(),
@@ -66,7 +76,7 @@ pub async fn run(
             ));
         }
     }
-    sample_loop(config, sensor, view, sample_tx, shutdown).await;
+    sample_loop(config, sensor, view, sample_tx, shutdown, sample_now).await;
     while tasks.join_next().await.is_some() {}
     Ok(())
 }
@@ -77,6 +87,7 @@ async fn sample_loop(
     view: Arc<Mutex<OllamaView>>,
     samples: watch::Sender<Option<Sample>>,
     mut shutdown: watch::Receiver<bool>,
+    sample_now: Arc<Notify>,
 ) {
     let mut ticker = tokio::time::interval(config.interval);
     // A slow sensor read must not be followed by a burst of catch-up samples.
@@ -94,6 +105,11 @@ async fn sample_loop(
     loop {
         let check = tokio::select! {
             _ = ticker.tick() => false,
+            () = sample_now.notified() => {
+                // The next regular sample comes a whole interval after this one.
+                ticker.reset();
+                false
+            }
             _ = async {
                 match checks.as_mut() {
                     Some(t) => {
@@ -121,20 +137,25 @@ async fn sample_loop(
     }
 }
 
+/// Reads the model list every `every`, and at once when `refresh.0` is woken; a list read on
+/// request wakes `refresh.1`, the sampler, so that it reaches the proxies now.
 async fn poll_models(
     client: OllamaClient,
     every: Duration,
     view: Arc<Mutex<OllamaView>>,
     mut shutdown: watch::Receiver<bool>,
+    refresh: (Arc<Notify>, Arc<Notify>),
 ) {
+    let (asked, sample_now) = refresh;
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_ok: Option<bool> = None;
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
+        let on_request = tokio::select! {
+            _ = ticker.tick() => false,
+            () = asked.notified() => true,
             _ = shutdown.wait_for(|s| *s) => return,
-        }
+        };
         let models = client.models().await;
         // Log transitions only: a node whose Ollama is down should not flood the log.
         match (&models, last_ok) {
@@ -146,6 +167,9 @@ async fn poll_models(
         }
         last_ok = Some(models.is_ok());
         view.lock().models = Some(models);
+        if on_request {
+            sample_now.notify_one();
+        }
     }
 }
 

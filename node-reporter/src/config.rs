@@ -74,6 +74,10 @@ pub struct ReporterFlags {
     /// count in turn (default 2,4): the node's throughput under load before traffic shows it.
     #[arg(long, value_delimiter = ',', global = true)]
     pub probe_streams: Option<Vec<u32>>,
+    /// How often the engine's model list is read (default 5s); a proxy that changed it
+    /// (a pull through it) asks for it at once.
+    #[arg(long, value_parser = humantime::parse_duration, global = true)]
+    pub models_interval: Option<Duration>,
     /// Root of the sysfs tree the `linux` sensor reads (tests point it at a fixture).
     #[arg(long, global = true)]
     pub sysfs_root: Option<PathBuf>,
@@ -247,7 +251,10 @@ impl ReporterConfig {
             .probe_interval
             .or(file.probe_interval)
             .unwrap_or(Duration::from_secs(300));
-        let models_interval = file.models_interval.unwrap_or(Duration::from_secs(5));
+        let models_interval = flags
+            .models_interval
+            .or(file.models_interval)
+            .unwrap_or(Duration::from_secs(5));
         // A zero period would make the timers behind them panic at start.
         for (name, value) in [
             ("probe_interval", probe_interval),

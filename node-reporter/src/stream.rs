@@ -3,11 +3,12 @@
 //! the newest sample, so a reporter cut off for an hour sends one fresh sample on reconnect,
 //! not an hour of stale ones.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use rand::Rng;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_stream::wrappers::WatchStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request};
@@ -62,17 +63,19 @@ pub struct StreamTarget {
 }
 
 /// Runs until `shutdown` turns true; never returns early on errors.
+/// `refresh_models` is woken when the proxy asks for the model list to be re-read.
 pub async fn run(
     target: StreamTarget,
     samples: watch::Receiver<Option<Sample>>,
     mut shutdown: watch::Receiver<bool>,
+    refresh_models: Arc<Notify>,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         if *shutdown.borrow() {
             return;
         }
-        match session(&target, samples.clone(), shutdown.clone()).await {
+        match session(&target, samples.clone(), shutdown.clone(), &refresh_models).await {
             Ok(acked) => {
                 if acked > 0 {
                     backoff.reset();
@@ -124,6 +127,7 @@ async fn session(
     target: &StreamTarget,
     samples: watch::Receiver<Option<Sample>>,
     mut shutdown: watch::Receiver<bool>,
+    refresh_models: &Notify,
 ) -> Result<u64, SessionError> {
     let endpoint = Endpoint::from_shared(target.url.clone())
         .map_err(|e| SessionError::Transient(format!("bad proxy URL: {e}")))?
@@ -175,7 +179,14 @@ async fn session(
             _ = async { let _ = shutdown.wait_for(|s| *s).await; tokio::time::sleep(Duration::from_secs(2)).await } => return Ok(acked),
         };
         match next? {
-            Some(_ack) => {
+            Some(ack) => {
+                if ack.refresh_models {
+                    tracing::info!(proxy = %target.url, "proxy asked for the model list to be re-read");
+                    refresh_models.notify_one();
+                }
+                if ack.seq == 0 {
+                    continue;
+                }
                 if acked == 0 {
                     tracing::info!(proxy = %target.url, "telemetry stream up");
                 }

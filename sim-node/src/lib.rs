@@ -10,6 +10,7 @@ pub mod generation;
 pub mod model;
 pub mod node;
 pub mod profile;
+pub mod store;
 pub mod text;
 
 use std::future::Future;

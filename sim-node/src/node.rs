@@ -106,6 +106,8 @@ pub struct Node {
     loaded: Mutex<HashMap<String, Loaded>>,
     loads: AtomicU64,
     evictions: AtomicU64,
+    /// Blobs and the management knobs.
+    pub store: crate::store::Store,
 }
 
 /// What `GET /wes-sim/state` answers. The first four keys are the reporter's `command` sensor
@@ -229,6 +231,7 @@ impl Node {
             loaded: Mutex::new(HashMap::new()),
             loads: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
+            store: crate::store::Store::default(),
         })
     }
 
@@ -403,6 +406,14 @@ impl Node {
         copy.name = destination.to_string();
         copy.modified_at = SystemTime::now();
         models.push(Arc::new(copy));
+    }
+
+    /// `ollama create`: `model` under its name, replacing one of that name.
+    pub fn put_model(&self, model: ModelInfo) {
+        let mut models = self.models.write();
+        models.retain(|m| !same_model(&m.name, &model.name));
+        self.loaded.lock().remove(bare(&model.name));
+        models.push(Arc::new(model));
     }
 
     pub fn remove_model(&self, name: &str) -> bool {

@@ -67,10 +67,10 @@ class Fleet:
 
 
 def start_fleet(tmp: Path, extra_config: str = "", admin_headers=None,
-                nodes=(("gpu", "rtx-4090"), ("cpu", "ryzen-cpu"))) -> Fleet:
+                nodes=(("gpu", "rtx-4090"), ("cpu", "ryzen-cpu")), reporter_args=()) -> Fleet:
     """Simulated nodes (id, profile) with their reporters behind one proxy, ranked and ready.
     The caller closes it. `extra_config` is appended to the proxy's TOML (keys, an [admin]
-    table)."""
+    table); `reporter_args` to each reporter's command line."""
     for b in ("wes-proxy", "wes-reporter", "wes-sim-node"):
         assert (BIN / b).exists(), f"{BIN / b} missing: run cargo build --workspace --bins"
     f = Fleet(tmp)
@@ -85,6 +85,7 @@ def start_fleet(tmp: Path, extra_config: str = "", admin_headers=None,
             addr = read_line_with(proc, "listening on", log).rsplit(" ", 1)[1]
             nodes.append((node_id, addr))
         f.nodes = dict(nodes)
+        f.sims = {node_id: proc for (node_id, _), proc in zip(nodes, f.procs)}
         api_port = free_port()
         config = tmp / "proxy.toml"
         text = (
@@ -106,7 +107,7 @@ def start_fleet(tmp: Path, extra_config: str = "", admin_headers=None,
                  "--proxy", f"http://{telemetry}", "--interval", "500ms", "--sensor", "command",
                  "--sensor-command", f"curl -sf http://{addr}/wes-sim/state",
                  "--ollama", f"http://{addr}", "--probe-model", "llama3.2:3b",
-                 "--probe-interval", "1h"],
+                 "--probe-interval", "1h", *reporter_args],
                 stdout=subprocess.DEVNULL,
             )
         deadline = time.monotonic() + 60

@@ -32,6 +32,24 @@ pub struct Config {
     /// Client API keys; none leaves the API open, as Ollama's is.
     pub keys: Vec<Arc<KeyConfig>>,
     pub usage: UsageConfig,
+    pub models: ModelsConfig,
+}
+
+/// Fleet model management's settings (`[models]`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ModelsConfig {
+    /// Where a pull goes when the call does not name nodes.
+    pub pull_to: PullTo,
+}
+
+/// Where a pull goes without `X-WES-Nodes` (`[models] pull_to`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PullTo {
+    /// Every healthy node (`"all"`).
+    #[default]
+    All,
+    /// The N healthy nodes it fits best: most free model memory first, then the best ranked.
+    Best(u32),
 }
 
 /// The energy ledger's settings.

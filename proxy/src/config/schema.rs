@@ -28,6 +28,15 @@ pub struct RawConfig {
     pub keys: Vec<Spanned<RawKey>>,
     #[serde(default)]
     pub usage: RawUsage,
+    #[serde(default)]
+    pub models: RawModels,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawModels {
+    /// `"all"` or a number of nodes.
+    pub pull_to: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize, Default)]

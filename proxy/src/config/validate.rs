@@ -14,8 +14,8 @@ use wes_proto::ThermalState;
 use super::schema::{DurationValue, RawConfig};
 use super::{
     AdminConfig, ApiConfig, Config, ConfigError, ConfigErrors, HealthConfig, KeyConfig, KeyLimits,
-    ListenConfig, LoadScore, NodeConfig, PowerBasis, RoutingConfig, TelemetryConfig, TlsFiles,
-    UsageConfig, defaults,
+    ListenConfig, LoadScore, ModelsConfig, NodeConfig, PowerBasis, PullTo, RoutingConfig,
+    TelemetryConfig, TlsFiles, UsageConfig, defaults,
 };
 use crate::access::SecretDigest;
 use crate::policy::PolicyName;
@@ -278,6 +278,22 @@ pub fn validate(raw: RawConfig, text: &str) -> Result<Config, ConfigErrors> {
             }
         }),
     };
+    let models = ModelsConfig {
+        pull_to: match &raw.models.pull_to {
+            None => PullTo::All,
+            Some(v) => match v.get_ref() {
+                toml::Value::String(s) if s == "all" => PullTo::All,
+                toml::Value::Integer(n) if (1..=10_000).contains(n) => PullTo::Best(*n as u32),
+                other => {
+                    c.error(
+                        v.span(),
+                        format!("models.pull_to {other} must be \"all\" or a number of nodes from 1 to 10000"),
+                    );
+                    PullTo::All
+                }
+            },
+        },
+    };
     if !c.errors.is_empty() {
         c.errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
         return Err(ConfigErrors(c.errors));
@@ -292,6 +308,7 @@ pub fn validate(raw: RawConfig, text: &str) -> Result<Config, ConfigErrors> {
         nodes,
         keys,
         usage,
+        models,
     })
 }
 

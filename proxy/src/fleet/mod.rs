@@ -5,6 +5,7 @@ pub mod energy;
 mod estimate;
 pub mod health;
 pub mod load;
+pub mod model_name;
 mod power;
 pub mod residency;
 mod telemetry;
@@ -49,6 +50,8 @@ pub struct NodeState {
     load: Mutex<HashMap<String, load::LoadCurve>>,
     /// Power by the number of requests in flight when each sample arrived.
     power_by_load: Mutex<load::PowerCurve>,
+    /// A management call changed what the node holds: its reporter is told on its stream.
+    models_refresh: Notify,
     /// Per model, times to first token by the in-flight count each request was sent at.
     ttft: Mutex<HashMap<String, load::TtftCurve>>,
     /// Per model, when this proxy last sent a request that found it cold (`residency`).
@@ -145,6 +148,12 @@ impl NodeState {
         if let Some(t) = self.telemetry() {
             self.note_clean_baseline(&t, at, Some(model));
         }
+    }
+
+    /// Resolves once something asked this node's reporter to re-read its model list; a request
+    /// made while no stream waits is kept for the next one.
+    pub async fn models_refresh_asked(&self) {
+        self.models_refresh.notified().await;
     }
 
     pub fn power(&self) -> PowerEstimate {
@@ -617,6 +626,13 @@ impl Fleet {
     /// Woken whenever a slot frees anywhere in the fleet.
     pub fn slot_freed(&self) -> &Notify {
         &self.slot_freed
+    }
+
+    /// Asks node `id`'s reporter, on its telemetry stream, to re-read the model list now.
+    pub fn refresh_models(&self, id: &str) {
+        if let Some(node) = self.view.load().get(id) {
+            node.state.models_refresh.notify_one();
+        }
     }
 
     /// Drains (or undrains) a node by id; false when no such node is configured.

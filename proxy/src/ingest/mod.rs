@@ -88,7 +88,25 @@ async fn pump(
 ) -> Result<(), Status> {
     let counters = &state.metrics.telemetry;
     loop {
-        let sample = match inbound.message().await {
+        // Looked up each time: a reload may have replaced the node.
+        let node = state.fleet.view().get(node_id).map(|n| n.state.clone());
+        let refresh_asked = async {
+            match &node {
+                Some(n) => n.models_refresh_asked().await,
+                None => std::future::pending().await,
+            }
+        };
+        let next = tokio::select! {
+            next = inbound.message() => next,
+            () = refresh_asked => {
+                let ask = Ack { seq: 0, refresh_models: true };
+                if acks.send(Ok(ask)).await.is_err() {
+                    return Ok(());
+                }
+                continue;
+            }
+        };
+        let sample = match next {
             Ok(Some(sample)) => sample,
             Ok(None) => return Ok(()),
             // The reporter went away mid-stream: nothing to answer.
@@ -111,7 +129,11 @@ async fn pump(
                     state.book_energy(node_id, split);
                 }
                 counters.samples_accepted.inc();
-                if acks.send(Ok(Ack { seq: sample.seq })).await.is_err() {
+                let ack = Ack {
+                    seq: sample.seq,
+                    refresh_models: false,
+                };
+                if acks.send(Ok(ack)).await.is_err() {
                     return Ok(());
                 }
             }

@@ -15,7 +15,7 @@
 //! the same bytes at the same instants always give the same report.
 
 mod frame;
-mod lines;
+pub(crate) mod lines;
 mod ndjson;
 mod sse;
 mod tally;

@@ -17,6 +17,8 @@ pub mod respond;
 pub mod route;
 mod select;
 
+pub use self::request::read_json_body;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +37,7 @@ use crate::access::{self, Denied};
 use crate::config::KeyConfig;
 use crate::fleet::InFlightGuard;
 use crate::fleet::energy::{RequestFacts, ShareHandle};
+use crate::manage;
 use crate::meter::{self, Meter};
 use crate::metrics::{ErrorKind, Outcome};
 use crate::policy::{Policy, PolicyName, RouteNode};
@@ -49,6 +52,8 @@ const REQUEST_AT_FAULT: &str = "not tried further: the request failed after reac
 pub struct Relay {
     state: Arc<AppState>,
     http: reqwest::Client,
+    /// For management calls: no whole-call limit (a pull may take an hour).
+    manage_http: reqwest::Client,
     /// Every policy, built once: some remember (round-robin's turn, top's last choice), and a
     /// reload that switches policy back and forth finds that memory where it left it.
     policies: HashMap<PolicyName, Box<dyn Policy>>,
@@ -66,6 +71,7 @@ impl Relay {
         Ok(Relay {
             state,
             http,
+            manage_http: manage::client()?,
             policies,
         })
     }
@@ -221,13 +227,13 @@ impl ProxyHttp for Relay {
             session.req_header().method.as_str(),
             session.req_header().uri.path(),
         );
-        if route == Route::Management {
+        if let Route::Management(operation) = route {
             let answer = access::check_admin(&config.admin, &session.req_header().headers);
             match answer {
                 Err(denied) => respond::denied(session, openai, &denied).await?,
                 Ok(()) => {
-                    let message = "model management (pull, push, create, copy, delete, blobs) is not relayed yet: run it on the node's own Ollama";
-                    respond::error(session, false, 501, message).await?;
+                    manage::handle(&self.state, &self.manage_http, session, &config, operation)
+                        .await?
                 }
             }
             return Ok(true);
@@ -272,7 +278,7 @@ impl ProxyHttp for Relay {
                 )
                 .await?;
             }
-            Route::Management => {}
+            Route::Management(_) => {}
             Route::MethodNotAllowed => {
                 respond::error(session, false, 405, "method not allowed").await?
             }

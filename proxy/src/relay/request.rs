@@ -284,6 +284,30 @@ pub async fn read_body(
     Ok(Ok(first.unwrap_or_else(|| body.freeze())))
 }
 
+/// Reads a whole JSON object body, up to `limit` bytes; the error is the status and message
+/// to answer with (413 past the limit, 400 for an empty or malformed body).
+pub async fn read_json_body(
+    session: &mut Session,
+    limit: usize,
+) -> pingora::Result<Result<serde_json::Value, (u16, String)>> {
+    let body = match read_body(session, limit).await? {
+        Ok(b) => b,
+        Err(TooLarge) => {
+            let message = format!("request body is larger than the proxy's limit of {limit} bytes");
+            return Ok(Err((413, message)));
+        }
+    };
+    if body.iter().all(u8::is_ascii_whitespace) {
+        let message = "the request body is empty; a JSON object is expected";
+        return Ok(Err((400, message.to_owned())));
+    }
+    Ok(match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(v) if v.is_object() => Ok(v),
+        Ok(_) => Err((400, "the request body must be a JSON object".to_owned())),
+        Err(e) => Err((400, format!("invalid JSON: {e}"))),
+    })
+}
+
 /// Reads and drops up to `cap` more bytes of the request body.
 async fn discard(session: &mut Session, cap: usize) -> pingora::Result<()> {
     let mut seen = 0usize;

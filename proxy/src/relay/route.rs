@@ -1,5 +1,7 @@
 //! Which kind of handling a client request gets, from its method and path alone.
 
+use crate::manage::Operation;
+
 /// An endpoint routed by the model in its body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -48,8 +50,9 @@ pub enum Route {
     Merged(Listing),
     /// Answered by the proxy itself, as Ollama answers it.
     Local(LocalAnswer),
-    /// Changes a node's model store (`pull`, `delete`, ...): refused unless configured.
-    Management,
+    /// Changes the nodes' model stores (`pull`, `delete`, ...): sent to a set of nodes, for
+    /// the admin token's holder.
+    Management(crate::manage::Operation),
     /// A method the path does not take.
     MethodNotAllowed,
     NotFound,
@@ -110,10 +113,9 @@ pub fn classify(method: &str, path: &str) -> Route {
         "/api/tags" => get_only(Route::Merged(Listing::Tags)),
         "/api/ps" => get_only(Route::Merged(Listing::Running)),
         "/v1/models" => get_only(Route::Merged(Listing::OpenAiModels)),
-        "/api/pull" | "/api/push" | "/api/create" | "/api/copy" | "/api/delete" => {
-            Route::Management
+        _ if Operation::is_management_path(path) => {
+            Operation::of(method, path).map_or(Route::MethodNotAllowed, Route::Management)
         }
-        _ if path.starts_with("/api/blobs/") => Route::Management,
         _ => Route::NotFound,
     }
 }
@@ -139,7 +141,11 @@ mod tests {
             classify("GET", "/api/version?x=1"),
             Route::Local(LocalAnswer::Version)
         );
-        assert_eq!(classify("DELETE", "/api/delete"), Route::Management);
+        assert_eq!(
+            classify("DELETE", "/api/delete"),
+            Route::Management(Operation::Delete)
+        );
+        assert_eq!(classify("GET", "/api/pull"), Route::MethodNotAllowed);
         assert_eq!(
             classify("POST", "/api/embed"),
             Route::ByModel(Endpoint::Embed)

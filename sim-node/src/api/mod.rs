@@ -2,6 +2,7 @@
 //! endpoints. Handlers translate requests into a [`crate::generation::Plan`] and responses into
 //! the wire shapes; all timing lives in the generation engine.
 
+pub mod manage;
 pub mod ollama;
 pub mod openai;
 pub mod sim;
@@ -35,9 +36,17 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/chat", post(ollama::chat))
         .route("/api/embed", post(ollama::embed))
         .route("/api/embeddings", post(ollama::embeddings))
-        .route("/api/pull", post(ollama::pull))
-        .route("/api/delete", delete(ollama::delete))
-        .route("/api/copy", post(ollama::copy))
+        .route("/api/pull", post(manage::pull))
+        .route("/api/push", post(manage::push))
+        .route("/api/create", post(manage::create))
+        .route("/api/delete", delete(manage::delete))
+        .route("/api/copy", post(manage::copy))
+        .route(
+            "/api/blobs/{digest}",
+            post(manage::blob_upload)
+                .head(manage::blob_exists)
+                .layer(DefaultBodyLimit::disable()),
+        )
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/embeddings", post(openai::embeddings))
@@ -46,6 +55,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/wes-sim/state", get(sim::state))
         .route("/wes-sim/heat", post(sim::heat))
         .route("/wes-sim/profile", get(sim::profile))
+        .route(
+            "/wes-sim/management",
+            get(manage::settings).post(manage::set_settings),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(node)

@@ -31,7 +31,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         ApiError {
             status: StatusCode::BAD_REQUEST,
             message: message.into(),
@@ -47,7 +47,7 @@ impl ApiError {
     }
 
     /// What show, delete and copy say instead.
-    fn no_such_model(model: &str) -> Self {
+    pub(crate) fn no_such_model(model: &str) -> Self {
         ApiError {
             status: StatusCode::NOT_FOUND,
             message: format!("model '{model}' not found"),
@@ -75,7 +75,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult = Result<Response, ApiError>;
+pub(crate) type ApiResult = Result<Response, ApiError>;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -478,7 +478,7 @@ pub fn nanos(d: Duration) -> u64 {
 
 /// One NDJSON line. Serializing these plain structs cannot fail; an empty line would be
 /// skipped by clients rather than break the stream.
-fn line(v: &impl Serialize) -> Bytes {
+pub(crate) fn line(v: &impl Serialize) -> Bytes {
     let mut line = serde_json::to_vec(v).unwrap_or_default();
     line.push(b'\n');
     Bytes::from(line)
@@ -493,7 +493,7 @@ fn json_response(v: &impl Serialize) -> Response {
 }
 
 /// One JSON object per line, flushed as each is produced.
-fn ndjson(lines: impl Stream<Item = Bytes> + Send + 'static) -> Response {
+pub(crate) fn ndjson(lines: impl Stream<Item = Bytes> + Send + 'static) -> Response {
     (
         [(header::CONTENT_TYPE, "application/x-ndjson")],
         Body::from_stream(lines.map(Ok::<_, Infallible>)),
@@ -602,76 +602,19 @@ pub async fn embeddings(State(node): State<Arc<Node>>, body: Bytes) -> ApiResult
 }
 
 #[derive(Deserialize)]
-struct ModelRequest {
+pub(crate) struct ModelRequest {
     #[serde(default)]
     model: Option<String>,
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
-    stream: Option<bool>,
+    pub(crate) stream: Option<bool>,
 }
 
 impl ModelRequest {
-    fn name(&self) -> Result<String, ApiError> {
+    pub(crate) fn name(&self) -> Result<String, ApiError> {
         let name = self.model.clone().or_else(|| self.name.clone());
         name.filter(|n| !n.trim().is_empty())
             .ok_or_else(|| ApiError::bad_request("model is required"))
     }
-}
-
-/// `ollama pull`: instant, since there is nothing to download; any name works.
-pub async fn pull(State(node): State<Arc<Node>>, body: Bytes) -> ApiResult {
-    let req: ModelRequest = parse_json(&body).map_err(ApiError::bad_request)?;
-    let name = req.name()?;
-    let m = node.add_model(&name);
-    if !req.stream.unwrap_or(true) {
-        return Ok(Json(json!({ "status": "success" })).into_response());
-    }
-    let digest = format!("sha256:{}", m.digest);
-    let short: String = m.digest.chars().take(12).collect();
-    let lines = [
-        json!({ "status": "pulling manifest" }),
-        json!({
-            "status": format!("pulling {short}"),
-            "digest": digest,
-            "total": m.size_bytes,
-            "completed": m.size_bytes,
-        }),
-        json!({ "status": "verifying sha256 digest" }),
-        json!({ "status": "writing manifest" }),
-        json!({ "status": "success" }),
-    ];
-    Ok(ndjson(futures::stream::iter(
-        lines.iter().map(line).collect::<Vec<_>>(),
-    )))
-}
-
-pub async fn delete(State(node): State<Arc<Node>>, body: Bytes) -> ApiResult {
-    let req: ModelRequest = parse_json(&body).map_err(ApiError::bad_request)?;
-    let name = req.name()?;
-    if node.remove_model(&name) {
-        Ok(StatusCode::OK.into_response())
-    } else {
-        Err(ApiError::no_such_model(&name))
-    }
-}
-
-#[derive(Deserialize)]
-struct CopyRequest {
-    #[serde(default)]
-    source: String,
-    #[serde(default)]
-    destination: String,
-}
-
-pub async fn copy(State(node): State<Arc<Node>>, body: Bytes) -> ApiResult {
-    let req: CopyRequest = parse_json(&body).map_err(ApiError::bad_request)?;
-    if req.source.trim().is_empty() || req.destination.trim().is_empty() {
-        return Err(ApiError::bad_request("source and destination are required"));
-    }
-    let source = node
-        .find_model(&req.source)
-        .ok_or_else(|| ApiError::no_such_model(&req.source))?;
-    node.copy_model(&source, &req.destination);
-    Ok(StatusCode::OK.into_response())
 }
