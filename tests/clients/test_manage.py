@@ -198,16 +198,24 @@ def test_create_from_a_blob_streamed_to_every_node(fleet3, tmp_path):
     for node in fleet3.nodes:
         assert "custom:v1" in sim_models(fleet3, node)
     wait_routable(fleet3, "custom:v1")
+    # From a model the nodes hold, with a system prompt.
+    done = client.create("llama-brief", from_="llama3.2:3b", system="Be brief.", stream=False)
+    assert done.status == "success"
+    for node in fleet3.nodes:
+        assert "llama-brief:latest" in sim_models(fleet3, node) or "llama-brief" in sim_models(fleet3, node)
     # Without its blob, create fails on every node, with the node's words.
     with pytest.raises(ollama.ResponseError) as e:
         client.create("broken", files={"x.gguf": missing})
     assert e.value.status_code == 400 and "not found" in e.value.error
 
 
-def test_management_needs_the_admin_token(fleet3):
+def test_management_needs_the_admin_token(fleet3, monkeypatch):
     with pytest.raises(ollama.ResponseError) as e:
         ollama.Client(host=fleet3.api).pull(PULLED)
     assert e.value.status_code == 401
+    # The client sends OLLAMA_API_KEY as the bearer token: the way README shows.
+    monkeypatch.setenv("OLLAMA_API_KEY", ADMIN_TOKEN)
+    assert ollama.Client(host=fleet3.api).pull(PULLED).status == "success"
     r = httpx.post(f"{fleet3.api}/api/blobs/sha256:{'1' * 64}", content=b"x")
     assert r.status_code == 401
 

@@ -487,6 +487,21 @@ max_concurrency = 4
     }
 
     #[test]
+    fn pull_to_is_all_or_a_number_of_nodes() {
+        assert_eq!(Config::parse(GOOD).unwrap().models.pull_to, PullTo::All);
+        let two = format!("{GOOD}\n[models]\npull_to = 2\n");
+        assert_eq!(Config::parse(&two).unwrap().models.pull_to, PullTo::Best(2));
+        let all = format!("{GOOD}\n[models]\npull_to = \"all\"\n");
+        assert_eq!(Config::parse(&all).unwrap().models.pull_to, PullTo::All);
+        for bad in ["0", "\"some\"", "1.5"] {
+            let text = format!("{GOOD}\n[models]\npull_to = {bad}\n");
+            let errs = Config::parse(&text).unwrap_err().0;
+            assert!(errs[0].message.starts_with("models.pull_to"), "{errs:?}");
+            assert!(errs[0].line.is_some(), "{errs:?}");
+        }
+    }
+
+    #[test]
     fn an_admin_listener_off_loopback_needs_a_token() {
         let open = GOOD.replace("admin = \"127.0.0.1:9090\"", "admin = \"0.0.0.0:9090\"");
         let errs = Config::parse(&open).unwrap_err().0;

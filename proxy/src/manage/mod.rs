@@ -21,7 +21,7 @@ use serde_json::Value;
 use crate::config::Config;
 use crate::fleet::{FleetView, model_name};
 use crate::ranking::eligibility::unavailable_reason;
-use crate::relay::respond;
+use crate::relay::respond::{self, ErrorShape};
 use crate::state::AppState;
 
 /// Names the nodes a call goes to instead of the operation's default set.
@@ -203,13 +203,13 @@ pub async fn handle(
         match crate::relay::read_json_body(session, config.api.max_body_bytes).await? {
             Ok(v) => v,
             Err((status, message)) => {
-                return respond::error(session, false, status, &message).await;
+                return respond::error(session, ErrorShape::Ollama, status, &message).await;
             }
         }
     };
     let subject = match subject(operation, &body, &path) {
         Ok(s) => s,
-        Err(message) => return respond::error(session, false, 400, &message).await,
+        Err(message) => return respond::error(session, ErrorShape::Ollama, 400, &message).await,
     };
     let named = session
         .req_header()
@@ -228,7 +228,8 @@ pub async fn handle(
         Err(no) => {
             let status = no.status();
             tracing::info!(operation = operation.name(), %subject, %caller, "management call refused: {}", no.message(model));
-            return respond::error(session, false, status, &no.message(&subject)).await;
+            return respond::error(session, ErrorShape::Ollama, status, &no.message(&subject))
+                .await;
         }
     };
     let nodes: Vec<fanout::Target> = ids

@@ -2,7 +2,8 @@
 //!
 //! A frame is one JSON object: an NDJSON line, the data of one SSE event, or the kept members
 //! of a whole body. One schema covers every endpoint because the shapes do not overlap (Ollama
-//! puts text in `response` or `message`, OpenAI in `choices`), so a request labelled with the
+//! puts text in `response` (a string) or `message`, OpenAI in `choices`, OpenAI's Responses
+//! API and Anthropic's Messages API in a top-level `delta`), so a request labelled with the
 //! wrong endpoint still meters. Text is never copied out: the visitors below only note whether
 //! a field is non-empty, and serde_json skips every other field without allocating.
 
@@ -13,8 +14,15 @@ use std::fmt;
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub(crate) struct Frame {
-    // Ollama /api/generate.
-    response: Present,
+    // Ollama /api/generate (a string); the Responses API's events carry the response object
+    // here instead, with its usage.
+    pub(crate) response: ResponseField,
+    // The Responses API's `*.delta` events (a string); Anthropic's `content_block_delta` (an
+    // object with `text`, `thinking` or `partial_json`).
+    delta: TopDelta,
+    // The event type of the Responses and Anthropic streams.
+    #[serde(rename = "type")]
+    kind: EventKind,
     thinking: Present,
     // Ollama /api/chat.
     message: Option<Delta>,
@@ -37,15 +45,29 @@ impl Frame {
     /// Token chunks in this frame: servers send one token per chunk, and one per choice when a
     /// request asks for several choices.
     pub(crate) fn output_chunks(&self) -> u64 {
-        let ollama = self.response.0
+        let ollama = self.response.text
+            || self.delta.0
             || self.thinking.0
             || self.message.as_ref().is_some_and(Delta::has_output);
         u64::from(ollama) + self.choices.output
     }
 
-    /// The frame says the generation ended (Ollama `done: true`, an OpenAI `finish_reason`).
+    /// The frame says the generation ended (Ollama `done: true`, an OpenAI `finish_reason`,
+    /// the Responses API's `response.completed`, Anthropic's `message_stop`).
     pub(crate) fn finished(&self) -> bool {
-        self.done.0 || self.choices.finished
+        self.done.0 || self.choices.finished || self.kind == EventKind::Completed
+    }
+
+    /// Every usage object the frame carries: OpenAI's and Anthropic's at the top, the Responses
+    /// API's inside `response`, Anthropic's first one inside `message`.
+    pub(crate) fn usages(&self) -> impl Iterator<Item = &Usage> {
+        [
+            self.usage.as_ref(),
+            self.response.usage.as_ref(),
+            self.message.as_ref().and_then(|m| m.usage.as_ref()),
+        ]
+        .into_iter()
+        .flatten()
     }
 }
 
@@ -60,6 +82,8 @@ struct Delta {
     reasoning_content: Present,
     tool_calls: Present,
     function_call: Present,
+    /// Anthropic's `message_start` carries the prompt's usage in its message.
+    usage: Option<Usage>,
 }
 
 impl Delta {
@@ -86,6 +110,175 @@ struct Choice {
 pub(crate) struct Usage {
     pub(crate) completion_tokens: Num,
     pub(crate) prompt_tokens: Num,
+    /// The Responses API's and Anthropic's names.
+    pub(crate) output_tokens: Num,
+    pub(crate) input_tokens: Num,
+}
+
+impl Usage {
+    pub(crate) fn output(&self) -> Num {
+        Num(self.completion_tokens.0.or(self.output_tokens.0))
+    }
+
+    pub(crate) fn prompt(&self) -> Num {
+        Num(self.prompt_tokens.0.or(self.input_tokens.0))
+    }
+}
+
+/// Ollama's `response` text, or the Responses API's response object (only its usage read).
+#[derive(Debug, Default)]
+pub(crate) struct ResponseField {
+    text: bool,
+    pub(crate) usage: Option<Usage>,
+}
+
+impl<'de> Deserialize<'de> for ResponseField {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize, Default)]
+        #[serde(default)]
+        struct Object {
+            usage: Option<Usage>,
+        }
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ResponseField;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or a response object")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<ResponseField, E> {
+                Ok(ResponseField {
+                    text: !v.is_empty(),
+                    usage: None,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ResponseField, A::Error> {
+                let o = Object::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(ResponseField {
+                    text: false,
+                    usage: o.usage,
+                })
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<ResponseField, A::Error> {
+                drain_seq(seq).map(|_| ResponseField::default())
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<ResponseField, E> {
+                Ok(ResponseField::default())
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<ResponseField, E> {
+                Ok(ResponseField::default())
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<ResponseField, E> {
+                Ok(ResponseField::default())
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<ResponseField, E> {
+                Ok(ResponseField::default())
+            }
+            fn visit_unit<E>(self) -> Result<ResponseField, E> {
+                Ok(ResponseField::default())
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A top-level `delta` that carries output: a non-empty string (the Responses API's text,
+/// reasoning and tool-argument deltas), or an object with non-empty `text`, `thinking` or
+/// `partial_json` (Anthropic's); Anthropic's `message_delta` (a stop reason) is not output.
+#[derive(Debug, Default, Clone, Copy)]
+struct TopDelta(bool);
+
+impl<'de> Deserialize<'de> for TopDelta {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize, Default)]
+        #[serde(default)]
+        struct Object {
+            text: Present,
+            thinking: Present,
+            partial_json: Present,
+        }
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = TopDelta;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a delta")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<TopDelta, E> {
+                Ok(TopDelta(!v.is_empty()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<TopDelta, A::Error> {
+                let o = Object::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(TopDelta(o.text.0 || o.thinking.0 || o.partial_json.0))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<TopDelta, A::Error> {
+                drain_seq(seq).map(|_| TopDelta(false))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<TopDelta, E> {
+                Ok(TopDelta(false))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<TopDelta, E> {
+                Ok(TopDelta(false))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<TopDelta, E> {
+                Ok(TopDelta(false))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<TopDelta, E> {
+                Ok(TopDelta(false))
+            }
+            fn visit_unit<E>(self) -> Result<TopDelta, E> {
+                Ok(TopDelta(false))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The `type` of a typed stream event, as far as the meter cares: whether it ends the answer.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum EventKind {
+    #[default]
+    Other,
+    /// `response.completed` (Responses API), `message_stop` (Anthropic).
+    Completed,
+}
+
+impl<'de> Deserialize<'de> for EventKind {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = EventKind;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an event type")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<EventKind, E> {
+                Ok(match v {
+                    "response.completed" | "message_stop" => EventKind::Completed,
+                    _ => EventKind::Other,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<EventKind, A::Error> {
+                drain_map(map).map(|_| EventKind::Other)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<EventKind, A::Error> {
+                drain_seq(seq).map(|_| EventKind::Other)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<EventKind, E> {
+                Ok(EventKind::Other)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<EventKind, E> {
+                Ok(EventKind::Other)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<EventKind, E> {
+                Ok(EventKind::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<EventKind, E> {
+                Ok(EventKind::Other)
+            }
+            fn visit_unit<E>(self) -> Result<EventKind, E> {
+                Ok(EventKind::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -348,6 +541,39 @@ mod tests {
         assert_eq!(f.output_chunks(), 1);
         assert!(!f.finished());
         assert!(f.eval_count.0.is_none());
+    }
+
+    #[test]
+    fn typed_events_of_the_responses_and_anthropic_apis() {
+        let text =
+            frame(r#"{"type":"response.output_text.delta","delta":"Hi","sequence_number":3}"#);
+        assert_eq!(text.output_chunks(), 1);
+        // The response object is not Ollama text; its usage is read.
+        let done = frame(
+            r#"{"type":"response.completed","response":{"id":"r","output":[{"content":[{"text":"Hi"}]}],"usage":{"input_tokens":5,"output_tokens":7}}}"#,
+        );
+        assert_eq!(done.output_chunks(), 0);
+        assert!(done.finished());
+        assert_eq!(done.usages().next().unwrap().output().0, Some(7.0));
+        let created =
+            frame(r#"{"type":"response.created","response":{"id":"r","status":"in_progress"}}"#);
+        assert_eq!(created.output_chunks(), 0);
+        assert!(!created.finished());
+        let delta = frame(
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#,
+        );
+        assert_eq!(delta.output_chunks(), 1);
+        let stop_reason = frame(
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":9}}"#,
+        );
+        assert_eq!(stop_reason.output_chunks(), 0);
+        assert_eq!(stop_reason.usages().next().unwrap().output().0, Some(9.0));
+        let start = frame(
+            r#"{"type":"message_start","message":{"id":"m","content":[],"usage":{"input_tokens":12,"output_tokens":1}}}"#,
+        );
+        assert_eq!(start.output_chunks(), 0);
+        assert_eq!(start.usages().next().unwrap().prompt().0, Some(12.0));
+        assert!(frame(r#"{"type":"message_stop"}"#).finished());
     }
 
     #[test]

@@ -37,6 +37,10 @@ pub enum Protocol {
     OpenAiChat,
     /// `/v1/completions`
     OpenAiCompletion,
+    /// `/v1/responses`: typed SSE events (`response.output_text.delta`, ...).
+    OpenAiResponses,
+    /// `/v1/messages`: Anthropic's SSE events (`content_block_delta`, ...).
+    AnthropicMessages,
     /// `/api/embed`, `/api/embeddings`, `/v1/embeddings`: no output tokens, prompt counts only.
     Embedding,
 }

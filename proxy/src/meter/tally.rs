@@ -86,9 +86,9 @@ impl Tally {
             scaled(f.prompt_eval_duration, 1e-9),
         );
         set(&mut c.total_duration_s, scaled(f.total_duration, 1e-9));
-        if let Some(u) = &f.usage {
-            set(&mut c.usage_completion_tokens, count(u.completion_tokens));
-            set(&mut c.usage_prompt_tokens, count(u.prompt_tokens));
+        for u in f.usages() {
+            set(&mut c.usage_completion_tokens, count(u.output()));
+            set(&mut c.usage_prompt_tokens, count(u.prompt()));
         }
         if let Some(t) = &f.timings {
             set(&mut c.llama_timings_predicted_n, count(t.predicted_n));

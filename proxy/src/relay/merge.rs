@@ -91,9 +91,55 @@ pub fn merge(
     }
 }
 
+/// `GET /v1/models/{id}`: the merged listing's entry for `id` (Ollama's name rules: a missing
+/// tag is `latest`), or `None`.
+pub fn one_model(merged: &Value, id: &str) -> Option<Value> {
+    merged["data"]
+        .as_array()?
+        .iter()
+        .find(|m| {
+            m.get("id")
+                .and_then(Value::as_str)
+                .is_some_and(|m| crate::fleet::model_name::same(m, id))
+        })
+        .cloned()
+}
+
+/// The model id in a `/v1/models/{id}` path, percent-decoded (ids hold `/` and `:`).
+pub fn model_id_in(path: &str) -> Option<String> {
+    let path = path.split('?').next().unwrap_or(path);
+    let raw = path.strip_prefix("/v1/models/")?.trim_end_matches('/');
+    let id = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .ok()?;
+    (!id.is_empty()).then(|| id.into_owned())
+}
+
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_model_by_id() {
+        let merged =
+            json!({"object": "list", "data": [{"id": "team/m:prod"}, {"id": "m2:latest"}]});
+        assert_eq!(
+            model_id_in("/v1/models/team%2Fm%3Aprod").as_deref(),
+            Some("team/m:prod")
+        );
+        assert_eq!(
+            model_id_in("/v1/models/team/m:prod/").as_deref(),
+            Some("team/m:prod")
+        );
+        assert_eq!(model_id_in("/v1/models/"), None);
+        assert_eq!(
+            one_model(&merged, "team/m:prod").unwrap()["id"],
+            "team/m:prod"
+        );
+        assert_eq!(one_model(&merged, "m2").unwrap()["id"], "m2:latest");
+        assert!(one_model(&merged, "m3").is_none());
+    }
 
     #[test]
     fn dedupes_by_name_first_wins() {

@@ -32,6 +32,7 @@ use serde_json::json;
 
 use self::blame::{Blame, Verdict};
 use self::request::{BodyProblem, TooLarge};
+use self::respond::ErrorShape;
 use self::route::{Endpoint, LocalAnswer, Route};
 use crate::access::{self, Denied};
 use crate::config::KeyConfig;
@@ -214,13 +215,13 @@ impl ProxyHttp for Relay {
         }
         // One config for the whole request's checks: a reload mid-request cannot mix two.
         let config = self.state.config.load_full();
-        let openai = session.req_header().uri.path().starts_with("/v1/");
+        let shape = ErrorShape::of_path(session.req_header().uri.path());
         let limit = config.api.max_header_bytes;
         if let Some(size) = request::header_size_over(session.req_header(), limit) {
             let message = format!(
                 "request headers are {size} bytes, more than the proxy's limit of {limit} bytes"
             );
-            respond::error(session, openai, 431, &message).await?;
+            respond::error(session, shape, 431, &message).await?;
             return Ok(true);
         }
         let route = route::classify(
@@ -230,7 +231,7 @@ impl ProxyHttp for Relay {
         if let Route::Management(operation) = route {
             let answer = access::check_admin(&config.admin, &session.req_header().headers);
             match answer {
-                Err(denied) => respond::denied(session, openai, &denied).await?,
+                Err(denied) => respond::denied(session, shape, &denied).await?,
                 Ok(()) => {
                     manage::handle(&self.state, &self.manage_http, session, &config, operation)
                         .await?
@@ -243,7 +244,7 @@ impl ProxyHttp for Relay {
             match access::identify(&config.keys, &session.req_header().headers) {
                 Ok(key) => ctx.key = key.cloned(),
                 Err(denied) => {
-                    respond::denied(session, openai, &denied).await?;
+                    respond::denied(session, shape, &denied).await?;
                     return Ok(true);
                 }
             }
@@ -266,6 +267,32 @@ impl ProxyHttp for Relay {
                 .await;
                 respond::json(session, 200, &merged, &[]).await?;
             }
+            Route::OneModel => {
+                let path = session.req_header().uri.path().to_owned();
+                let merged = merge::fetch_and_merge(
+                    &self.http,
+                    &self.state.fleet.view(),
+                    &config.routing,
+                    &config.health,
+                    route::Listing::OpenAiModels,
+                    ctx.key.as_deref(),
+                )
+                .await;
+                let id = merge::model_id_in(&path).unwrap_or_default();
+                match merge::one_model(&merged, &id) {
+                    Some(model) => respond::json(session, 200, &model, &[]).await?,
+                    None => {
+                        let message = format!("The model '{id}' does not exist");
+                        let body = respond::coded_error_body(
+                            shape,
+                            404,
+                            &message,
+                            Some("model_not_found"),
+                        );
+                        respond::json(session, 404, &body, &[]).await?;
+                    }
+                }
+            }
             Route::Local(LocalAnswer::Banner) => {
                 respond::text(session, 200, "Ollama is running").await?
             }
@@ -280,9 +307,11 @@ impl ProxyHttp for Relay {
             }
             Route::Management(_) => {}
             Route::MethodNotAllowed => {
-                respond::error(session, false, 405, "method not allowed").await?
+                respond::error(session, shape, 405, "method not allowed").await?
             }
-            Route::NotFound => respond::error(session, false, 404, "404 page not found").await?,
+            Route::NotFound => {
+                respond::error(session, ErrorShape::Ollama, 404, "404 page not found").await?
+            }
         }
         Ok(true)
     }
@@ -547,17 +576,20 @@ impl ProxyHttp for Relay {
             // A subrequest stays silent: its parent may still replay on another node.
             return quiet;
         }
-        let openai = ctx.attempt.as_ref().is_some_and(|a| a.endpoint.is_openai());
+        let shape = ctx
+            .attempt
+            .as_ref()
+            .map_or(ErrorShape::Ollama, |a| a.endpoint.error_shape());
         if session.response_written().is_some() {
             // The header went out: end the stream in its own framing so the client's library
             // raises an error instead of taking a truncated answer.
-            let sse = openai && ctx.attempt.as_ref().is_some_and(|a| a.stream);
+            let sse = shape != ErrorShape::Ollama && ctx.attempt.as_ref().is_some_and(|a| a.stream);
             let node = ctx.attempt.as_ref().map_or("?", |a| &*a.node_id);
-            respond::end_broken_stream(session, sse, node, e).await;
+            respond::end_broken_stream(session, shape, sse, node, e).await;
             return quiet;
         }
         if let Some(failover) = ctx.failover.as_ref().filter(|f| !f.failures.is_empty()) {
-            let _ = respond::every_node_failed(session, openai, &failover.failures).await;
+            let _ = respond::every_node_failed(session, shape, &failover.failures).await;
             return FailToProxy {
                 error_code: 502,
                 can_reuse_downstream: false,
@@ -567,7 +599,7 @@ impl ProxyHttp for Relay {
             ErrorType::HTTPStatus(code) => *code,
             _ => 502,
         };
-        let _ = respond::error(session, openai, code, &e.to_string()).await;
+        let _ = respond::error(session, shape, code, &e.to_string()).await;
         FailToProxy {
             error_code: code,
             can_reuse_downstream: false,
@@ -586,25 +618,25 @@ impl Relay {
     ) -> pingora::Result<bool> {
         // Before the body is read, so that Pingora keeps a copy to replay (up to 64 KiB).
         session.as_mut().enable_retry_buffering();
-        let openai = endpoint.is_openai();
+        let shape = endpoint.error_shape();
         let limit = self.state.config.load().api.max_body_bytes;
         let body = match request::read_body(session, limit).await? {
             Ok(body) => body,
             Err(TooLarge) => {
                 let message =
                     format!("request body is larger than the proxy's limit of {limit} bytes");
-                respond::error(session, openai, 413, &message).await?;
+                respond::error(session, shape, 413, &message).await?;
                 return Ok(true);
             }
         };
         let facts = match request::facts(&body) {
             Ok(f) => f,
             Err(BodyProblem::Malformed(why)) => {
-                respond::error(session, openai, 400, &why).await?;
+                respond::error(session, shape, 400, &why).await?;
                 return Ok(true);
             }
             Err(BodyProblem::NoModel) => {
-                respond::error(session, openai, 400, "model is required").await?;
+                respond::error(session, shape, 400, "model is required").await?;
                 return Ok(true);
             }
         };
@@ -627,11 +659,11 @@ impl Relay {
             };
             if let Some(denied) = refused {
                 tracing::info!(key = %key.id, model = %facts.model, status = denied.status(), "refused: {}", denied.message());
-                respond::denied(session, openai, &denied).await?;
+                respond::denied(session, shape, &denied).await?;
                 return Ok(true);
             }
         }
-        let Some(selection) = self.select(session, openai, &facts.model).await? else {
+        let Some(selection) = self.select(session, shape, &facts.model).await? else {
             return Ok(true);
         };
         let template = Attempt {

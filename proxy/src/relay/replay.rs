@@ -40,7 +40,7 @@ impl Relay {
         let mut next = Some((selection.first, selection.guard));
         let answered = loop {
             let Some((node, guard)) = next.take() else {
-                respond::every_node_failed(session, template.endpoint.is_openai(), &failures)
+                respond::every_node_failed(session, template.endpoint.error_shape(), &failures)
                     .await?;
                 break false;
             };
@@ -81,14 +81,14 @@ impl Relay {
         body: &Bytes,
         blame: &mut Blame,
     ) -> pingora::Result<AttemptOutcome> {
-        let openai = attempt.endpoint.is_openai();
-        let sse = openai && attempt.stream;
+        let shape = attempt.endpoint.error_shape();
+        let sse = shape != respond::ErrorShape::Ollama && attempt.stream;
         let sub_ctx = SubrequestCtx::builder()
             .body_mode(BodyMode::ExpectBody)
             .user_ctx(Box::new(attempt))
             .build();
         let Some(spawner) = session.subrequest_spawner.as_ref() else {
-            respond::error(session, openai, 500, "subrequests are not enabled").await?;
+            respond::error(session, shape, 500, "subrequests are not enabled").await?;
             return Ok(AttemptOutcome::Finished { answered: false });
         };
         let (prepared, handle) = spawner.create_subrequest(&session.downstream_session, sub_ctx);
@@ -120,7 +120,7 @@ impl Relay {
             }
             Err(e) => {
                 self.settle_failure(&mut guard, &node.id);
-                respond::end_broken_stream(session, sse, &node.id, &e.error).await;
+                respond::end_broken_stream(session, shape, sse, &node.id, &e.error).await;
                 Ok(AttemptOutcome::Finished { answered: false })
             }
         }

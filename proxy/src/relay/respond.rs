@@ -10,25 +10,68 @@ use crate::access::{Denied, retry_after_secs};
 /// The version `/api/version` reports: the Ollama API level this proxy speaks.
 pub const OLLAMA_API_VERSION: &str = "0.6.0";
 
-/// An error body as the client's library expects it: Ollama's `{"error": "..."}`, or OpenAI's
-/// `{"error": {"message", "type", "code"}}` on `/v1/*`.
-pub fn error_body(openai: bool, status: u16, message: &str) -> Value {
-    coded_error_body(openai, status, message, None)
+/// Which API's error shape a client reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorShape {
+    /// `{"error": "..."}`: Ollama's native API, and everything that is not the two below.
+    Ollama,
+    /// `{"error": {"message", "type", "param", "code"}}` on `/v1/*`.
+    OpenAi,
+    /// `{"type": "error", "error": {"type", "message"}}` on `/v1/messages`.
+    Anthropic,
+}
+
+impl ErrorShape {
+    /// For answers written before the endpoint is known: by path.
+    pub fn of_path(path: &str) -> Self {
+        let path = path.split('?').next().unwrap_or(path);
+        if path.trim_end_matches('/') == "/v1/messages" {
+            ErrorShape::Anthropic
+        } else if path.starts_with("/v1/") {
+            ErrorShape::OpenAi
+        } else {
+            ErrorShape::Ollama
+        }
+    }
+}
+
+/// An error body as the client's library expects it (see [`ErrorShape`]).
+pub fn error_body(shape: ErrorShape, status: u16, message: &str) -> Value {
+    coded_error_body(shape, status, message, None)
 }
 
 /// [`error_body`] with OpenAI's machine-readable `code` (`invalid_api_key`, ...).
-pub fn coded_error_body(openai: bool, status: u16, message: &str, code: Option<&str>) -> Value {
-    if openai {
-        let kind = match status {
-            400 | 404 | 413 | 431 => "invalid_request_error",
-            401 => "authentication_error",
-            403 => "permission_error",
-            429 => "rate_limit_error",
-            _ => "server_error",
-        };
-        json!({ "error": { "message": message, "type": kind, "param": null, "code": code } })
-    } else {
-        json!({ "error": message })
+pub fn coded_error_body(
+    shape: ErrorShape,
+    status: u16,
+    message: &str,
+    code: Option<&str>,
+) -> Value {
+    match shape {
+        ErrorShape::OpenAi => {
+            let kind = match status {
+                400 | 404 | 413 | 431 => "invalid_request_error",
+                401 => "authentication_error",
+                403 => "permission_error",
+                429 => "rate_limit_error",
+                _ => "server_error",
+            };
+            json!({ "error": { "message": message, "type": kind, "param": null, "code": code } })
+        }
+        ErrorShape::Anthropic => {
+            let kind = match status {
+                400 | 405 | 431 => "invalid_request_error",
+                401 => "authentication_error",
+                403 => "permission_error",
+                404 => "not_found_error",
+                413 => "request_too_large",
+                429 => "rate_limit_error",
+                503 | 529 => "overloaded_error",
+                _ => "api_error",
+            };
+            json!({ "type": "error", "error": { "type": kind, "message": message } })
+        }
+        ErrorShape::Ollama => json!({ "error": message }),
     }
 }
 
@@ -54,23 +97,22 @@ pub async fn json(
 
 pub async fn error(
     session: &mut Session,
-    openai: bool,
+    shape: ErrorShape,
     status: u16,
     message: &str,
 ) -> pingora::Result<()> {
-    json(session, status, &error_body(openai, status, message), &[]).await
+    json(session, status, &error_body(shape, status, message), &[]).await
 }
 
 /// A refused call (no key, a forbidden model, a limit, the admin token), with `Retry-After`
 /// past a limit and `WWW-Authenticate` where a credential is missing.
-pub async fn denied(session: &mut Session, openai: bool, denied: &Denied) -> pingora::Result<()> {
+pub async fn denied(
+    session: &mut Session,
+    shape: ErrorShape,
+    denied: &Denied,
+) -> pingora::Result<()> {
     let status = denied.status();
-    let body = coded_error_body(
-        openai,
-        status,
-        &denied.message(),
-        Some(denied.openai_code()),
-    );
+    let body = coded_error_body(shape, status, &denied.message(), Some(denied.openai_code()));
     let mut extra = Vec::new();
     if let Some(wait) = denied.retry_after() {
         extra.push(("Retry-After", retry_after_secs(wait).to_string()));
@@ -100,31 +142,47 @@ pub async fn text(session: &mut Session, status: u16, text: &'static str) -> pin
 /// 502 after every node tried failed before answering, with what each one did.
 pub async fn every_node_failed(
     session: &mut Session,
-    openai: bool,
+    shape: ErrorShape,
     failures: &[String],
 ) -> pingora::Result<()> {
     let message = format!("every node tried failed: {}", failures.join("; "));
-    let body = error_body(openai, 502, &message);
+    let body = error_body(shape, 502, &message);
     json(session, 502, &body, &[("Retry-After", "1".into())]).await
 }
 
 /// Ends a response whose node broke after the header went out, in the stream's own framing.
 /// The client may be gone too; then there is no one to tell.
-pub async fn end_broken_stream(session: &mut Session, sse: bool, node: &str, e: &pingora::Error) {
+pub async fn end_broken_stream(
+    session: &mut Session,
+    shape: ErrorShape,
+    sse: bool,
+    node: &str,
+    e: &pingora::Error,
+) {
     tracing::warn!(node, "stream broke after it started: {e}");
     let message = format!("node {node} failed mid-response: {}", e.etype().as_str());
     let _ = session
-        .write_response_body(Some(mid_stream_error(sse, &message)), true)
+        .write_response_body(Some(mid_stream_error(shape, sse, &message)), true)
         .await;
 }
 
 /// What ends a stream that broke after its header went out, in the stream's own framing, so
-/// the client's library raises an error rather than hanging or taking a truncated answer.
-pub fn mid_stream_error(sse: bool, message: &str) -> Bytes {
-    if sse {
-        Bytes::from(format!("data: {}\n\n", error_body(true, 502, message)))
-    } else {
-        Bytes::from(format!("{}\n", error_body(false, 502, message)))
+/// the client's library raises an error rather than hanging or taking a truncated answer: an
+/// SSE `data:` event on OpenAI streams, an `event: error` on Anthropic's, else an NDJSON line.
+pub fn mid_stream_error(shape: ErrorShape, sse: bool, message: &str) -> Bytes {
+    match (sse, shape) {
+        (true, ErrorShape::Anthropic) => Bytes::from(format!(
+            "event: error\ndata: {}\n\n",
+            error_body(shape, 500, message)
+        )),
+        (true, _) => Bytes::from(format!(
+            "data: {}\n\n",
+            error_body(ErrorShape::OpenAi, 502, message)
+        )),
+        (false, _) => Bytes::from(format!(
+            "{}\n",
+            error_body(ErrorShape::Ollama, 502, message)
+        )),
     }
 }
 
@@ -135,16 +193,33 @@ mod tests {
     #[test]
     fn shapes() {
         assert_eq!(
-            error_body(false, 404, "model \"x\" not found"),
+            error_body(ErrorShape::Ollama, 404, "model \"x\" not found"),
             json!({"error": "model \"x\" not found"})
         );
-        let openai = error_body(true, 404, "nope");
+        let openai = error_body(ErrorShape::OpenAi, 404, "nope");
         assert_eq!(openai["error"]["message"], "nope");
         assert_eq!(openai["error"]["type"], "invalid_request_error");
+        let anthropic = error_body(ErrorShape::Anthropic, 404, "nope");
         assert_eq!(
-            &mid_stream_error(false, "gone")[..],
+            anthropic,
+            json!({"type": "error", "error": {"type": "not_found_error", "message": "nope"}})
+        );
+        assert_eq!(
+            &mid_stream_error(ErrorShape::Ollama, false, "gone")[..],
             b"{\"error\":\"gone\"}\n"
         );
-        assert!(mid_stream_error(true, "gone").starts_with(b"data: {\"error\":{"));
+        assert!(
+            mid_stream_error(ErrorShape::OpenAi, true, "gone").starts_with(b"data: {\"error\":{")
+        );
+        assert!(
+            mid_stream_error(ErrorShape::Anthropic, true, "gone")
+                .starts_with(b"event: error\ndata: {")
+        );
+        assert_eq!(ErrorShape::of_path("/v1/messages/"), ErrorShape::Anthropic);
+        assert_eq!(
+            ErrorShape::of_path("/v1/chat/completions"),
+            ErrorShape::OpenAi
+        );
+        assert_eq!(ErrorShape::of_path("/api/chat"), ErrorShape::Ollama);
     }
 }

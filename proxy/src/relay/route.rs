@@ -1,5 +1,6 @@
 //! Which kind of handling a client request gets, from its method and path alone.
 
+use super::respond::ErrorShape;
 use crate::manage::Operation;
 
 /// An endpoint routed by the model in its body.
@@ -12,15 +13,23 @@ pub enum Endpoint {
     OpenAiChat,
     OpenAiCompletion,
     OpenAiEmbed,
+    /// `/v1/responses`
+    OpenAiResponses,
+    /// `/v1/messages`: Ollama's Anthropic-compatible API.
+    AnthropicMessages,
 }
 
 impl Endpoint {
-    /// OpenAI endpoints answer in OpenAI's error shape; Ollama's in `{"error": "..."}`.
-    pub fn is_openai(self) -> bool {
-        matches!(
-            self,
-            Endpoint::OpenAiChat | Endpoint::OpenAiCompletion | Endpoint::OpenAiEmbed
-        )
+    /// The error shape this endpoint's clients read.
+    pub fn error_shape(self) -> ErrorShape {
+        match self {
+            Endpoint::OpenAiChat
+            | Endpoint::OpenAiCompletion
+            | Endpoint::OpenAiEmbed
+            | Endpoint::OpenAiResponses => ErrorShape::OpenAi,
+            Endpoint::AnthropicMessages => ErrorShape::Anthropic,
+            _ => ErrorShape::Ollama,
+        }
     }
 
     /// The meter for this endpoint's responses; `None` for those that generate nothing.
@@ -31,6 +40,8 @@ impl Endpoint {
             Endpoint::Chat => Some(Protocol::OllamaChat),
             Endpoint::OpenAiChat => Some(Protocol::OpenAiChat),
             Endpoint::OpenAiCompletion => Some(Protocol::OpenAiCompletion),
+            Endpoint::OpenAiResponses => Some(Protocol::OpenAiResponses),
+            Endpoint::AnthropicMessages => Some(Protocol::AnthropicMessages),
             Endpoint::Embed | Endpoint::OpenAiEmbed => Some(Protocol::Embedding),
             Endpoint::Show => None,
         }
@@ -48,6 +59,8 @@ pub enum Route {
     ByModel(Endpoint),
     /// Answered by merging every healthy node's answer.
     Merged(Listing),
+    /// `GET /v1/models/{id}`: the merged listing's entry.
+    OneModel,
     /// Answered by the proxy itself, as Ollama answers it.
     Local(LocalAnswer),
     /// Changes the nodes' model stores (`pull`, `delete`, ...): sent to a set of nodes, for
@@ -91,6 +104,8 @@ pub fn classify(method: &str, path: &str) -> Route {
         "/v1/chat/completions" => Some(Endpoint::OpenAiChat),
         "/v1/completions" => Some(Endpoint::OpenAiCompletion),
         "/v1/embeddings" => Some(Endpoint::OpenAiEmbed),
+        "/v1/responses" => Some(Endpoint::OpenAiResponses),
+        "/v1/messages" => Some(Endpoint::AnthropicMessages),
         _ => None,
     };
     if let Some(endpoint) = by_model {
@@ -113,6 +128,7 @@ pub fn classify(method: &str, path: &str) -> Route {
         "/api/tags" => get_only(Route::Merged(Listing::Tags)),
         "/api/ps" => get_only(Route::Merged(Listing::Running)),
         "/v1/models" => get_only(Route::Merged(Listing::OpenAiModels)),
+        _ if path.starts_with("/v1/models/") => get_only(Route::OneModel),
         _ if Operation::is_management_path(path) => {
             Operation::of(method, path).map_or(Route::MethodNotAllowed, Route::Management)
         }
@@ -151,5 +167,10 @@ mod tests {
             Route::ByModel(Endpoint::Embed)
         );
         assert_eq!(classify("GET", "/nope"), Route::NotFound);
+        assert_eq!(classify("GET", "/v1/models/a/b:c"), Route::OneModel);
+        assert_eq!(
+            classify("POST", "/v1/messages"),
+            Route::ByModel(Endpoint::AnthropicMessages)
+        );
     }
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use pingora::proxy::Session;
 
+use super::respond::ErrorShape;
 use super::{MAX_ATTEMPTS, Relay, respond};
 use crate::fleet::InFlightGuard;
 use crate::policy::{self, RouteNode, RouteRequest};
@@ -25,13 +26,13 @@ impl Relay {
     pub(super) async fn select(
         &self,
         session: &mut Session,
-        openai: bool,
+        shape: ErrorShape,
         model: &str,
     ) -> pingora::Result<Option<Selection>> {
         let config = self.state.config.load();
         let routing = &config.routing;
         let Some(policy) = self.policy(routing.policy_for(model)) else {
-            respond::error(session, openai, 500, "configured policy is missing").await?;
+            respond::error(session, shape, 500, "configured policy is missing").await?;
             return Ok(None);
         };
         let arrived = Instant::now();
@@ -44,7 +45,7 @@ impl Relay {
             let Some(route) = ranking.routes.route(model) else {
                 let message =
                     format!("model \"{model}\" not found on any node, try pulling it first");
-                respond::error(session, openai, 404, &message).await?;
+                respond::error(session, shape, 404, &message).await?;
                 return Ok(None);
             };
             if route.nodes.is_empty() {
@@ -52,7 +53,7 @@ impl Relay {
                     "no node can take model \"{model}\" now: {}",
                     route.excluded.join("; ")
                 );
-                unavailable(session, openai, &message).await?;
+                unavailable(session, shape, &message).await?;
                 return Ok(None);
             }
             let now = Instant::now();
@@ -123,7 +124,7 @@ impl Relay {
                     "every node that holds model \"{model}\" is busy ({why}): {}",
                     busy.join("; ")
                 );
-                unavailable(session, openai, &message).await?;
+                unavailable(session, shape, &message).await?;
                 return Ok(None);
             }
             waiting.fetch_add(1, Ordering::Relaxed);
@@ -136,9 +137,9 @@ impl Relay {
 /// 503 with `Retry-After`, in the client protocol's error shape.
 pub async fn unavailable(
     session: &mut Session,
-    openai: bool,
+    shape: ErrorShape,
     message: &str,
 ) -> pingora::Result<()> {
-    let body = respond::error_body(openai, 503, message);
+    let body = respond::error_body(shape, 503, message);
     respond::json(session, 503, &body, &[("Retry-After", "1".into())]).await
 }
