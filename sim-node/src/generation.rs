@@ -130,6 +130,11 @@ struct Run {
 }
 
 impl Job {
+    /// The prompt tokens it prefills (after truncation to the context window).
+    pub fn prompt_tokens(&self) -> u32 {
+        self.plan.prompt_tokens
+    }
+
     /// The tokens, paced at the node's current per-request rate, then one `Done`.
     pub fn into_stream(self) -> impl Stream<Item = Event> + Send + 'static {
         let run = Run {

@@ -6,6 +6,7 @@ pub mod manage;
 pub mod ollama;
 pub mod openai;
 pub mod sim;
+pub mod typed;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +51,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/responses", post(typed::responses))
+        .route("/v1/messages", post(typed::messages))
         .route("/v1/models", get(openai::models))
         .route("/v1/models/{*model}", get(openai::model))
         .route("/wes-sim/state", get(sim::state))
