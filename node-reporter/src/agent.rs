@@ -11,9 +11,14 @@ use wes_proto::{ProbeLoad, ProbeResult, Sample};
 
 use crate::config::ReporterConfig;
 use crate::ollama::OllamaClient;
-use crate::sample::{OllamaView, build_sample, unix_ms_now};
+use crate::replicas::ReplicaLoads;
+use crate::sample::{OllamaView, build_sample, load_sample, unix_ms_now};
 use crate::sensor::Sensor;
 use crate::stream::{self, StreamTarget};
+
+/// Least time between two load-only messages: a node whose count changes a thousand times a
+/// second sends a hundred, each with the counts as they are then.
+const LOAD_SPACING: Duration = Duration::from_millis(10);
 
 /// Runs the reporter until `shutdown` turns true.
 pub async fn run(
@@ -22,6 +27,9 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let (sample_tx, sample_rx) = watch::channel::<Option<Sample>>(None);
+    // Load-only messages on their own channel: the newest of each kind is sent, and one
+    // never stands in for the other.
+    let (load_tx, load_rx) = watch::channel::<Option<Sample>>(None);
     let view = Arc::new(Mutex::new(OllamaView {
         memory_bytes: config.model_memory,
         ..OllamaView::default()
@@ -31,8 +39,10 @@ pub async fn run(
     // in a sample at once.
     let refresh_models = Arc::new(Notify::new());
     let sample_now = Arc::new(Notify::new());
+    let loads = Arc::new(Mutex::new(ReplicaLoads::default()));
+    let load_now = Arc::new(Notify::new());
 
-    for url in &config.proxies {
+    for (index, url) in config.proxies.iter().enumerate() {
         let target = StreamTarget {
             url: url.clone(),
             ca_pem: config.ca_pem.clone(),
@@ -40,11 +50,17 @@ pub async fn run(
             token: config.token.clone(),
             node_id: config.node_id.clone(),
         };
+        let feedback = stream::Feedback {
+            index,
+            refresh_models: refresh_models.clone(),
+            loads: loads.clone(),
+            load_now: load_now.clone(),
+        };
         tasks.spawn(stream::run(
             target,
-            sample_rx.clone(),
+            (sample_rx.clone(), load_rx.clone()),
             shutdown.clone(),
-            refresh_models.clone(),
+            feedback,
         ));
     }
     if let Some(base) = &config.ollama {
@@ -76,7 +92,8 @@ pub async fn run(
             ));
         }
     }
-    sample_loop(config, sensor, view, sample_tx, shutdown, sample_now).await;
+    let feeds = (sample_now, load_now, loads);
+    sample_loop(config, sensor, view, sample_tx, shutdown, feeds, load_tx).await;
     while tasks.join_next().await.is_some() {}
     Ok(())
 }
@@ -87,8 +104,12 @@ async fn sample_loop(
     view: Arc<Mutex<OllamaView>>,
     samples: watch::Sender<Option<Sample>>,
     mut shutdown: watch::Receiver<bool>,
-    sample_now: Arc<Notify>,
+    (sample_now, load_now, loads): (Arc<Notify>, Arc<Notify>, Arc<Mutex<ReplicaLoads>>),
+    load_tx: watch::Sender<Option<Sample>>,
 ) {
+    // Two intervals: a live replica acknowledges every sample, so one that has not for two
+    // is gone or stuck, and the others stop counting its requests.
+    let replica_expiry = config.interval * 2;
     let mut ticker = tokio::time::interval(config.interval);
     // A slow sensor read must not be followed by a burst of catch-up samples.
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -109,6 +130,15 @@ async fn sample_loop(
                 // The next regular sample comes a whole interval after this one.
                 ticker.reset();
                 false
+            }
+            () = load_now.notified() => {
+                // A replica's count changed: the others hear of it now, without a sensor read.
+                seq += 1;
+                let replicas = loads.lock().current(std::time::Instant::now(), replica_expiry);
+                load_tx.send_replace(Some(load_sample(&config.node_id, seq, replicas, unix_ms_now())));
+                // Bursts of changes coalesce into one message per spacing.
+                tokio::time::sleep(LOAD_SPACING).await;
+                continue;
             }
             _ = async {
                 match checks.as_mut() {
@@ -131,7 +161,11 @@ async fn sample_loop(
         sent_thermal = Some(reading.thermal);
         seq += 1;
         let ollama = view.lock().clone();
-        let sample = build_sample(&config.node_id, seq, kind, reading, &ollama, unix_ms_now());
+        let replicas = loads
+            .lock()
+            .current(std::time::Instant::now(), replica_expiry);
+        let mut sample = build_sample(&config.node_id, seq, kind, reading, &ollama, unix_ms_now());
+        sample.replicas = load_sample(&config.node_id, seq, replicas, 0).replicas;
         tracing::debug!(seq, watts = ?sample.power_watts, thermal = sample.thermal_state, "sample");
         samples.send_replace(Some(sample));
     }

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod config;
 pub mod joules;
 pub mod ollama;
+pub mod replicas;
 pub mod sample;
 pub mod sensor;
 pub mod stream;

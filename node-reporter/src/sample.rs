@@ -86,6 +86,33 @@ pub fn build_sample(
         reporter_version: env!("CARGO_PKG_VERSION").to_owned(),
         probing: ollama.probing,
         loaded,
+        // Filled by the sampler, which holds the replicas' counts.
+        replicas: Vec::new(),
+        load_only: false,
+    }
+}
+
+/// A message with the replicas' counts only, sent between samples when one changes.
+pub fn load_sample(
+    node_id: &str,
+    seq: u64,
+    replicas: Vec<(String, u32)>,
+    timestamp_unix_ms: i64,
+) -> Sample {
+    Sample {
+        node_id: node_id.to_owned(),
+        timestamp_unix_ms,
+        seq,
+        replicas: replicas
+            .into_iter()
+            .map(|(replica_id, in_flight)| wes_proto::ReplicaLoad {
+                replica_id,
+                in_flight,
+            })
+            .collect(),
+        load_only: true,
+        reporter_version: env!("CARGO_PKG_VERSION").to_owned(),
+        ..Sample::default()
     }
 }
 

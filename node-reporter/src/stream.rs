@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use parking_lot::Mutex;
 use rand::Rng;
 use tokio::sync::{Notify, watch};
 use tokio_stream::wrappers::WatchStream;
@@ -14,6 +15,8 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request};
 use wes_proto::telemetry_client::TelemetryClient;
 use wes_proto::{Sample, error_chain};
+
+use crate::replicas::ReplicaLoads;
 
 /// Exponential backoff with full jitter, so that many reporters cut off by one proxy restart
 /// do not reconnect in lockstep.
@@ -63,19 +66,40 @@ pub struct StreamTarget {
 }
 
 /// Runs until `shutdown` turns true; never returns early on errors.
-/// `refresh_models` is woken when the proxy asks for the model list to be re-read.
+/// What a proxy says back on its stream, and where the reporter takes it.
+#[derive(Clone)]
+pub struct Feedback {
+    /// This stream's place among the reporter's streams: one replica's.
+    pub index: usize,
+    /// Woken when the proxy asks for the model list to be re-read.
+    pub refresh_models: Arc<Notify>,
+    /// Each replica's in-flight count on this node.
+    pub loads: Arc<Mutex<ReplicaLoads>>,
+    /// Woken when the counts the samples carry changed: a load-only message goes out at once.
+    pub load_now: Arc<Notify>,
+}
+
+/// `samples`: the regular samples and the load-only messages, each newest first.
 pub async fn run(
     target: StreamTarget,
-    samples: watch::Receiver<Option<Sample>>,
+    samples: (
+        watch::Receiver<Option<Sample>>,
+        watch::Receiver<Option<Sample>>,
+    ),
     mut shutdown: watch::Receiver<bool>,
-    refresh_models: Arc<Notify>,
+    feedback: Feedback,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         if *shutdown.borrow() {
             return;
         }
-        match session(&target, samples.clone(), shutdown.clone(), &refresh_models).await {
+        let outcome = session(&target, samples.clone(), shutdown.clone(), &feedback).await;
+        // Down, its replica holds nothing here as far as the others are told.
+        if feedback.loads.lock().stream_down(feedback.index) {
+            feedback.load_now.notify_one();
+        }
+        match outcome {
             Ok(acked) => {
                 if acked > 0 {
                     backoff.reset();
@@ -125,9 +149,12 @@ impl From<tonic::Status> for SessionError {
 /// One connected stream. Returns the number of samples the proxy acknowledged.
 async fn session(
     target: &StreamTarget,
-    samples: watch::Receiver<Option<Sample>>,
+    (samples, loads): (
+        watch::Receiver<Option<Sample>>,
+        watch::Receiver<Option<Sample>>,
+    ),
     mut shutdown: watch::Receiver<bool>,
-    refresh_models: &Notify,
+    feedback: &Feedback,
 ) -> Result<u64, SessionError> {
     let endpoint = Endpoint::from_shared(target.url.clone())
         .map_err(|e| SessionError::Transient(format!("bad proxy URL: {e}")))?
@@ -159,11 +186,17 @@ async fn session(
 
     // Ending the outbound half on shutdown lets the proxy close the stream cleanly.
     let mut stop = shutdown.clone();
-    let outbound = WatchStream::new(samples)
-        .filter_map(|s| async move { s })
-        .take_until(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        });
+    // Load-only messages go only to a proxy that said it reads them (it sent a replica id).
+    let speaks_load = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reads_load = speaks_load.clone();
+    let regular = WatchStream::new(samples).filter_map(|s| async move { s });
+    let load_only = WatchStream::new(loads).filter_map(move |s| {
+        let reads_load = reads_load.load(std::sync::atomic::Ordering::Relaxed);
+        async move { s.filter(|_| reads_load) }
+    });
+    let outbound = futures::stream::select(regular, load_only).take_until(async move {
+        let _ = stop.wait_for(|s| *s).await;
+    });
     let mut request = Request::new(outbound);
     let bearer = format!("Bearer {}", target.token).parse().map_err(|_| {
         SessionError::Transient("token holds characters not allowed in a header".into())
@@ -182,7 +215,19 @@ async fn session(
             Some(ack) => {
                 if ack.refresh_models {
                     tracing::info!(proxy = %target.url, "proxy asked for the model list to be re-read");
-                    refresh_models.notify_one();
+                    feedback.refresh_models.notify_one();
+                }
+                if let (Some(n), false) = (ack.in_flight, ack.replica_id.is_empty()) {
+                    let changed = feedback.loads.lock().report(
+                        feedback.index,
+                        &ack.replica_id,
+                        n,
+                        std::time::Instant::now(),
+                    );
+                    speaks_load.store(true, std::sync::atomic::Ordering::Relaxed);
+                    if changed {
+                        feedback.load_now.notify_one();
+                    }
                 }
                 if ack.seq == 0 {
                     continue;

@@ -46,7 +46,7 @@ impl AppState {
     }
 
     pub fn with_usage(config: Config, config_path: Option<PathBuf>, usage: Usage) -> Arc<Self> {
-        let fleet = Fleet::new(&config.nodes);
+        let fleet = Fleet::for_replica(&config.nodes, config.cluster.replica_id.as_deref());
         let ranking = Arc::new(ArcSwap::from_pointee(Ranking::default()));
         let history = History::new(config.admin.history_step, config.admin.history_window);
         let state = AppState {
@@ -80,6 +80,12 @@ impl AppState {
             return Err(ConfigErrors(vec![ConfigError {
                 line: None,
                 message: "[usage] changed: the usage log is opened once at start; restart to move it; nothing was applied".into(),
+            }]));
+        }
+        if new.cluster != old.cluster {
+            return Err(ConfigErrors(vec![ConfigError {
+                line: None,
+                message: "[cluster] changed: the replica id is taken once at start; restart to rename the replica; nothing was applied".into(),
             }]));
         }
         if new.listen != old.listen {

@@ -34,6 +34,6 @@ fn set(State(state): State<Arc<AppState>>, Path(id): Path<String>, draining: boo
         .fleet
         .view()
         .get(&id)
-        .map_or(0, |n| n.state.in_flight());
+        .map_or(0, |n| n.state.own_in_flight());
     axum::Json(json!({ "id": id, "draining": draining, "in_flight": in_flight })).into_response()
 }

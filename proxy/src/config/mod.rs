@@ -33,6 +33,15 @@ pub struct Config {
     pub keys: Vec<Arc<KeyConfig>>,
     pub usage: UsageConfig,
     pub models: ModelsConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// Running as one of several replicas (`[cluster]`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ClusterConfig {
+    /// This replica's name to the reporters; `None`: the host name and a random suffix.
+    /// Read at start only.
+    pub replica_id: Option<String>,
 }
 
 /// Fleet model management's settings (`[models]`).

@@ -30,6 +30,14 @@ pub struct RawConfig {
     pub usage: RawUsage,
     #[serde(default)]
     pub models: RawModels,
+    #[serde(default)]
+    pub cluster: RawCluster,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub replica_id: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]

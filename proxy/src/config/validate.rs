@@ -13,9 +13,9 @@ use wes_proto::ThermalState;
 
 use super::schema::{DurationValue, RawConfig};
 use super::{
-    AdminConfig, ApiConfig, Config, ConfigError, ConfigErrors, HealthConfig, KeyConfig, KeyLimits,
-    ListenConfig, LoadScore, ModelsConfig, NodeConfig, PowerBasis, PullTo, RoutingConfig,
-    TelemetryConfig, TlsFiles, UsageConfig, defaults,
+    AdminConfig, ApiConfig, ClusterConfig, Config, ConfigError, ConfigErrors, HealthConfig,
+    KeyConfig, KeyLimits, ListenConfig, LoadScore, ModelsConfig, NodeConfig, PowerBasis, PullTo,
+    RoutingConfig, TelemetryConfig, TlsFiles, UsageConfig, defaults,
 };
 use crate::access::SecretDigest;
 use crate::policy::PolicyName;
@@ -294,6 +294,20 @@ pub fn validate(raw: RawConfig, text: &str) -> Result<Config, ConfigErrors> {
             },
         },
     };
+    let cluster = ClusterConfig {
+        replica_id: raw.cluster.replica_id.as_ref().and_then(|id| {
+            let text = id.get_ref();
+            if text.is_empty() || text.len() > 256 || text.chars().any(char::is_whitespace) {
+                c.error(
+                    id.span(),
+                    "cluster.replica_id must be 1 to 256 characters without whitespace",
+                );
+                None
+            } else {
+                Some(text.clone())
+            }
+        }),
+    };
     if !c.errors.is_empty() {
         c.errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
         return Err(ConfigErrors(c.errors));
@@ -309,6 +323,7 @@ pub fn validate(raw: RawConfig, text: &str) -> Result<Config, ConfigErrors> {
         keys,
         usage,
         models,
+        cluster,
     })
 }
 

@@ -43,8 +43,14 @@ pub struct NodeState {
     /// Per model, the best tok/s per watt seen under Normal thermal state: the node's clean
     /// baseline (PUE is the site's, applied by the ranking).
     best_clean: Mutex<HashMap<String, f64>>,
+    /// Requests this replica has on the node: exact, and what it admits against.
     in_flight: AtomicU32,
-    /// The in-flight count over time, for the concurrency a stream or a sample ran at.
+    /// Requests the other proxy replicas have on it, as the node's reporter last said.
+    others_in_flight: AtomicU32,
+    /// This replica's count changed: its telemetry stream tells the reporter.
+    own_load_changed: Notify,
+    /// The node's whole in-flight count (this replica's and the others') over time, for the
+    /// concurrency a stream or a sample ran at.
     occupancy: Mutex<load::Occupancy>,
     /// Per model, per-stream decode rates by concurrency (`load`).
     load: Mutex<HashMap<String, load::LoadCurve>>,
@@ -295,16 +301,20 @@ impl NodeState {
         now: Instant,
         cooldown: Duration,
     ) -> Option<InFlightGuard> {
+        // The limit is the node's, across replicas: the others' latest count plus this one's
+        // exact count (docs/design.md, "Several replicas").
+        let others = self.others_in_flight.load(Ordering::Acquire);
         let reserved = self
             .in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max_concurrency).then_some(n + 1)
+                (n.saturating_add(others) < max_concurrency).then_some(n + 1)
             })
             .is_ok();
         if !reserved {
             return None;
         }
         self.note_occupancy(now);
+        self.own_load_changed.notify_one();
         let trial = match self.health.admit(now, cooldown) {
             Admission::Closed => false,
             Admission::Trial => true,
@@ -323,14 +333,34 @@ impl NodeState {
     fn release_slot(&self) {
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
         self.note_occupancy(Instant::now());
+        self.own_load_changed.notify_one();
         self.slot_freed.notify_waiters();
+    }
+
+    /// Resolves once this replica's count here changed since the last call.
+    pub async fn own_load_changed(&self) {
+        self.own_load_changed.notified().await;
+    }
+
+    /// The other replicas now have `others` requests here. True when that changed.
+    fn set_others_in_flight(&self, others: u32) -> bool {
+        let before = self.others_in_flight.swap(others, Ordering::AcqRel);
+        if before == others {
+            return false;
+        }
+        self.note_occupancy(Instant::now());
+        if others < before {
+            // Room freed elsewhere: waiting requests may take it.
+            self.slot_freed.notify_waiters();
+        }
+        true
     }
 
     /// Files the in-flight count as it is now. Read under the lock: of two changes racing
     /// here, the later to take it files the count that both left.
     fn note_occupancy(&self, now: Instant) {
         let mut occupancy = self.occupancy.lock();
-        occupancy.set(self.in_flight.load(Ordering::Acquire), now);
+        occupancy.set(self.in_flight(), now);
     }
 
     /// A reading of the in-flight count's history, to average from.
@@ -435,7 +465,15 @@ impl NodeState {
         models
     }
 
+    /// Requests on the node now, across proxy replicas: this one's exact count plus the
+    /// others' latest. What scores, limits and policies read.
     pub fn in_flight(&self) -> u32 {
+        self.own_in_flight()
+            .saturating_add(self.others_in_flight.load(Ordering::Relaxed))
+    }
+
+    /// Requests this replica has on the node.
+    pub fn own_in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
     }
 }
@@ -501,6 +539,30 @@ pub struct Fleet {
     slot_freed: Arc<Notify>,
     /// Requests now waiting for a free slot.
     pub waiting: AtomicU32,
+    replica_id: ReplicaId,
+    /// When a sample last named another replica.
+    peers_seen: Mutex<Option<Instant>>,
+}
+
+/// How long after the last word of another replica this one still acts as one of several.
+const PEERS_FORGOTTEN: Duration = Duration::from_secs(30);
+
+/// This proxy replica's name to the reporters (`[cluster] replica_id`), by which it finds its
+/// own count among the replicas' in a sample.
+#[derive(Debug, Clone)]
+struct ReplicaId(Arc<str>);
+
+impl Default for ReplicaId {
+    /// The host's name and a random suffix: unique per process, so a restarted replica is a
+    /// new one and the old one's count expires with its stream.
+    fn default() -> Self {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "wes-proxy".to_owned());
+        ReplicaId(Arc::from(format!("{host}-{:08x}", rand::random::<u32>())))
+    }
 }
 
 impl Fleet {
@@ -508,6 +570,50 @@ impl Fleet {
         let fleet = Fleet::default();
         fleet.apply_config(nodes);
         fleet
+    }
+
+    /// [`Fleet::new`] for the replica named `replica_id` (a generated name when `None`).
+    pub fn for_replica(nodes: &[NodeConfig], replica_id: Option<&str>) -> Self {
+        let fleet = Fleet {
+            replica_id: replica_id.map_or_else(ReplicaId::default, |id| ReplicaId(Arc::from(id))),
+            ..Fleet::default()
+        };
+        fleet.apply_config(nodes);
+        fleet
+    }
+
+    pub fn replica_id(&self) -> &str {
+        &self.replica_id.0
+    }
+
+    /// The replica id hashed, for the policies' per-replica order among near-equal nodes,
+    /// while another replica has been heard of in the last [`PEERS_FORGOTTEN`]; `None` alone.
+    pub fn replica_hash_if_shared(&self, now: Instant) -> Option<u64> {
+        let seen = (*self.peers_seen.lock())?;
+        (now.saturating_duration_since(seen) < PEERS_FORGOTTEN)
+            .then(|| crate::policy::replica_rank(0, self.replica_id()))
+    }
+
+    /// What node `node_id`'s reporter says each replica has in flight there: the others'
+    /// sum becomes the node's load beside this replica's own count.
+    pub fn record_load(&self, node_id: &str, replicas: &[(String, u32)]) {
+        let view = self.view.load();
+        let Some(node) = view.get(node_id) else {
+            return;
+        };
+        let others = replicas
+            .iter()
+            .filter(|(id, _)| id.as_str() != self.replica_id())
+            .fold(0u32, |sum, (_, n)| sum.saturating_add(*n));
+        if replicas
+            .iter()
+            .any(|(id, _)| id.as_str() != self.replica_id())
+        {
+            *self.peers_seen.lock() = Some(Instant::now());
+        }
+        if node.state.set_others_in_flight(others) {
+            self.changed.notify_one();
+        }
     }
 
     pub fn view(&self) -> Arc<FleetView> {
@@ -752,6 +858,54 @@ mod tests {
         assert_eq!(state.in_flight(), 1);
         assert!(state.try_acquire(2, now, cool).is_some());
         drop(two);
+    }
+
+    #[test]
+    fn the_limit_holds_across_replicas() {
+        let fleet = Fleet::for_replica(&[node("a", "ta")], Some("me"));
+        let state = fleet.view().get("a").unwrap().state.clone();
+        let (now, cool) = (Instant::now(), Duration::from_secs(5));
+        assert_eq!(
+            fleet.replica_hash_if_shared(now),
+            None,
+            "alone until told otherwise"
+        );
+        // The reporter says: this replica has 0 (as it last heard), another has 1.
+        fleet.record_load("a", &[("me".into(), 0), ("other".into(), 1)]);
+        assert!(fleet.replica_hash_if_shared(Instant::now()).is_some());
+        assert_eq!((state.own_in_flight(), state.in_flight()), (0, 1));
+        let mine = state.try_acquire(2, now, cool).unwrap();
+        assert!(
+            state.try_acquire(2, now, cool).is_none(),
+            "1 here + 1 there = the limit"
+        );
+        assert_eq!((state.own_in_flight(), state.in_flight()), (1, 2));
+        // The other replica's request ended (or the replica died): room again.
+        fleet.record_load("a", &[("me".into(), 1)]);
+        let second = state.try_acquire(2, now, cool).unwrap();
+        assert_eq!(state.in_flight(), 2);
+        drop((mine, second));
+        assert_eq!(state.in_flight(), 0);
+        // Its own entry is never counted twice, and an unknown node changes nothing.
+        fleet.record_load("a", &[("me".into(), 7)]);
+        assert_eq!(state.in_flight(), 0);
+        fleet.record_load("zz", &[("other".into(), 3)]);
+    }
+
+    #[tokio::test]
+    async fn a_change_in_this_replicas_count_wakes_its_stream() {
+        let fleet = Fleet::new(&[node("a", "ta")]);
+        let state = fleet.view().get("a").unwrap().state.clone();
+        let guard = state
+            .try_acquire(2, Instant::now(), Duration::from_secs(5))
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(1), state.own_load_changed())
+            .await
+            .unwrap();
+        drop(guard);
+        tokio::time::timeout(Duration::from_secs(1), state.own_load_changed())
+            .await
+            .unwrap();
     }
 
     #[test]

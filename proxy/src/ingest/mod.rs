@@ -17,6 +17,10 @@ use wes_proto::{Ack, Sample};
 
 pub use validate::{Refusal, validate};
 
+/// Least time between two load acks on one stream: a burst of requests starting and ending
+/// is told as the count it leaves, not as every step.
+const LOAD_ACK_SPACING: std::time::Duration = std::time::Duration::from_millis(5);
+
 use crate::state::AppState;
 
 pub struct TelemetryService {
@@ -90,17 +94,37 @@ async fn pump(
     loop {
         // Looked up each time: a reload may have replaced the node.
         let node = state.fleet.view().get(node_id).map(|n| n.state.clone());
+        let own = || node.as_ref().map(|n| n.own_in_flight());
+        let replica_id = state.fleet.replica_id().to_owned();
+        let ack = |seq: u64, refresh_models: bool| Ack {
+            seq,
+            refresh_models,
+            replica_id: replica_id.clone(),
+            in_flight: own(),
+        };
         let refresh_asked = async {
             match &node {
                 Some(n) => n.models_refresh_asked().await,
                 None => std::future::pending().await,
             }
         };
+        let load_changed = async {
+            match &node {
+                Some(n) => n.own_load_changed().await,
+                None => std::future::pending().await,
+            }
+        };
         let next = tokio::select! {
             next = inbound.message() => next,
             () = refresh_asked => {
-                let ask = Ack { seq: 0, refresh_models: true };
-                if acks.send(Ok(ask)).await.is_err() {
+                if acks.send(Ok(ack(0, true))).await.is_err() {
+                    return Ok(());
+                }
+                continue;
+            }
+            () = load_changed => {
+                tokio::time::sleep(LOAD_ACK_SPACING).await;
+                if acks.send(Ok(ack(0, false))).await.is_err() {
                     return Ok(());
                 }
                 continue;
@@ -123,27 +147,39 @@ async fn pump(
             )));
         }
         let limits = state.config.load().telemetry.clone();
+        let replicas = match validate::replicas(&sample) {
+            Ok(r) => r,
+            Err(refusal) => {
+                counters.samples_refused.inc();
+                return Err(refusal.into_status());
+            }
+        };
+        if sample.load_only {
+            if let Err(refusal) = validate::identity(&sample, node_id, unix_ms_now(), &limits) {
+                counters.samples_refused.inc();
+                return Err(refusal.into_status());
+            }
+            state.fleet.record_load(node_id, &replicas);
+            if acks.send(Ok(ack(sample.seq, false))).await.is_err() {
+                return Ok(());
+            }
+            continue;
+        }
         match validate(&sample, node_id, unix_ms_now(), Instant::now(), &limits) {
             Ok((telemetry, probes)) => {
+                // Before the sample: its power is filed under the node's whole load.
+                state.fleet.record_load(node_id, &replicas);
                 if let Some(split) = state.fleet.record(node_id, telemetry, probes) {
                     state.book_energy(node_id, split);
                 }
                 counters.samples_accepted.inc();
-                let ack = Ack {
-                    seq: sample.seq,
-                    refresh_models: false,
-                };
-                if acks.send(Ok(ack)).await.is_err() {
+                if acks.send(Ok(ack(sample.seq, false))).await.is_err() {
                     return Ok(());
                 }
             }
-            Err(Refusal::PermissionDenied(message)) => {
+            Err(refusal) => {
                 counters.samples_refused.inc();
-                return Err(Status::permission_denied(message));
-            }
-            Err(Refusal::InvalidArgument(message)) => {
-                counters.samples_refused.inc();
-                return Err(Status::invalid_argument(message));
+                return Err(refusal.into_status());
             }
         }
     }

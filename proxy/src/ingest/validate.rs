@@ -16,6 +16,16 @@ pub enum Refusal {
     InvalidArgument(String),
 }
 
+impl Refusal {
+    /// The status the stream ends with.
+    pub fn into_status(self) -> tonic::Status {
+        match self {
+            Refusal::PermissionDenied(m) => tonic::Status::permission_denied(m),
+            Refusal::InvalidArgument(m) => tonic::Status::invalid_argument(m),
+        }
+    }
+}
+
 const MAX_TEMPERATURE_C: f64 = 250.0;
 const MIN_TEMPERATURE_C: f64 = -60.0;
 /// Beyond any single node's decode rate today by two orders of magnitude.
@@ -27,14 +37,21 @@ const MAX_ERRORS: usize = 64;
 const MAX_PROBE_LOADS: usize = 16;
 const MAX_PROBE_STREAMS: u32 = 64;
 
-/// Validates `sample` for the node `bound_node` (the id its token is bound to).
-pub fn validate(
+/// Replicas one node's reporter may name: far above any proxy deployment.
+const MAX_REPLICAS: usize = 256;
+const MAX_REPLICA_ID: usize = 256;
+/// Requests one replica may say it has on one node.
+const MAX_REPLICA_IN_FLIGHT: u32 = 1_000_000;
+
+/// Checks a message's sender and clock: it speaks for the node its token is bound to, and its
+/// timestamp is within the allowed skew. Every message, samples and load-only ones, passes
+/// this first.
+pub fn identity(
     sample: &Sample,
     bound_node: &str,
     now_unix_ms: i64,
-    received_at: Instant,
     limits: &TelemetryConfig,
-) -> Result<(Telemetry, Vec<ProbeObservation>), Refusal> {
+) -> Result<(), Refusal> {
     if sample.node_id != bound_node {
         return Err(Refusal::PermissionDenied(format!(
             "this token is bound to node {bound_node:?}, not {:?}",
@@ -52,6 +69,46 @@ pub fn validate(
             sample.timestamp_unix_ms, skew_ms, max_skew_ms
         )));
     }
+    Ok(())
+}
+
+/// Each replica's in-flight count on the node, as its reporter heard them.
+pub fn replicas(sample: &Sample) -> Result<Vec<(String, u32)>, Refusal> {
+    if sample.replicas.len() > MAX_REPLICAS {
+        return Err(invalid(format!(
+            "{} replicas named; at most {MAX_REPLICAS}",
+            sample.replicas.len()
+        )));
+    }
+    sample
+        .replicas
+        .iter()
+        .map(|r| {
+            if r.replica_id.is_empty() || r.replica_id.len() > MAX_REPLICA_ID {
+                return Err(invalid(format!(
+                    "a replica id must be 1 to {MAX_REPLICA_ID} bytes"
+                )));
+            }
+            if r.in_flight > MAX_REPLICA_IN_FLIGHT {
+                return Err(invalid(format!(
+                    "replica {:?} says {} in flight, above {MAX_REPLICA_IN_FLIGHT}",
+                    r.replica_id, r.in_flight
+                )));
+            }
+            Ok((r.replica_id.clone(), r.in_flight))
+        })
+        .collect()
+}
+
+/// Validates `sample` for the node `bound_node` (the id its token is bound to).
+pub fn validate(
+    sample: &Sample,
+    bound_node: &str,
+    now_unix_ms: i64,
+    received_at: Instant,
+    limits: &TelemetryConfig,
+) -> Result<(Telemetry, Vec<ProbeObservation>), Refusal> {
+    identity(sample, bound_node, now_unix_ms, limits)?;
     let watts = bounded("power_watts", sample.power_watts, 0.0, limits.max_watts)?;
     let energy_joules = bounded("energy_joules", sample.energy_joules, 0.0, f64::MAX)?;
     let temperature_c = bounded(
@@ -391,6 +448,21 @@ mod tests {
                 other => panic!("{name}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn replica_counts_are_bounded() {
+        let mut s = good();
+        s.replicas = vec![wes_proto::ReplicaLoad {
+            replica_id: "p1".into(),
+            in_flight: 3,
+        }];
+        assert_eq!(replicas(&s).unwrap(), [("p1".to_owned(), 3)]);
+        s.replicas[0].replica_id.clear();
+        assert!(replicas(&s).is_err());
+        s.replicas[0].replica_id = "p1".into();
+        s.replicas[0].in_flight = 2_000_000;
+        assert!(replicas(&s).is_err());
     }
 
     #[test]

@@ -49,7 +49,7 @@ const GAUGES: [(&str, &str, Read); 9] = [
     (
         "wes_node_in_flight",
         "Requests in flight to the node.",
-        |e, _| Some(f64::from(e.state.in_flight())),
+        |e, _| Some(f64::from(e.state.own_in_flight())),
     ),
     (
         "wes_node_healthy",

@@ -103,6 +103,22 @@ pub struct RouteRequest<'a> {
     /// How long the request has waited in the queue for a slot: its client's time to first
     /// token includes it.
     pub waited: Duration,
+    /// This proxy replica's name, hashed, while other replicas share the fleet: where they
+    /// see near-equal nodes, each prefers a different one ([`replica_rank`]) rather than all
+    /// herding onto the first. `None` alone: the best is the best.
+    pub replica: Option<u64>,
+}
+
+/// Node `id`'s place in replica `replica`'s order of preference among near-equal nodes:
+/// a different order per replica, the same one on every pick.
+pub fn replica_rank(replica: u64, id: &str) -> u64 {
+    // FNV-1a over the id, mixed with the replica: cheap, stable across runs and builds.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ replica;
+    for b in id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^ (h >> 31)
 }
 
 impl<'a> RouteRequest<'a> {
@@ -115,6 +131,7 @@ impl<'a> RouteRequest<'a> {
             hysteresis: routing.hysteresis,
             slo_ttft: routing.slo_ttft,
             waited: Duration::ZERO,
+            replica: None,
         }
     }
 
@@ -234,6 +251,7 @@ pub(crate) mod testing {
             hysteresis: 0.05,
             slo_ttft: Duration::from_secs(1),
             waited: Duration::ZERO,
+            replica: None,
         }
     }
 

@@ -71,9 +71,24 @@ impl Policy for Top {
             }
         }
         if let (Some((first, best_score)), true) = (best, want > 0) {
+            let band = best_score * (1.0 - request.hysteresis);
             let pick = match previous {
-                Some((i, score)) if score >= best_score * (1.0 - request.hysteresis) => i,
-                _ => first,
+                Some((i, score)) if score >= band => i,
+                // No node to keep: among those within the band of the best, this replica's
+                // own preference, so that replicas facing near-equal nodes start on different
+                // ones instead of all sending their next request to the same.
+                _ => match request.replica {
+                    Some(replica) if request.hysteresis > 0.0 => (0..route.measured)
+                        .filter(|&i| request.usable(&nodes[i]))
+                        .take(SCAN)
+                        .filter(|&i| nodes[i].wes_now().is_some_and(|s| s >= band))
+                        .min_by_key(|&i| {
+                            let rank = super::replica_rank(replica, &nodes[i].id);
+                            (nodes[i].in_flight(), rank)
+                        })
+                        .unwrap_or(first),
+                    _ => first,
+                },
             };
             if prev != Some(&nodes[pick].id) {
                 last.insert(request.model.to_owned(), nodes[pick].id.clone());
@@ -102,6 +117,42 @@ mod tests {
         ]);
         let chosen = top.choose(&request("m"), &r, 4, &mut rng());
         assert_eq!(ids(&r, &chosen), ["idle", "busy", "slow", "new"]);
+    }
+
+    #[test]
+    fn replicas_facing_near_equal_nodes_start_on_different_ones() {
+        let r = route(vec![
+            node("a", Some(100.0), 0),
+            node("b", Some(99.0), 0),
+            node("c", Some(98.5), 0),
+            node("far", Some(50.0), 0),
+        ]);
+        let mut firsts = std::collections::HashSet::new();
+        for replica in 0..16u64 {
+            let mut req = request("m");
+            req.replica = Some(replica);
+            let pick = ids(&r, &Top::default().choose(&req, &r, 1, &mut rng()))[0].clone();
+            assert_ne!(pick, "far", "only near-equal nodes share");
+            firsts.insert(pick);
+        }
+        assert_eq!(
+            firsts.len(),
+            3,
+            "sixteen replicas spread over the three: {firsts:?}"
+        );
+        // Alone, a proxy takes the best.
+        assert_eq!(
+            ids(&r, &Top::default().choose(&request("m"), &r, 1, &mut rng()))[0],
+            "a"
+        );
+        // Without hysteresis the best is the best.
+        let mut strict = request("m");
+        strict.hysteresis = 0.0;
+        for replica in 0..4u64 {
+            strict.replica = Some(replica);
+            let pick = ids(&r, &Top::default().choose(&strict, &r, 1, &mut rng()))[0].clone();
+            assert_eq!(pick, "a");
+        }
     }
 
     #[test]

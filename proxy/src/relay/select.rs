@@ -59,6 +59,7 @@ impl Relay {
             let now = Instant::now();
             let mut request = RouteRequest::new(model, routing, now);
             request.waited = now.saturating_duration_since(arrived);
+            request.replica = self.state.fleet.replica_hash_if_shared(now);
             let chosen = policy::choose(
                 policy,
                 &request,
