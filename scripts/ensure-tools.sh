@@ -13,6 +13,8 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 # The leaderboard page test (proxy/tests/leaderboard.rs) renders it in headless Chromium.
 if ((for_tests)); then
   command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+  # The replicas test (tests/clients/test_replicas.py) runs three proxies behind HAProxy.
+  command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
 fi
 if ((${#need_apt[@]})); then
   echo "installing: ${need_apt[*]}" >&2

@@ -18,7 +18,7 @@ use crate::stream::{self, StreamTarget};
 
 /// Least time between two load-only messages: a node whose count changes a thousand times a
 /// second sends a hundred, each with the counts as they are then.
-const LOAD_SPACING: Duration = Duration::from_millis(10);
+const LOAD_SPACING: Duration = Duration::from_millis(2);
 
 /// Runs the reporter until `shutdown` turns true.
 pub async fn run(
@@ -49,6 +49,11 @@ pub async fn run(
             tls_server_name: config.tls_server_name.clone(),
             token: config.token.clone(),
             node_id: config.node_id.clone(),
+            // Two sample intervals (1 s to 10 s): a restarted replica is ranked and admits
+            // again within about that, and a thousand reporters still retry only once a
+            // second each while it is down.
+            reconnect_max: (config.interval * 2)
+                .clamp(Duration::from_secs(1), Duration::from_secs(10)),
         };
         let feedback = stream::Feedback {
             index,

@@ -63,6 +63,9 @@ pub struct StreamTarget {
     pub tls_server_name: Option<String>,
     pub token: String,
     pub node_id: String,
+    /// The longest wait between reconnection attempts: a restarted proxy hears from this
+    /// reporter within about this long.
+    pub reconnect_max: Duration,
 }
 
 /// Runs until `shutdown` turns true; never returns early on errors.
@@ -89,7 +92,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
     feedback: Feedback,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let mut backoff = Backoff::new(Duration::from_millis(200), target.reconnect_max);
     loop {
         if *shutdown.borrow() {
             return;
@@ -225,7 +228,8 @@ async fn session(
                         std::time::Instant::now(),
                     );
                     speaks_load.store(true, std::sync::atomic::Ordering::Relaxed);
-                    if changed {
+                    // A replica waiting for a slot asks for a fresh deal.
+                    if changed || ack.waiting {
                         feedback.load_now.notify_one();
                     }
                 }

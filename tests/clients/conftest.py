@@ -19,9 +19,27 @@ MODELS = ["llama3.2:3b", "smollm2:135m", "nomic-embed-text"]
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now, below Linux's ephemeral range (32768 and up): a port from that range
+    can be taken, between this check and the bind, as the source port of any outgoing
+    connection on the machine, and a process restarted on its old port races every one."""
+    import random
+    for _ in range(200):
+        port = random.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32000")
+
+
+def free_ports(n: int) -> list:
+    """`n` distinct free ports."""
+    ports = set()
+    while len(ports) < n:
+        ports.add(free_port())
+    return list(ports)
 
 
 def read_line_with(proc, needle: str, log: Path, timeout: float = 30.0) -> str:

@@ -8,6 +8,7 @@ pub mod load;
 pub mod model_name;
 mod power;
 pub mod residency;
+mod share;
 mod telemetry;
 
 use std::collections::HashMap;
@@ -49,6 +50,11 @@ pub struct NodeState {
     others_in_flight: AtomicU32,
     /// This replica's count changed: its telemetry stream tells the reporter.
     own_load_changed: Notify,
+    /// This replica's deal of the node's free slots from the last load report (`share`);
+    /// `None` while it is the only replica the reports name.
+    deal: Mutex<Option<Deal>>,
+    /// A request here was refused for want of a deal: the next ack asks for a fresh one.
+    waiting_for_deal: std::sync::atomic::AtomicBool,
     /// The node's whole in-flight count (this replica's and the others') over time, for the
     /// concurrency a stream or a sample ran at.
     occupancy: Mutex<load::Occupancy>,
@@ -304,6 +310,16 @@ impl NodeState {
         // The limit is the node's, across replicas: the others' latest count plus this one's
         // exact count (docs/design.md, "Several replicas").
         let others = self.others_in_flight.load(Ordering::Acquire);
+        let mut deal = self.deal.lock();
+        if let Some(d) = deal.as_ref()
+            && d.admitted >= d.share
+            && now.saturating_duration_since(d.at) < DEAL_PATIENCE
+        {
+            // Ask the reporter for a fresh deal: the next one may come round to this replica.
+            self.waiting_for_deal.store(true, Ordering::Release);
+            self.own_load_changed.notify_one();
+            return None;
+        }
         let reserved = self
             .in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -313,6 +329,10 @@ impl NodeState {
         if !reserved {
             return None;
         }
+        if let Some(d) = deal.as_mut() {
+            d.admitted += 1;
+        }
+        drop(deal);
         self.note_occupancy(now);
         self.own_load_changed.notify_one();
         let trial = match self.health.admit(now, cooldown) {
@@ -337,9 +357,25 @@ impl NodeState {
         self.slot_freed.notify_waiters();
     }
 
+    /// Whether a request waited for a deal since the last call (the ack that says so clears
+    /// it).
+    pub fn take_waiting_for_deal(&self) -> bool {
+        self.waiting_for_deal.swap(false, Ordering::AcqRel)
+    }
+
     /// Resolves once this replica's count here changed since the last call.
     pub async fn own_load_changed(&self) {
         self.own_load_changed.notified().await;
+    }
+
+    /// A load report dealt this replica `share` more requests here (`None`: it is alone).
+    fn set_deal(&self, share: Option<u32>, now: Instant) {
+        let mut deal = self.deal.lock();
+        *deal = share.map(|share| Deal {
+            share,
+            admitted: 0,
+            at: now,
+        });
     }
 
     /// The other replicas now have `others` requests here. True when that changed.
@@ -544,6 +580,19 @@ pub struct Fleet {
     peers_seen: Mutex<Option<Instant>>,
 }
 
+/// A deal older than this no longer binds: the reporter (an older one, or one that lost its
+/// way) has not dealt again for that long, and the limit alone decides.
+const DEAL_PATIENCE: Duration = Duration::from_secs(1);
+
+/// What one load report dealt this replica on one node.
+#[derive(Debug, Clone, Copy)]
+struct Deal {
+    share: u32,
+    admitted: u32,
+    /// When the report arrived.
+    at: Instant,
+}
+
 /// How long after the last word of another replica this one still acts as one of several.
 const PEERS_FORGOTTEN: Duration = Duration::from_secs(30);
 
@@ -596,11 +645,21 @@ impl Fleet {
 
     /// What node `node_id`'s reporter says each replica has in flight there: the others'
     /// sum becomes the node's load beside this replica's own count.
-    pub fn record_load(&self, node_id: &str, replicas: &[(String, u32)]) {
+    /// `seq` is the report's: the same at every replica, so that they deal alike.
+    pub fn record_load(&self, node_id: &str, replicas: &[(String, u32)], seq: u64) {
         let view = self.view.load();
         let Some(node) = view.get(node_id) else {
             return;
         };
+        let me = self.replica_id();
+        let share = share::dealt(
+            node.config.max_concurrency,
+            replicas,
+            me,
+            node.state.own_in_flight(),
+            seq,
+        );
+        node.state.set_deal(share, Instant::now());
         let others = replicas
             .iter()
             .filter(|(id, _)| id.as_str() != self.replica_id())
@@ -871,7 +930,7 @@ mod tests {
             "alone until told otherwise"
         );
         // The reporter says: this replica has 0 (as it last heard), another has 1.
-        fleet.record_load("a", &[("me".into(), 0), ("other".into(), 1)]);
+        fleet.record_load("a", &[("me".into(), 0), ("other".into(), 1)], 0);
         assert!(fleet.replica_hash_if_shared(Instant::now()).is_some());
         assert_eq!((state.own_in_flight(), state.in_flight()), (0, 1));
         let mine = state.try_acquire(2, now, cool).unwrap();
@@ -881,15 +940,15 @@ mod tests {
         );
         assert_eq!((state.own_in_flight(), state.in_flight()), (1, 2));
         // The other replica's request ended (or the replica died): room again.
-        fleet.record_load("a", &[("me".into(), 1)]);
+        fleet.record_load("a", &[("me".into(), 1)], 1);
         let second = state.try_acquire(2, now, cool).unwrap();
         assert_eq!(state.in_flight(), 2);
         drop((mine, second));
         assert_eq!(state.in_flight(), 0);
         // Its own entry is never counted twice, and an unknown node changes nothing.
-        fleet.record_load("a", &[("me".into(), 7)]);
+        fleet.record_load("a", &[("me".into(), 7)], 2);
         assert_eq!(state.in_flight(), 0);
-        fleet.record_load("zz", &[("other".into(), 3)]);
+        fleet.record_load("zz", &[("other".into(), 3)], 3);
     }
 
     #[tokio::test]

@@ -19,7 +19,7 @@ pub use validate::{Refusal, validate};
 
 /// Least time between two load acks on one stream: a burst of requests starting and ending
 /// is told as the count it leaves, not as every step.
-const LOAD_ACK_SPACING: std::time::Duration = std::time::Duration::from_millis(5);
+const LOAD_ACK_SPACING: std::time::Duration = std::time::Duration::from_millis(1);
 
 use crate::state::AppState;
 
@@ -101,6 +101,7 @@ async fn pump(
             refresh_models,
             replica_id: replica_id.clone(),
             in_flight: own(),
+            waiting: node.as_ref().is_some_and(|n| n.take_waiting_for_deal()),
         };
         let refresh_asked = async {
             match &node {
@@ -159,7 +160,7 @@ async fn pump(
                 counters.samples_refused.inc();
                 return Err(refusal.into_status());
             }
-            state.fleet.record_load(node_id, &replicas);
+            state.fleet.record_load(node_id, &replicas, sample.seq);
             if acks.send(Ok(ack(sample.seq, false))).await.is_err() {
                 return Ok(());
             }
@@ -168,7 +169,7 @@ async fn pump(
         match validate(&sample, node_id, unix_ms_now(), Instant::now(), &limits) {
             Ok((telemetry, probes)) => {
                 // Before the sample: its power is filed under the node's whole load.
-                state.fleet.record_load(node_id, &replicas);
+                state.fleet.record_load(node_id, &replicas, sample.seq);
                 if let Some(split) = state.fleet.record(node_id, telemetry, probes) {
                     state.book_energy(node_id, split);
                 }

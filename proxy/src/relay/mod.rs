@@ -55,6 +55,8 @@ pub struct Relay {
     http: reqwest::Client,
     /// For management calls: no whole-call limit (a pull may take an hour).
     manage_http: reqwest::Client,
+    /// `X-WES-Replica` on relayed responses: which replica relayed it, behind a balancer.
+    replica_header: Option<http::HeaderValue>,
     /// Every policy, built once: some remember (round-robin's turn, top's last choice), and a
     /// reload that switches policy back and forth finds that memory where it left it.
     policies: HashMap<PolicyName, Box<dyn Policy>>,
@@ -69,10 +71,12 @@ impl Relay {
             .into_iter()
             .map(|p| (p, p.build()))
             .collect();
+        let replica_header = http::HeaderValue::from_str(state.fleet.replica_id()).ok();
         Ok(Relay {
             state,
             http,
             manage_http: manage::client()?,
+            replica_header,
             policies,
         })
     }
@@ -516,6 +520,9 @@ impl ProxyHttp for Relay {
     ) -> pingora::Result<()> {
         if let Some(attempt) = &ctx.attempt {
             response.insert_header("X-WES-Node", attempt.node_header.clone())?;
+            if let Some(replica) = &self.replica_header {
+                response.insert_header("X-WES-Replica", replica.clone())?;
+            }
         }
         Ok(())
     }
