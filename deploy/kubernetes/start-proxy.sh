@@ -16,6 +16,10 @@ out=${WES_PROXY_RENDERED:-/run/wes/proxy.toml}
 render() {
   tmp=$out.tmp
   cp "$template" "$tmp"
+  # Each replica is named after its pod ([cluster] replica_id), unless the template names it.
+  if [ -n "${POD_NAME:-}" ] && ! grep -q '^\[cluster\]' "$tmp"; then
+    printf '\n[cluster]\nreplica_id = "%s"\n' "$POD_NAME" >> "$tmp"
+  fi
   for f in "$tokens"/* "$admin"/*; do
     [ -f "$f" ] || continue
     key=${f##*/}
