@@ -7,6 +7,7 @@ intervals."""
 
 import shutil
 import signal
+from collections import namedtuple
 import socket
 import subprocess
 import tempfile
@@ -85,8 +86,8 @@ def cluster():
         c.f.close()
 
 
-def start_cluster(tmp: Path) -> Cluster:
-    """Two simulated nodes, three replicas with every reporter streaming to each, HAProxy in
+def start_cluster(tmp: Path, replicas=REPLICAS) -> Cluster:
+    """Two simulated nodes, the replicas with every reporter streaming to each, HAProxy in
     front; ranked and ready. The caller closes `c.f`."""
     c = Cluster(tmp)
     try:
@@ -95,14 +96,14 @@ def start_cluster(tmp: Path) -> Cluster:
                                                   "127.0.0.1:0", "--profile", "rtx-4090",
                                                   "--models", MODEL])
             c.sims[node] = read_line_with(proc, "listening on", log).rsplit(" ", 1)[1]
-        ports = iter(free_ports(3 * len(REPLICAS) + 1))
+        ports = iter(free_ports(3 * len(replicas) + 1))
         c.ports = {r: {"api": next(ports), "telemetry": next(ports), "admin": next(ports)}
-                   for r in REPLICAS}
-        for r in REPLICAS:
+                   for r in replicas}
+        for r in replicas:
             c.start_replica(r)
         for node, addr in c.sims.items():
             proxies = []
-            for r in REPLICAS:
+            for r in replicas:
                 proxies += ["--proxy", f"http://127.0.0.1:{c.ports[r]['telemetry']}"]
             c.f.spawn(f"reporter-{node}",
                       [str(BIN / "wes-reporter"), "--node-id", node, "--token", f"tok-{node}",
@@ -110,12 +111,12 @@ def start_cluster(tmp: Path) -> Cluster:
                        "--sensor-command", f"curl -sf --max-time 1 http://{addr}/wes-sim/state",
                        "--ollama", f"http://{addr}", "--probe-model", MODEL,
                        "--probe-interval", "1h"], stdout=subprocess.DEVNULL)
-        for r in REPLICAS:
+        for r in replicas:
             c.wait_ranked(r)
         c.lb_port = next(ports)
         servers = "".join(
             f"  server {r} 127.0.0.1:{c.ports[r]['api']} check inter 200ms fall 2 rise 1\n"
-            for r in REPLICAS)
+            for r in replicas)
         (tmp / "haproxy.cfg").write_text(
             "defaults\n  mode tcp\n  timeout connect 1s\n  timeout client 60s\n"
             "  timeout server 60s\n  retries 3\n  option redispatch\n"
@@ -131,24 +132,35 @@ def start_cluster(tmp: Path) -> Cluster:
         raise
 
 
+TOKENS = 64
+
+# One stream's fate: when it started and ended, whether it completed, the replica and node
+# that relayed it (from the response headers; None when none arrived), and the error.
+Stream = namedtuple("Stream", "started end ok replica node error")
+
+
 def one_stream(url):
-    """One generation through the balancer on a fresh connection: (ok, replica or None)."""
-    replica = None
+    """One generation of TOKENS tokens on a fresh connection."""
+    started, replica, node = time.monotonic(), None, None
+
+    def ended(ok, error=None):
+        return Stream(started, time.monotonic(), ok, replica, node, error)
+
     try:
         with httpx.stream("POST", f"{url}/api/generate", timeout=30,
                           json={"model": MODEL, "prompt": "hi", "stream": True,
-                                "options": {"num_predict": 64}}) as r:
-            replica = r.headers.get("x-wes-replica")
+                                "options": {"num_predict": TOKENS}}) as r:
+            replica, node = r.headers.get("x-wes-replica"), r.headers.get("x-wes-node")
             if r.status_code != 200:
-                return False, replica, f"HTTP {r.status_code}: {r.read()[:200]!r}"
+                return ended(False, f"HTTP {r.status_code}: {r.read()[:200]!r}")
             done = False
             for line in r.iter_lines():
                 if '"error"' in line:
-                    return False, replica, line
+                    return ended(False, line)
                 done = done or '"done":true' in line.replace(" ", "")
-            return done, replica, None if done else "ended before done"
+            return ended(done, None if done else "ended before done")
     except httpx.HTTPError as e:
-        return False, replica, repr(e)
+        return ended(False, repr(e))
 
 
 class Load:
@@ -158,20 +170,21 @@ class Load:
     def __init__(self, cluster, callers):
         self.c, self.callers = cluster, callers
         self.results, self.peaks = [], {n: 0 for n in cluster.sims}
+        # Every reading of each node's count, for percentiles.
+        self.readings = {n: [] for n in cluster.sims}
         self.stop = threading.Event()
 
     def run(self, seconds, during=None):
         def caller():
             while not self.stop.is_set():
-                started = time.monotonic()
-                outcome = one_stream(self.c.lb)
-                self.results.append((time.monotonic(), *outcome, started))
+                self.results.append(one_stream(self.c.lb))
 
         def watch():
             while not self.stop.is_set():
                 for node, addr in self.c.sims.items():
                     n = get_json(f"http://{addr}/wes-sim/state")["in_flight"]
                     self.peaks[node] = max(self.peaks[node], n)
+                    self.readings[node].append(n)
                 time.sleep(0.005)
 
         threads = [threading.Thread(target=caller) for _ in range(self.callers)]
@@ -189,12 +202,12 @@ class Load:
 
 def test_the_limit_holds_across_replicas_behind_haproxy(cluster):
     load = Load(cluster, callers=12).run(6)
-    ok = [r for r in load.results if r[1]]
+    ok = [r for r in load.results if r.ok]
     by_replica = {}
     for r in ok:
-        by_replica[r[2]] = by_replica.get(r[2], 0) + 1
+        by_replica[r.replica] = by_replica.get(r.replica, 0) + 1
     print(f"peaks {load.peaks}, {len(ok)} of {len(load.results)} streams, by replica {by_replica}")
-    assert len(ok) == len(load.results) and len(ok) > 20, [r for r in load.results if not r[1]][:3]
+    assert len(ok) == len(load.results) and len(ok) > 20, [r for r in load.results if not r.ok][:3]
     assert set(by_replica) == set(REPLICAS), by_replica
     for node, peak in load.peaks.items():
         assert peak <= MAX_CONCURRENCY + 1, f"{node} held {peak} at once: {load.peaks}"
@@ -212,17 +225,17 @@ def test_a_replica_killed_mid_load_fails_only_its_own_streams(cluster):
 
     load = Load(cluster, callers=12).run(6, during=kill_p3_soon)
     killed = killed_at[0]
-    failed = [r for r in load.results if not r[1]]
-    after = [r for r in load.results if r[4] > killed + 1.0]
+    failed = [r for r in load.results if not r.ok]
+    after = [r for r in load.results if r.started > killed + 1.0]
     print(f"peaks {load.peaks}; {len(failed)} failed of {len(load.results)}: "
-          f"{[(r[2], r[3]) for r in failed][:4]}")
+          f"{[(r.replica, r.error) for r in failed][:4]}")
     # Every stream that broke was one p3 held: it had sent p3's header, or (still queued
     # there, or its header not yet out) it was sent before the kill and broke at it.
     for r in failed:
-        assert r[2] == "p3" or (r[2] is None and r[4] < killed <= r[0] + 0.05), r
+        assert r.replica == "p3" or (r.replica is None and r.started < killed <= r.end + 0.05), r
     assert len(failed) <= 2 * MAX_CONCURRENCY + 4, failed
     # Requests sent once HAProxy had seen p3 go all succeed, on the others.
-    assert after and all(r[1] and r[2] in ("p1", "p2") for r in after), after[:3]
+    assert after and all(r.ok and r.replica in ("p1", "p2") for r in after), after[:3]
     # Restarted on the same ports, it is ranked again once the reporters are back (they retry
     # at most two sample intervals apart, floored at one second).
     cluster.replicas["p3"].wait(timeout=5)
@@ -231,4 +244,4 @@ def test_a_replica_killed_mid_load_fails_only_its_own_streams(cluster):
     print(f"restarted p3 ranked both nodes {took:.2f}s after it listened")
     assert took < 4.0
     r = one_stream(f"http://127.0.0.1:{cluster.ports['p3']['api']}")
-    assert r[0] and r[1] == "p3", r
+    assert r.ok and r.replica == "p3", r
