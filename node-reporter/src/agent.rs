@@ -140,7 +140,9 @@ async fn sample_loop(
                 // A replica's count changed: the others hear of it now, without a sensor read.
                 seq += 1;
                 let replicas = loads.lock().current(std::time::Instant::now(), replica_expiry);
-                load_tx.send_replace(Some(load_sample(&config.node_id, seq, replicas, unix_ms_now())));
+                let engine = view.lock().engine_in_flight;
+                let message = load_sample(&config.node_id, seq, replicas, engine, unix_ms_now());
+                load_tx.send_replace(Some(message));
                 // Bursts of changes coalesce into one message per spacing.
                 tokio::time::sleep(LOAD_SPACING).await;
                 continue;
@@ -170,7 +172,7 @@ async fn sample_loop(
             .lock()
             .current(std::time::Instant::now(), replica_expiry);
         let mut sample = build_sample(&config.node_id, seq, kind, reading, &ollama, unix_ms_now());
-        sample.replicas = load_sample(&config.node_id, seq, replicas, 0).replicas;
+        sample.replicas = load_sample(&config.node_id, seq, replicas, None, 0).replicas;
         tracing::debug!(seq, watts = ?sample.power_watts, thermal = sample.thermal_state, "sample");
         samples.send_replace(Some(sample));
     }
@@ -223,8 +225,18 @@ async fn poll_loaded(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut last_error: Option<String> = None;
+    // When to ask the engine for its load next: each time while it answers, at the
+    // model-list pace while it has no such list (Ollama, vLLM), in case it is replaced.
+    let mut ask_load_at = tokio::time::Instant::now();
     loop {
         let loaded = client.loaded().await;
+        if tokio::time::Instant::now() >= ask_load_at {
+            let engine = client.engine_load().await.ok().flatten();
+            if engine.is_none() {
+                ask_load_at = tokio::time::Instant::now() + without_list.max(every);
+            }
+            view.lock().engine_in_flight = engine;
+        }
         let pause = match &loaded {
             Ok(None) => without_list.max(every),
             _ => every,

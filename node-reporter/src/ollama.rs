@@ -247,6 +247,34 @@ impl OllamaClient {
     }
 
     /// What the engine says it is: llama.cpp's `/props` build, else Ollama's `/api/version`.
+    /// Requests the engine says it is working on: llama.cpp's `/slots`, its slots processing.
+    /// `None` where the engine has no such list (Ollama, vLLM: 404; llama.cpp started with
+    /// `--no-slots`: 501).
+    pub async fn engine_load(&self) -> Result<Option<u32>, String> {
+        let url = format!("{}/slots", self.base);
+        let response = self
+            .http
+            .get(&url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .map_err(|e| format!("engine load from {url}: {e}"))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_FOUND
+            || status == reqwest::StatusCode::NOT_IMPLEMENTED
+        {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(format!("engine load from {url}: HTTP {status}"));
+        }
+        let slots: serde_json::Value = response
+            .json()
+            .await
+            .map_err(|e| format!("engine load from {url}: {e}"))?;
+        Ok(slots_processing(&slots))
+    }
+
     pub async fn engine(&self) -> String {
         if let Ok(Some(props)) = self.get_json::<serde_json::Value>("/props", "props").await
             && let Some(build) = props["build_info"].as_str()
@@ -388,10 +416,41 @@ fn snippet(text: &str) -> &str {
     &text[..end]
 }
 
+/// The slots of llama.cpp's `/slots` that are processing a request (`is_processing`, or a
+/// non-zero `state` in older servers); `None` for anything but a list of slots.
+pub fn slots_processing(slots: &serde_json::Value) -> Option<u32> {
+    let slots = slots.as_array()?;
+    let busy = slots
+        .iter()
+        .filter(|s| {
+            s.get("is_processing")
+                .and_then(serde_json::Value::as_bool)
+                .or_else(|| {
+                    s.get("state")
+                        .and_then(serde_json::Value::as_u64)
+                        .map(|st| st != 0)
+                })
+                .unwrap_or(false)
+        })
+        .count();
+    u32::try_from(busy).ok()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slots_processing_counts_busy_slots() {
+        let now = serde_json::json!([
+            {"id": 0, "is_processing": false}, {"id": 1, "is_processing": true}
+        ]);
+        assert_eq!(slots_processing(&now), Some(1));
+        let older = serde_json::json!([{"id": 0, "state": 1}, {"id": 1, "state": 0}]);
+        assert_eq!(slots_processing(&older), Some(1));
+        assert_eq!(slots_processing(&serde_json::json!({"error": "x"})), None);
+    }
 
     #[test]
     fn an_openai_server_has_what_it_lists_loaded_unless_it_says_otherwise() {

@@ -30,6 +30,9 @@ pub struct OllamaView {
     pub loaded_error: Option<String>,
     /// The memory models load into, from the config, sent beside the loaded list.
     pub memory_bytes: Option<u64>,
+    /// Requests the engine says it is working on (llama.cpp `/slots`); `None` where it does
+    /// not say.
+    pub engine_in_flight: Option<u32>,
 }
 
 pub fn build_sample(
@@ -89,6 +92,8 @@ pub fn build_sample(
         // Filled by the sampler, which holds the replicas' counts.
         replicas: Vec::new(),
         load_only: false,
+        // The command sensor's own figure, else the engine's list.
+        engine_in_flight: reading.engine_in_flight.or(ollama.engine_in_flight),
     }
 }
 
@@ -97,9 +102,11 @@ pub fn load_sample(
     node_id: &str,
     seq: u64,
     replicas: Vec<(String, u32)>,
+    engine_in_flight: Option<u32>,
     timestamp_unix_ms: i64,
 ) -> Sample {
     Sample {
+        engine_in_flight,
         node_id: node_id.to_owned(),
         timestamp_unix_ms,
         seq,

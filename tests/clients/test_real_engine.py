@@ -63,6 +63,7 @@ def start_engine_fleet(tmp, extra_args=(), max_concurrency=4):
             time.sleep(0.1)
         f.api = f"http://127.0.0.1:{api_port}"
         f.admin = f"http://{admin}"
+        f.engine = f"http://127.0.0.1:{port}"
         return f
     except BaseException:
         f.close()
@@ -182,3 +183,33 @@ def test_throughput_of_four_streams_matches_the_engine(parallel_engine_fleet):
         f"{json.dumps(seen)}"
     )
     assert measured > single
+
+
+def test_requests_sent_around_the_proxy_count_as_load(parallel_engine_fleet):
+    """llama.cpp's `/slots` says what the engine is working on: two requests sent straight to
+    it, past the proxy, show in the node's load (`fleet_in_flight`) though the proxy has none
+    of its own there, and count against its `max_concurrency`."""
+    import threading
+
+    import httpx
+
+    f = parallel_engine_fleet
+
+    def direct():
+        httpx.post(f"{f.engine}/v1/completions", timeout=60,
+                   json={"model": MODEL, "prompt": "Write a long story about the sea.",
+                         "max_tokens": 400, "temperature": 0, "ignore_eos": True})
+
+    threads = [threading.Thread(target=direct) for _ in range(2)]
+    for t in threads:
+        t.start()
+    seen, deadline = None, time.monotonic() + 15
+    while seen is None and time.monotonic() < deadline and any(t.is_alive() for t in threads):
+        node = get_json(f"{f.admin}/ranking")["nodes"][0]
+        if node["in_flight"] == 0 and node["fleet_in_flight"] >= 2:
+            seen = node
+        time.sleep(0.05)
+    for t in threads:
+        t.join(timeout=60)
+    assert seen, "the engine's own load never reached the proxy"
+

@@ -29,6 +29,8 @@ pub struct CommandValues {
     pub energy_joules: Option<f64>,
     pub thermal_state: ThermalState,
     pub temperature_c: Option<f64>,
+    /// Requests the engine is working on, where the script knows.
+    pub engine_in_flight: Option<u32>,
 }
 
 /// Parses the command's whole stdout as exactly one JSON object. `null` counts as absent;
@@ -67,11 +69,21 @@ pub fn parse_command_output(stdout: &str) -> Result<CommandValues, String> {
         })?,
         Some(other) => return Err(format!("\"thermal_state\" must be a string, got {other}")),
     };
+    let engine_in_flight = match number("engine_in_flight")? {
+        None => None,
+        Some(n) if n.fract() == 0.0 && n <= f64::from(u32::MAX) => Some(n as u32),
+        Some(n) => {
+            return Err(format!(
+                "\"engine_in_flight\" must be a whole number, got {n}"
+            ));
+        }
+    };
     Ok(CommandValues {
         watts: number("watts")?,
         energy_joules: number("energy_joules")?,
         thermal_state,
         temperature_c: number("temperature_c")?,
+        engine_in_flight,
     })
 }
 
@@ -144,6 +156,7 @@ impl CommandSensor {
                 energy_joules: v.energy_joules.map(|e| self.energy.update(e)),
                 thermal: v.thermal_state,
                 temperature_c: v.temperature_c,
+                engine_in_flight: v.engine_in_flight,
                 ..Reading::default()
             },
             Err(why) => Reading::unknown(format!("command sensor: `{}` {why}", self.command)),
@@ -242,12 +255,14 @@ mod tests {
             energy_joules: Some(1000.0),
             thermal_state: ThermalState::Fair,
             temperature_c: Some(71.0),
+            engine_in_flight: None,
         };
         let none = CommandValues {
             watts: None,
             energy_joules: None,
             thermal_state: ThermalState::Unknown,
             temperature_c: None,
+            engine_in_flight: None,
         };
         let ok: &[(&str, CommandValues)] = &[
             (
@@ -271,6 +286,13 @@ mod tests {
                 },
             ),
             (r#"{"thermal_state": "Unknown"}"#, none.clone()),
+            (
+                r#"{"engine_in_flight": 3}"#,
+                CommandValues {
+                    engine_in_flight: Some(3),
+                    ..none.clone()
+                },
+            ),
             (
                 r#"{"watts": 0}"#,
                 CommandValues {
@@ -308,6 +330,10 @@ mod tests {
             ),
             (r#"{"watts": 1e999}"#, "not one JSON object"),
             (r#"{"thermal_state": "Hot"}"#, "got \"Hot\""),
+            (
+                r#"{"engine_in_flight": 1.5}"#,
+                "\"engine_in_flight\" must be a whole number",
+            ),
             (
                 r#"{"thermal_state": 2}"#,
                 "\"thermal_state\" must be a string",

@@ -32,6 +32,9 @@ pub struct Reading {
     pub cpu_throttled: bool,
     /// Busy share, 0 to 100.
     pub utilization_pct: Option<f64>,
+    /// Requests the engine says it is working on, where the sensor knows (the command
+    /// sensor's `engine_in_flight`).
+    pub engine_in_flight: Option<u32>,
     /// Why something above is unknown, in words an operator can act on.
     pub errors: Vec<String>,
 }
@@ -57,6 +60,7 @@ impl Default for Reading {
             throttle_reasons: 0,
             cpu_throttled: false,
             utilization_pct: None,
+            engine_in_flight: None,
             errors: Vec::new(),
         }
     }

@@ -26,6 +26,7 @@ pub use estimate::{HALF_LIFE, RateEstimate};
 pub use health::{Admission, Circuit, NodeHealth};
 pub use load::{LoadModel, OccupancyMark};
 pub use power::PowerEstimate;
+pub use share::ReportedLoad;
 pub use telemetry::{LoadedModel, ProbeLoad, ProbeObservation, Residency, Telemetry};
 
 use crate::config::NodeConfig;
@@ -643,10 +644,10 @@ impl Fleet {
             .then(|| crate::policy::replica_rank(0, self.replica_id()))
     }
 
-    /// What node `node_id`'s reporter says each replica has in flight there: the others'
-    /// sum becomes the node's load beside this replica's own count.
-    /// `seq` is the report's: the same at every replica, so that they deal alike.
-    pub fn record_load(&self, node_id: &str, replicas: &[(String, u32)], seq: u64) {
+    /// What node `node_id`'s reporter says of its load (each replica's count, the engine's):
+    /// the rest of it becomes the node's load beside this replica's own count, and its free
+    /// slots are dealt. `seq` is the report's: the same at every replica, so they deal alike.
+    pub fn record_load(&self, node_id: &str, report: &ReportedLoad, seq: u64) {
         let view = self.view.load();
         let Some(node) = view.get(node_id) else {
             return;
@@ -654,23 +655,16 @@ impl Fleet {
         let me = self.replica_id();
         let share = share::dealt(
             node.config.max_concurrency,
-            replicas,
+            report,
             me,
             node.state.own_in_flight(),
             seq,
         );
         node.state.set_deal(share, Instant::now());
-        let others = replicas
-            .iter()
-            .filter(|(id, _)| id.as_str() != self.replica_id())
-            .fold(0u32, |sum, (_, n)| sum.saturating_add(*n));
-        if replicas
-            .iter()
-            .any(|(id, _)| id.as_str() != self.replica_id())
-        {
+        if report.replicas.iter().any(|(id, _)| id.as_str() != me) {
             *self.peers_seen.lock() = Some(Instant::now());
         }
-        if node.state.set_others_in_flight(others) {
+        if node.state.set_others_in_flight(report.others_than(me)) {
             self.changed.notify_one();
         }
     }
@@ -919,6 +913,13 @@ mod tests {
         drop(two);
     }
 
+    fn load(c: &[(&str, u32)]) -> ReportedLoad {
+        ReportedLoad {
+            replicas: c.iter().map(|(id, n)| (id.to_string(), *n)).collect(),
+            engine: None,
+        }
+    }
+
     #[test]
     fn the_limit_holds_across_replicas() {
         let fleet = Fleet::for_replica(&[node("a", "ta")], Some("me"));
@@ -930,7 +931,7 @@ mod tests {
             "alone until told otherwise"
         );
         // The reporter says: this replica has 0 (as it last heard), another has 1.
-        fleet.record_load("a", &[("me".into(), 0), ("other".into(), 1)], 0);
+        fleet.record_load("a", &load(&[("me", 0), ("other", 1)]), 0);
         assert!(fleet.replica_hash_if_shared(Instant::now()).is_some());
         assert_eq!((state.own_in_flight(), state.in_flight()), (0, 1));
         let mine = state.try_acquire(2, now, cool).unwrap();
@@ -940,15 +941,15 @@ mod tests {
         );
         assert_eq!((state.own_in_flight(), state.in_flight()), (1, 2));
         // The other replica's request ended (or the replica died): room again.
-        fleet.record_load("a", &[("me".into(), 1)], 1);
+        fleet.record_load("a", &load(&[("me", 1)]), 1);
         let second = state.try_acquire(2, now, cool).unwrap();
         assert_eq!(state.in_flight(), 2);
         drop((mine, second));
         assert_eq!(state.in_flight(), 0);
         // Its own entry is never counted twice, and an unknown node changes nothing.
-        fleet.record_load("a", &[("me".into(), 7)], 2);
+        fleet.record_load("a", &load(&[("me", 7)]), 2);
         assert_eq!(state.in_flight(), 0);
-        fleet.record_load("zz", &[("other".into(), 3)], 3);
+        fleet.record_load("zz", &load(&[("other", 3)]), 3);
     }
 
     #[tokio::test]

@@ -6,11 +6,45 @@
 //! and its `seq` are the same at each), and a replica admits past its deal only once the node
 //! has been quiet a while. Pure.
 
-/// Replica `me`'s deal of the node's free slots as the report (`counts`, numbered `seq`) shows
-/// them: `None` when no other replica is listed (it is alone: the limit is the only rule).
+/// What a node's reporter said of its load: each replica's count, and the engine's own where
+/// it says.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReportedLoad {
+    pub replicas: Vec<(String, u32)>,
+    pub engine: Option<u32>,
+}
+
+impl ReportedLoad {
+    /// The node's whole load as reported: the replicas' sum, or the engine's count where that
+    /// is higher (it sees clients the proxies do not).
+    pub fn total(&self) -> u32 {
+        let sum = self
+            .replicas
+            .iter()
+            .fold(0u32, |sum, (_, c)| sum.saturating_add(*c));
+        sum.max(self.engine.unwrap_or(0))
+    }
+
+    /// What replica `me` was reported to hold.
+    pub fn of(&self, me: &str) -> u32 {
+        self.replicas
+            .iter()
+            .find(|(id, _)| id == me)
+            .map_or(0, |(_, c)| *c)
+    }
+
+    /// Everything on the node but replica `me`'s requests, as reported.
+    pub fn others_than(&self, me: &str) -> u32 {
+        self.total().saturating_sub(self.of(me))
+    }
+}
+
+/// Replica `me`'s deal of the node's free slots as the report (numbered `seq`) shows them:
+/// `None` when no other replica is listed (it is alone: the limit is the only rule).
 /// `my_now` is its exact count now: what it admitted after the reporter heard from it is
 /// already spent from its deal.
-pub fn dealt(limit: u32, counts: &[(String, u32)], me: &str, my_now: u32, seq: u64) -> Option<u32> {
+pub fn dealt(limit: u32, report: &ReportedLoad, me: &str, my_now: u32, seq: u64) -> Option<u32> {
+    let counts = &report.replicas;
     let mut ids: Vec<&str> = counts.iter().map(|(id, _)| id.as_str()).collect();
     if !ids.contains(&me) {
         ids.push(me);
@@ -21,20 +55,13 @@ pub fn dealt(limit: u32, counts: &[(String, u32)], me: &str, my_now: u32, seq: u
     if n < 2 {
         return None;
     }
-    let total = counts
-        .iter()
-        .fold(0u32, |sum, (_, c)| sum.saturating_add(*c));
-    let free = u64::from(limit.saturating_sub(total));
+    let free = u64::from(limit.saturating_sub(report.total()));
     let pos = ids.iter().position(|id| *id == me).unwrap_or(0) as u64;
     // Slot k of the free ones goes to replica (k + seq) mod n: the remainder rotates with
     // each report, so no replica is always the one left out.
     let turn = (pos + n - seq % n) % n;
     let share = free / n + u64::from(turn < free % n);
-    let reported = counts
-        .iter()
-        .find(|(id, _)| id == me)
-        .map_or(0, |(_, c)| *c);
-    let unreported = my_now.saturating_sub(reported);
+    let unreported = my_now.saturating_sub(report.of(me));
     Some(
         u32::try_from(share)
             .unwrap_or(u32::MAX)
@@ -47,14 +74,30 @@ pub fn dealt(limit: u32, counts: &[(String, u32)], me: &str, my_now: u32, seq: u
 mod tests {
     use super::*;
 
-    fn counts(c: &[(&str, u32)]) -> Vec<(String, u32)> {
-        c.iter().map(|(id, n)| (id.to_string(), *n)).collect()
+    fn counts(c: &[(&str, u32)]) -> ReportedLoad {
+        ReportedLoad {
+            replicas: c.iter().map(|(id, n)| (id.to_string(), *n)).collect(),
+            engine: None,
+        }
+    }
+
+    #[test]
+    fn the_engines_count_wins_where_it_is_higher() {
+        let mut r = counts(&[("a", 1), ("b", 1)]);
+        assert_eq!((r.total(), r.others_than("a")), (2, 1));
+        // Two more requests reached the engine around the proxies.
+        r.engine = Some(4);
+        assert_eq!((r.total(), r.others_than("a")), (4, 3));
+        assert_eq!(dealt(4, &r, "a", 1, 0), Some(0), "nothing free to deal");
+        // An engine that lags behind the replicas' fresher counts does not lower them.
+        r.engine = Some(0);
+        assert_eq!(r.total(), 2);
     }
 
     #[test]
     fn alone_there_is_no_deal() {
         assert_eq!(dealt(4, &counts(&[("me", 1)]), "me", 1, 7), None);
-        assert_eq!(dealt(4, &[], "me", 0, 7), None);
+        assert_eq!(dealt(4, &ReportedLoad::default(), "me", 0, 7), None);
     }
 
     #[test]

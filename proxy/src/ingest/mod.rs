@@ -148,7 +148,7 @@ async fn pump(
             )));
         }
         let limits = state.config.load().telemetry.clone();
-        let replicas = match validate::replicas(&sample) {
+        let reported = match validate::load(&sample) {
             Ok(r) => r,
             Err(refusal) => {
                 counters.samples_refused.inc();
@@ -160,7 +160,7 @@ async fn pump(
                 counters.samples_refused.inc();
                 return Err(refusal.into_status());
             }
-            state.fleet.record_load(node_id, &replicas, sample.seq);
+            state.fleet.record_load(node_id, &reported, sample.seq);
             if acks.send(Ok(ack(sample.seq, false))).await.is_err() {
                 return Ok(());
             }
@@ -169,7 +169,7 @@ async fn pump(
         match validate(&sample, node_id, unix_ms_now(), Instant::now(), &limits) {
             Ok((telemetry, probes)) => {
                 // Before the sample: its power is filed under the node's whole load.
-                state.fleet.record_load(node_id, &replicas, sample.seq);
+                state.fleet.record_load(node_id, &reported, sample.seq);
                 if let Some(split) = state.fleet.record(node_id, telemetry, probes) {
                     state.book_energy(node_id, split);
                 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 use wes_proto::{Sample, SensorKind, ThermalState};
 
 use crate::config::TelemetryConfig;
-use crate::fleet::{LoadedModel, ProbeLoad, ProbeObservation, Residency, Telemetry};
+use crate::fleet::{LoadedModel, ProbeLoad, ProbeObservation, ReportedLoad, Residency, Telemetry};
 
 /// Why a sample was refused; the code is the gRPC status the stream ends with.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,8 +72,23 @@ pub fn identity(
     Ok(())
 }
 
+/// The node's load as its reporter says it: each replica's in-flight count, the engine's.
+pub fn load(sample: &Sample) -> Result<ReportedLoad, Refusal> {
+    if let Some(n) = sample.engine_in_flight
+        && n > MAX_REPLICA_IN_FLIGHT
+    {
+        return Err(invalid(format!(
+            "engine_in_flight {n} is above {MAX_REPLICA_IN_FLIGHT}"
+        )));
+    }
+    Ok(ReportedLoad {
+        replicas: replicas(sample)?,
+        engine: sample.engine_in_flight,
+    })
+}
+
 /// Each replica's in-flight count on the node, as its reporter heard them.
-pub fn replicas(sample: &Sample) -> Result<Vec<(String, u32)>, Refusal> {
+fn replicas(sample: &Sample) -> Result<Vec<(String, u32)>, Refusal> {
     if sample.replicas.len() > MAX_REPLICAS {
         return Err(invalid(format!(
             "{} replicas named; at most {MAX_REPLICAS}",
@@ -457,7 +472,11 @@ mod tests {
             replica_id: "p1".into(),
             in_flight: 3,
         }];
-        assert_eq!(replicas(&s).unwrap(), [("p1".to_owned(), 3)]);
+        assert_eq!(load(&s).unwrap().replicas, [("p1".to_owned(), 3)]);
+        s.engine_in_flight = Some(5_000_000);
+        assert!(load(&s).is_err());
+        s.engine_in_flight = Some(2);
+        assert_eq!(load(&s).unwrap().engine, Some(2));
         s.replicas[0].replica_id.clear();
         assert!(replicas(&s).is_err());
         s.replicas[0].replica_id = "p1".into();
