@@ -247,10 +247,32 @@ impl OllamaClient {
     }
 
     /// What the engine says it is: llama.cpp's `/props` build, else Ollama's `/api/version`.
-    /// Requests the engine says it is working on: llama.cpp's `/slots`, its slots processing.
-    /// `None` where the engine has no such list (Ollama, vLLM: 404; llama.cpp started with
-    /// `--no-slots`: 501).
+    /// Requests the engine says it is working on: llama.cpp's `/slots` (slots processing),
+    /// else vLLM's `/metrics` (requests running and waiting). `None` where the engine says
+    /// neither (Ollama: 404 on both).
     pub async fn engine_load(&self) -> Result<Option<u32>, String> {
+        if let Some(n) = self.slots_load().await? {
+            return Ok(Some(n));
+        }
+        let url = format!("{}/metrics", self.base);
+        let response = self
+            .http
+            .get(&url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .map_err(|e| format!("engine load from {url}: {e}"))?;
+        if !response.status().is_success() {
+            return Ok(None);
+        }
+        let text = response
+            .text()
+            .await
+            .map_err(|e| format!("engine load from {url}: {e}"))?;
+        Ok(vllm_requests(&text))
+    }
+
+    async fn slots_load(&self) -> Result<Option<u32>, String> {
         let url = format!("{}/slots", self.base);
         let response = self
             .http
@@ -416,6 +438,30 @@ fn snippet(text: &str) -> &str {
     &text[..end]
 }
 
+/// vLLM's requests running and waiting (`vllm:num_requests_running`,
+/// `vllm:num_requests_waiting`, summed over their label sets), from its Prometheus text;
+/// `None` when the text has neither.
+pub fn vllm_requests(metrics: &str) -> Option<u32> {
+    let mut total: Option<f64> = None;
+    for line in metrics.lines() {
+        let Some(rest) = line
+            .strip_prefix("vllm:num_requests_running")
+            .or_else(|| line.strip_prefix("vllm:num_requests_waiting"))
+        else {
+            continue;
+        };
+        // The name must end here: `{labels} value` or ` value`.
+        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            continue;
+        }
+        let value = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+        if let Some(v) = value.filter(|v| v.is_finite() && *v >= 0.0) {
+            *total.get_or_insert(0.0) += v;
+        }
+    }
+    total.map(|t| t.round().min(f64::from(u32::MAX)) as u32)
+}
+
 /// The slots of llama.cpp's `/slots` that are processing a request (`is_processing`, or a
 /// non-zero `state` in older servers); `None` for anything but a list of slots.
 pub fn slots_processing(slots: &serde_json::Value) -> Option<u32> {
@@ -440,6 +486,18 @@ pub fn slots_processing(slots: &serde_json::Value) -> Option<u32> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vllm_requests_sums_running_and_waiting() {
+        let text = "# HELP vllm:num_requests_running Number of requests\n\
+                    # TYPE vllm:num_requests_running gauge\n\
+                    vllm:num_requests_running{model_name=\"m\"} 3.0\n\
+                    vllm:num_requests_waiting{model_name=\"m\"} 2.0\n\
+                    vllm:num_requests_swapped{model_name=\"m\"} 9.0\n";
+        assert_eq!(vllm_requests(text), Some(5));
+        assert_eq!(vllm_requests("process_cpu_seconds_total 1.0\n"), None);
+        assert_eq!(vllm_requests("vllm:num_requests_running_total 4\n"), None);
+    }
 
     #[test]
     fn slots_processing_counts_busy_slots() {
