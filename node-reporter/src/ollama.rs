@@ -113,31 +113,48 @@ impl OllamaClient {
         })
     }
 
-    /// `GET path` as `T`: `Ok(None)` when the engine has no such endpoint (404); otherwise an
-    /// error that says what (`what`) could not be read from where.
+    /// `GET path`: `Ok(None)` when the engine has no such endpoint (404, or 501 where it has
+    /// one turned off, as llama.cpp's `--no-slots`); otherwise an error that says what
+    /// (`what`) could not be read from where.
+    async fn get(
+        &self,
+        path: &str,
+        what: &str,
+        timeout: Duration,
+    ) -> Result<Option<reqwest::Response>, String> {
+        let url = format!("{}{path}", self.base);
+        let response = self
+            .http
+            .get(&url)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| format!("{what} from {url}: {e}"))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_FOUND
+            || status == reqwest::StatusCode::NOT_IMPLEMENTED
+        {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(format!("{what} from {url}: HTTP {status}"));
+        }
+        Ok(Some(response))
+    }
+
+    /// [`Self::get`] as `T`.
     async fn get_json<T: serde::de::DeserializeOwned>(
         &self,
         path: &str,
         what: &str,
     ) -> Result<Option<T>, String> {
-        let url = format!("{}{path}", self.base);
-        let response = self
-            .http
-            .get(&url)
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-            .map_err(|e| format!("{what} from {url}: {e}"))?;
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
+        let Some(response) = self.get(path, what, Duration::from_secs(5)).await? else {
             return Ok(None);
-        }
-        if !response.status().is_success() {
-            return Err(format!("{what} from {url}: HTTP {}", response.status()));
-        }
+        };
         let body = response
             .json()
             .await
-            .map_err(|e| format!("{what} from {url}: not the {path} shape: {e}"))?;
+            .map_err(|e| format!("{what} from {}{path}: not the {path} shape: {e}", self.base))?;
         Ok(Some(body))
     }
 
@@ -251,50 +268,25 @@ impl OllamaClient {
     /// else vLLM's `/metrics` (requests running and waiting). `None` where the engine says
     /// neither (Ollama: 404 on both).
     pub async fn engine_load(&self) -> Result<Option<u32>, String> {
-        if let Some(n) = self.slots_load().await? {
-            return Ok(Some(n));
+        // Short: this is asked every sample interval.
+        let timeout = Duration::from_secs(2);
+        if let Some(slots) = self.get("/slots", "engine load", timeout).await? {
+            let slots: serde_json::Value = slots
+                .json()
+                .await
+                .map_err(|e| format!("engine load from {}/slots: {e}", self.base))?;
+            if let Some(n) = slots_processing(&slots) {
+                return Ok(Some(n));
+            }
         }
-        let url = format!("{}/metrics", self.base);
-        let response = self
-            .http
-            .get(&url)
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .map_err(|e| format!("engine load from {url}: {e}"))?;
-        if !response.status().is_success() {
+        let Some(metrics) = self.get("/metrics", "engine load", timeout).await? else {
             return Ok(None);
-        }
-        let text = response
+        };
+        let text = metrics
             .text()
             .await
-            .map_err(|e| format!("engine load from {url}: {e}"))?;
+            .map_err(|e| format!("engine load from {}/metrics: {e}", self.base))?;
         Ok(vllm_requests(&text))
-    }
-
-    async fn slots_load(&self) -> Result<Option<u32>, String> {
-        let url = format!("{}/slots", self.base);
-        let response = self
-            .http
-            .get(&url)
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .map_err(|e| format!("engine load from {url}: {e}"))?;
-        let status = response.status();
-        if status == reqwest::StatusCode::NOT_FOUND
-            || status == reqwest::StatusCode::NOT_IMPLEMENTED
-        {
-            return Ok(None);
-        }
-        if !status.is_success() {
-            return Err(format!("engine load from {url}: HTTP {status}"));
-        }
-        let slots: serde_json::Value = response
-            .json()
-            .await
-            .map_err(|e| format!("engine load from {url}: {e}"))?;
-        Ok(slots_processing(&slots))
     }
 
     pub async fn engine(&self) -> String {
