@@ -39,7 +39,9 @@ pub async fn run(
     // in a sample at once.
     let refresh_models = Arc::new(Notify::new());
     let sample_now = Arc::new(Notify::new());
-    let loads = Arc::new(Mutex::new(ReplicaLoads::default()));
+    // Two intervals: a live replica acknowledges every sample, so one that has not for two
+    // is gone or stuck, and the others stop counting its requests.
+    let loads = Arc::new(Mutex::new(ReplicaLoads::new(config.interval * 2)));
     let load_now = Arc::new(Notify::new());
 
     for (index, url) in config.proxies.iter().enumerate() {
@@ -112,9 +114,6 @@ async fn sample_loop(
     (sample_now, load_now, loads): (Arc<Notify>, Arc<Notify>, Arc<Mutex<ReplicaLoads>>),
     load_tx: watch::Sender<Option<Sample>>,
 ) {
-    // Two intervals: a live replica acknowledges every sample, so one that has not for two
-    // is gone or stuck, and the others stop counting its requests.
-    let replica_expiry = config.interval * 2;
     let mut ticker = tokio::time::interval(config.interval);
     // A slow sensor read must not be followed by a burst of catch-up samples.
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -139,8 +138,8 @@ async fn sample_loop(
             () = load_now.notified() => {
                 // A replica's count changed: the others hear of it now, without a sensor read.
                 seq += 1;
-                let replicas = loads.lock().current(std::time::Instant::now(), replica_expiry);
                 let engine = view.lock().engine_in_flight;
+                let replicas = loads.lock().publish(seq, std::time::Instant::now(), engine);
                 let message = load_sample(&config.node_id, seq, replicas, engine, unix_ms_now());
                 load_tx.send_replace(Some(message));
                 // Bursts of changes coalesce into one message per spacing.
@@ -168,10 +167,11 @@ async fn sample_loop(
         sent_thermal = Some(reading.thermal);
         seq += 1;
         let ollama = view.lock().clone();
-        let replicas = loads
-            .lock()
-            .current(std::time::Instant::now(), replica_expiry);
         let mut sample = build_sample(&config.node_id, seq, kind, reading, &ollama, unix_ms_now());
+        let replicas =
+            loads
+                .lock()
+                .publish(seq, std::time::Instant::now(), sample.engine_in_flight);
         sample.replicas = load_sample(&config.node_id, seq, replicas, None, 0).replicas;
         tracing::debug!(seq, watts = ?sample.power_watts, thermal = sample.thermal_state, "sample");
         samples.send_replace(Some(sample));

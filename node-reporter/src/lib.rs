@@ -8,4 +8,5 @@ pub mod ollama;
 pub mod replicas;
 pub mod sample;
 pub mod sensor;
+pub mod slots;
 pub mod stream;

@@ -6,6 +6,7 @@ use wes_proto::{
     LoadedModel, LoadedModels, Model, ModelList, PlatformFlags, ProbeResult, Sample, SensorKind,
 };
 
+use crate::replicas::Entry;
 use crate::sensor::Reading;
 
 pub fn unix_ms_now() -> i64 {
@@ -101,7 +102,7 @@ pub fn build_sample(
 pub fn load_sample(
     node_id: &str,
     seq: u64,
-    replicas: Vec<(String, u32)>,
+    replicas: Vec<Entry>,
     engine_in_flight: Option<u32>,
     timestamp_unix_ms: i64,
 ) -> Sample {
@@ -112,9 +113,10 @@ pub fn load_sample(
         seq,
         replicas: replicas
             .into_iter()
-            .map(|(replica_id, in_flight)| wes_proto::ReplicaLoad {
-                replica_id,
-                in_flight,
+            .map(|e| wes_proto::ReplicaLoad {
+                replica_id: e.replica_id,
+                in_flight: e.in_flight,
+                cap: e.cap,
             })
             .collect(),
         load_only: true,

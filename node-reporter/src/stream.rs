@@ -16,7 +16,7 @@ use tonic::{Code, Request};
 use wes_proto::telemetry_client::TelemetryClient;
 use wes_proto::{Sample, error_chain};
 
-use crate::replicas::ReplicaLoads;
+use crate::replicas::{ReplicaAck, ReplicaLoads};
 
 /// Exponential backoff with full jitter, so that many reporters cut off by one proxy restart
 /// do not reconnect in lockstep.
@@ -99,7 +99,11 @@ pub async fn run(
         }
         let outcome = session(&target, samples.clone(), shutdown.clone(), &feedback).await;
         // Down, its replica holds nothing here as far as the others are told.
-        if feedback.loads.lock().stream_down(feedback.index) {
+        let down = feedback
+            .loads
+            .lock()
+            .stream_down(feedback.index, std::time::Instant::now());
+        if down {
             feedback.load_now.notify_one();
         }
         match outcome {
@@ -221,15 +225,20 @@ async fn session(
                     feedback.refresh_models.notify_one();
                 }
                 if let (Some(n), false) = (ack.in_flight, ack.replica_id.is_empty()) {
-                    let changed = feedback.loads.lock().report(
+                    let heard = ReplicaAck {
+                        replica_id: &ack.replica_id,
+                        in_flight: n,
+                        seq: ack.seq,
+                        waiting: ack.waiting,
+                        max_concurrency: ack.max_concurrency,
+                    };
+                    let send_now = feedback.loads.lock().ack(
                         feedback.index,
-                        &ack.replica_id,
-                        n,
+                        &heard,
                         std::time::Instant::now(),
                     );
                     speaks_load.store(true, std::sync::atomic::Ordering::Relaxed);
-                    // A replica waiting for a slot asks for a fresh deal.
-                    if changed || ack.waiting {
+                    if send_now {
                         feedback.load_now.notify_one();
                     }
                 }

@@ -26,7 +26,7 @@ pub use estimate::{HALF_LIFE, RateEstimate};
 pub use health::{Admission, Circuit, NodeHealth};
 pub use load::{LoadModel, OccupancyMark};
 pub use power::PowerEstimate;
-pub use share::ReportedLoad;
+pub use share::{ReplicaReport, ReportedLoad};
 pub use telemetry::{LoadedModel, ProbeLoad, ProbeObservation, Residency, Telemetry};
 
 use crate::config::NodeConfig;
@@ -51,11 +51,10 @@ pub struct NodeState {
     others_in_flight: AtomicU32,
     /// This replica's count changed: its telemetry stream tells the reporter.
     own_load_changed: Notify,
-    /// This replica's deal of the node's free slots from the last load report (`share`);
-    /// `None` while it is the only replica the reports name.
-    deal: Mutex<Option<Deal>>,
-    /// A request here was refused for want of a deal: the next ack asks for a fresh one.
-    waiting_for_deal: std::sync::atomic::AtomicBool,
+    /// This replica's cap here, as the reporter last granted it (`share`).
+    cap: Mutex<Cap>,
+    /// A request here was refused by the cap: the next ack says so.
+    waiting_for_cap: std::sync::atomic::AtomicBool,
     /// The node's whole in-flight count (this replica's and the others') over time, for the
     /// concurrency a stream or a sample ran at.
     occupancy: Mutex<load::Occupancy>,
@@ -308,32 +307,29 @@ impl NodeState {
         now: Instant,
         cooldown: Duration,
     ) -> Option<InFlightGuard> {
-        // The limit is the node's, across replicas: the others' latest count plus this one's
-        // exact count (docs/design.md, "Several replicas").
-        let others = self.others_in_flight.load(Ordering::Acquire);
-        let mut deal = self.deal.lock();
-        if let Some(d) = deal.as_ref()
-            && d.admitted >= d.share
-            && now.saturating_duration_since(d.at) < DEAL_PATIENCE
-        {
-            // Ask the reporter for a fresh deal: the next one may come round to this replica.
-            self.waiting_for_deal.store(true, Ordering::Release);
-            self.own_load_changed.notify_one();
-            return None;
-        }
+        // The limit is the node's, across replicas (docs/design.md, "Several replicas"): where
+        // the reporter shares it out, this replica's cap; else the others' latest count plus
+        // this one's exact count. Under the cap's lock, so a lower cap arriving now binds.
+        let cap = self.cap.lock();
+        let room = match cap.granted {
+            Some(granted) => granted.min(max_concurrency),
+            None => max_concurrency.saturating_sub(self.others_in_flight.load(Ordering::Acquire)),
+        };
         let reserved = self
             .in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n.saturating_add(others) < max_concurrency).then_some(n + 1)
+                (n < room).then_some(n + 1)
             })
             .is_ok();
         if !reserved {
+            if cap.granted.is_some() {
+                // Tell the reporter: it serves waiting replicas first.
+                self.waiting_for_cap.store(true, Ordering::Release);
+                self.own_load_changed.notify_one();
+            }
             return None;
         }
-        if let Some(d) = deal.as_mut() {
-            d.admitted += 1;
-        }
-        drop(deal);
+        drop(cap);
         self.note_occupancy(now);
         self.own_load_changed.notify_one();
         let trial = match self.health.admit(now, cooldown) {
@@ -358,10 +354,10 @@ impl NodeState {
         self.slot_freed.notify_waiters();
     }
 
-    /// Whether a request waited for a deal since the last call (the ack that says so clears
-    /// it).
-    pub fn take_waiting_for_deal(&self) -> bool {
-        self.waiting_for_deal.swap(false, Ordering::AcqRel)
+    /// Whether a request was refused by the cap since the last call (the ack that says so
+    /// clears it).
+    pub fn take_waiting_for_cap(&self) -> bool {
+        self.waiting_for_cap.swap(false, Ordering::AcqRel)
     }
 
     /// Resolves once this replica's count here changed since the last call.
@@ -369,14 +365,37 @@ impl NodeState {
         self.own_load_changed.notified().await;
     }
 
-    /// A load report dealt this replica `share` more requests here (`None`: it is alone).
-    fn set_deal(&self, share: Option<u32>, now: Instant) {
-        let mut deal = self.deal.lock();
-        *deal = share.map(|share| Deal {
-            share,
-            admitted: 0,
-            at: now,
-        });
+    /// Load report `seq` granted this replica `granted` here (`None`: no caps, the limit
+    /// alone). A report older than the one in force is ignored: the reporter counts on the
+    /// newest cap a replica acknowledged being the one it obeys.
+    fn set_cap(&self, granted: Option<u32>, seq: u64) {
+        let mut cap = self.cap.lock();
+        if seq < cap.seq {
+            return;
+        }
+        let raised = match (cap.granted, granted) {
+            (Some(before), Some(now)) => now > before,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        *cap = Cap { granted, seq };
+        drop(cap);
+        if raised {
+            self.slot_freed.notify_waiters();
+        }
+    }
+
+    /// The stream the caps came on ended: a cap from it no longer stands for anything the
+    /// reporter knows (it dropped this replica's count), so nothing new is admitted here
+    /// until a stream brings a fresh one.
+    fn caps_lost(&self) {
+        let mut cap = self.cap.lock();
+        if cap.granted.is_some() {
+            *cap = Cap {
+                granted: Some(0),
+                seq: 0,
+            };
+        }
     }
 
     /// The other replicas now have `others` requests here. True when that changed.
@@ -581,17 +600,12 @@ pub struct Fleet {
     peers_seen: Mutex<Option<Instant>>,
 }
 
-/// A deal older than this no longer binds: the reporter (an older one, or one that lost its
-/// way) has not dealt again for that long, and the limit alone decides.
-const DEAL_PATIENCE: Duration = Duration::from_secs(1);
-
-/// What one load report dealt this replica on one node.
-#[derive(Debug, Clone, Copy)]
-struct Deal {
-    share: u32,
-    admitted: u32,
-    /// When the report arrived.
-    at: Instant,
+/// The cap a node's reporter granted this replica, and the report it came in.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cap {
+    /// `None`: no caps; the limit alone, against the others' reported count.
+    granted: Option<u32>,
+    seq: u64,
 }
 
 /// How long after the last word of another replica this one still acts as one of several.
@@ -644,28 +658,28 @@ impl Fleet {
             .then(|| crate::policy::replica_rank(0, self.replica_id()))
     }
 
-    /// What node `node_id`'s reporter says of its load (each replica's count, the engine's):
-    /// the rest of it becomes the node's load beside this replica's own count, and its free
-    /// slots are dealt. `seq` is the report's: the same at every replica, so they deal alike.
+    /// What node `node_id`'s reporter says of its load (each replica's count and cap, the
+    /// engine's): the rest of it becomes the node's load beside this replica's own count, and
+    /// this replica's cap binds from now. `seq` is the report's.
     pub fn record_load(&self, node_id: &str, report: &ReportedLoad, seq: u64) {
         let view = self.view.load();
         let Some(node) = view.get(node_id) else {
             return;
         };
         let me = self.replica_id();
-        let share = share::dealt(
-            node.config.max_concurrency,
-            report,
-            me,
-            node.state.own_in_flight(),
-            seq,
-        );
-        node.state.set_deal(share, Instant::now());
-        if report.replicas.iter().any(|(id, _)| id.as_str() != me) {
+        node.state.set_cap(report.cap_of(me), seq);
+        if report.replicas.iter().any(|r| r.id != me) {
             *self.peers_seen.lock() = Some(Instant::now());
         }
         if node.state.set_others_in_flight(report.others_than(me)) {
             self.changed.notify_one();
+        }
+    }
+
+    /// Node `node_id`'s telemetry stream ended (see [`NodeState::caps_lost`]).
+    pub fn load_reports_lost(&self, node_id: &str) {
+        if let Some(node) = self.view.load().get(node_id) {
+            node.state.caps_lost();
         }
     }
 
@@ -915,7 +929,28 @@ mod tests {
 
     fn load(c: &[(&str, u32)]) -> ReportedLoad {
         ReportedLoad {
-            replicas: c.iter().map(|(id, n)| (id.to_string(), *n)).collect(),
+            replicas: c
+                .iter()
+                .map(|(id, n)| ReplicaReport {
+                    id: id.to_string(),
+                    in_flight: *n,
+                    cap: None,
+                })
+                .collect(),
+            engine: None,
+        }
+    }
+
+    fn capped(c: &[(&str, u32, u32)]) -> ReportedLoad {
+        ReportedLoad {
+            replicas: c
+                .iter()
+                .map(|(id, n, cap)| ReplicaReport {
+                    id: id.to_string(),
+                    in_flight: *n,
+                    cap: Some(*cap),
+                })
+                .collect(),
             engine: None,
         }
     }
@@ -950,6 +985,34 @@ mod tests {
         fleet.record_load("a", &load(&[("me", 7)]), 2);
         assert_eq!(state.in_flight(), 0);
         fleet.record_load("zz", &load(&[("other", 3)]), 3);
+    }
+
+    #[test]
+    fn a_granted_cap_binds_and_a_lost_stream_admits_nothing_new() {
+        let fleet = Fleet::for_replica(&[node("a", "ta")], Some("me"));
+        let state = fleet.view().get("a").unwrap().state.clone();
+        let (now, cool) = (Instant::now(), Duration::from_secs(5));
+        // Cap 1, though the counts alone would leave room for 3.
+        fleet.record_load("a", &capped(&[("me", 0, 1), ("other", 0, 3)]), 5);
+        let one = state.try_acquire(4, now, cool).unwrap();
+        assert!(state.try_acquire(4, now, cool).is_none());
+        assert!(state.take_waiting_for_cap(), "the refusal is told");
+        assert!(!state.take_waiting_for_cap());
+        // An older report, arriving late on the other channel, does not undo the newer cap.
+        fleet.record_load("a", &capped(&[("me", 0, 3), ("other", 0, 1)]), 4);
+        assert!(state.try_acquire(4, now, cool).is_none());
+        fleet.record_load("a", &capped(&[("me", 1, 2), ("other", 0, 2)]), 6);
+        let two = state.try_acquire(4, now, cool).unwrap();
+        // Named nowhere in a report that grants caps: nothing new.
+        drop((one, two));
+        fleet.record_load("a", &capped(&[("other", 0, 4)]), 7);
+        assert!(state.try_acquire(4, now, cool).is_none());
+        fleet.record_load("a", &capped(&[("me", 0, 2), ("other", 0, 2)]), 8);
+        fleet.load_reports_lost("a");
+        assert!(state.try_acquire(4, now, cool).is_none(), "stream gone");
+        // A fresh stream (its seq starts again) with no caps: the limit alone.
+        fleet.record_load("a", &load(&[("me", 0)]), 1);
+        assert!(state.try_acquire(4, now, cool).is_some());
     }
 
     #[tokio::test]

@@ -69,6 +69,7 @@ impl Telemetry for TelemetryService {
         let state = self.state.clone();
         tokio::spawn(async move {
             let outcome = pump(&state, &node_id, &token, &mut inbound, &acks).await;
+            state.fleet.load_reports_lost(&node_id);
             match outcome {
                 Ok(()) => tracing::info!(%peer, node = %node_id, "telemetry stream closed"),
                 Err(status) => {
@@ -93,15 +94,19 @@ async fn pump(
     let counters = &state.metrics.telemetry;
     loop {
         // Looked up each time: a reload may have replaced the node.
-        let node = state.fleet.view().get(node_id).map(|n| n.state.clone());
+        let configured = state.fleet.view().get(node_id).cloned();
+        let node = configured.as_ref().map(|n| n.state.clone());
         let own = || node.as_ref().map(|n| n.own_in_flight());
         let replica_id = state.fleet.replica_id().to_owned();
+        // Built after the message it acknowledges is applied: the count it carries is read
+        // under the cap that message granted, which the reporter counts on.
         let ack = |seq: u64, refresh_models: bool| Ack {
             seq,
             refresh_models,
             replica_id: replica_id.clone(),
             in_flight: own(),
-            waiting: node.as_ref().is_some_and(|n| n.take_waiting_for_deal()),
+            waiting: node.as_ref().is_some_and(|n| n.take_waiting_for_cap()),
+            max_concurrency: configured.as_ref().map(|n| n.config.max_concurrency),
         };
         let refresh_asked = async {
             match &node {

@@ -6,7 +6,9 @@ use std::time::Instant;
 use wes_proto::{Sample, SensorKind, ThermalState};
 
 use crate::config::TelemetryConfig;
-use crate::fleet::{LoadedModel, ProbeLoad, ProbeObservation, ReportedLoad, Residency, Telemetry};
+use crate::fleet::{
+    LoadedModel, ProbeLoad, ProbeObservation, ReplicaReport, ReportedLoad, Residency, Telemetry,
+};
 
 /// Why a sample was refused; the code is the gRPC status the stream ends with.
 #[derive(Debug, Clone, PartialEq)]
@@ -88,7 +90,7 @@ pub fn load(sample: &Sample) -> Result<ReportedLoad, Refusal> {
 }
 
 /// Each replica's in-flight count on the node, as its reporter heard them.
-fn replicas(sample: &Sample) -> Result<Vec<(String, u32)>, Refusal> {
+fn replicas(sample: &Sample) -> Result<Vec<ReplicaReport>, Refusal> {
     if sample.replicas.len() > MAX_REPLICAS {
         return Err(invalid(format!(
             "{} replicas named; at most {MAX_REPLICAS}",
@@ -110,7 +112,17 @@ fn replicas(sample: &Sample) -> Result<Vec<(String, u32)>, Refusal> {
                     r.replica_id, r.in_flight
                 )));
             }
-            Ok((r.replica_id.clone(), r.in_flight))
+            if let Some(cap) = r.cap.filter(|c| *c > MAX_REPLICA_IN_FLIGHT) {
+                return Err(invalid(format!(
+                    "replica {:?} is granted a cap of {cap}, above {MAX_REPLICA_IN_FLIGHT}",
+                    r.replica_id
+                )));
+            }
+            Ok(ReplicaReport {
+                id: r.replica_id.clone(),
+                in_flight: r.in_flight,
+                cap: r.cap,
+            })
         })
         .collect()
 }
@@ -471,8 +483,13 @@ mod tests {
         s.replicas = vec![wes_proto::ReplicaLoad {
             replica_id: "p1".into(),
             in_flight: 3,
+            cap: Some(4),
         }];
-        assert_eq!(load(&s).unwrap().replicas, [("p1".to_owned(), 3)]);
+        let read = &load(&s).unwrap().replicas[0];
+        assert_eq!(
+            (read.id.as_str(), read.in_flight, read.cap),
+            ("p1", 3, Some(4))
+        );
         s.engine_in_flight = Some(5_000_000);
         assert!(load(&s).is_err());
         s.engine_in_flight = Some(2);
@@ -481,6 +498,9 @@ mod tests {
         assert!(replicas(&s).is_err());
         s.replicas[0].replica_id = "p1".into();
         s.replicas[0].in_flight = 2_000_000;
+        assert!(replicas(&s).is_err());
+        s.replicas[0].in_flight = 1;
+        s.replicas[0].cap = Some(2_000_000);
         assert!(replicas(&s).is_err());
     }
 
