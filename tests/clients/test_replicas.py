@@ -1,7 +1,7 @@
 """Three proxy replicas behind a real L4 balancer (HAProxy, TCP mode with health checks), every
 reporter streaming to every replica: concurrent streams through HAProxy put at most
-`max_concurrency + 2` on a node (the target is + 1, which most runs show) (each node's own count, read from the simulator, is the
-ground truth); killing one replica mid-load fails only the streams it was relaying, and new
+`max_concurrency + 1` on a node (each node's own count, read from the simulator, is the ground
+truth; the reporters' caps are meant to hold it at `max_concurrency`); killing one replica mid-load fails only the streams it was relaying, and new
 requests reach the others; a restarted replica is ranked again within a few sample
 intervals."""
 
@@ -209,10 +209,10 @@ def test_the_limit_holds_across_replicas_behind_haproxy(cluster):
     print(f"peaks {load.peaks}, {len(ok)} of {len(load.results)} streams, by replica {by_replica}")
     assert len(ok) == len(load.results) and len(ok) > 20, [r for r in load.results if not r.ok][:3]
     assert set(by_replica) == set(REPLICAS), by_replica
-    # The target is `max_concurrency + 1` (one report's lag); one fresh-clone CI run of about a
-    # dozen saw + 2 once (docs/benchmarks/replicas.md), so the test holds the bound it keeps.
+    # The caps hold the node at its limit; + 1 leaves room for the simulator's count, which
+    # a stream leaves a moment after the proxy has released its slot.
     for node, peak in load.peaks.items():
-        assert peak <= MAX_CONCURRENCY + 2, f"{node} held {peak} at once: {load.peaks}"
+        assert peak <= MAX_CONCURRENCY + 1, f"{node} held {peak} at once: {load.peaks}"
 
 
 def test_a_replica_killed_mid_load_fails_only_its_own_streams(cluster):
