@@ -44,6 +44,7 @@ def run(n):
             "max": load.peaks,
             "share": share,
             "tok_per_j": len(ok) * T.TOKENS / joules if joules else float("nan"),
+            "errors": sorted({str(r.error)[:160] for r in load.results if not r.ok}),
         }
         return row
     finally:
@@ -51,7 +52,8 @@ def run(n):
 
 
 def main():
-    rows = [run(n) for n in (1, 2, 3)]
+    counts = [int(n) for n in os.environ.get("REPLICAS", "1,2,3").split(",")]
+    rows = [run(n) for n in counts]
     print(f"{CALLERS} callers, {SECONDS:.0f} s each, streams of {T.TOKENS} tokens, two simulated "
           f"nodes (rtx-4090, `max_concurrency` {T.MAX_CONCURRENCY}), HAProxy (TCP, round robin) "
           "in front, every reporter streaming to every replica.\n")
@@ -65,6 +67,9 @@ def main():
         share = ", ".join(f"{k} {100 * r['share'][k] / total:.0f}%" for k in nodes)
         print(f"| {r['replicas']} | {r['streams']} | {r['failed']} | {p99} | {mx} | {share} | "
               f"{r['tok_per_j']:.3f} |")
+    for r in rows:
+        for e in r["errors"]:
+            print(f"\nFailed with {r['replicas']} replicas: `{e}`")
 
 
 if __name__ == "__main__":

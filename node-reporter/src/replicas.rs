@@ -22,6 +22,8 @@ pub struct ReplicaAck<'a> {
     pub waiting: bool,
     /// The node's `max_concurrency` in its config.
     pub max_concurrency: Option<u32>,
+    /// Requests it has admitted here since it started, where it says.
+    pub admitted: Option<u64>,
 }
 
 /// One replica's entry in a message: its count and, where slots are shared out, its cap.
@@ -40,6 +42,7 @@ struct Heard {
     max_concurrency: Option<u32>,
     /// The newest message this stream's replica acknowledged.
     acked_seq: u64,
+    admitted: Option<u64>,
 }
 
 /// A message sent: its `seq` and each replica's cap in it (`None`: it granted no caps, so a
@@ -50,8 +53,15 @@ struct Sent {
     caps: Option<Vec<(String, u32)>>,
 }
 
+/// Since when a replica has said it waits, and when it last said so.
+#[derive(Debug, Clone, Copy)]
+struct Waiting {
+    since: Instant,
+    last: Instant,
+}
+
 /// A replica's word that it waits counts this long: one whose request left or gave up stops
-/// being served first.
+/// being served first. One still waiting says so again at each refusal.
 const WAITING_FRESH: Duration = Duration::from_millis(500);
 
 /// Sent messages kept for replicas that have not acknowledged them. A replica further behind
@@ -65,7 +75,7 @@ pub struct ReplicaLoads {
     expiry: Duration,
     /// By stream (one per configured proxy URL): a stream is one replica's.
     by_stream: HashMap<usize, Heard>,
-    waiting_since: HashMap<String, Instant>,
+    waiting: HashMap<String, Waiting>,
     sent: VecDeque<Sent>,
     /// The requests the engine last said it runs, if it says.
     engine: Option<u32>,
@@ -78,7 +88,7 @@ impl ReplicaLoads {
         ReplicaLoads {
             expiry,
             by_stream: HashMap::new(),
-            waiting_since: HashMap::new(),
+            waiting: HashMap::new(),
             sent: VecDeque::new(),
             engine: None,
             last: Vec::new(),
@@ -94,18 +104,23 @@ impl ReplicaLoads {
             .get(&stream)
             .filter(|h| h.replica_id == ack.replica_id);
         let acked_seq = earlier.map_or(0, |h| h.acked_seq).max(ack.seq);
-        // A replica whose count rose took a slot: its waiting is served; if it still waits, it
-        // waits again behind the others.
-        if earlier.is_some_and(|h| ack.in_flight > h.in_flight) {
-            self.waiting_since.remove(ack.replica_id);
+        // A replica that took a slot is served; if it still waits, it waits again behind the
+        // others. Its count alone may not show it: one request's end and the next's start
+        // come in one ack.
+        if earlier.is_some_and(|h| ack.in_flight > h.in_flight || ack.admitted > h.admitted) {
+            self.waiting.remove(ack.replica_id);
         }
         if ack.waiting {
-            self.waiting_since
+            self.waiting
                 .entry(ack.replica_id.to_owned())
-                .or_insert(now);
+                .or_insert(Waiting {
+                    since: now,
+                    last: now,
+                })
+                .last = now;
         }
-        self.waiting_since
-            .retain(|_, since| now.saturating_duration_since(*since) < WAITING_FRESH);
+        self.waiting
+            .retain(|_, w| now.saturating_duration_since(w.last) < WAITING_FRESH);
         self.by_stream.insert(
             stream,
             Heard {
@@ -114,6 +129,7 @@ impl ReplicaLoads {
                 at: now,
                 max_concurrency: ack.max_concurrency,
                 acked_seq,
+                admitted: ack.admitted,
             },
         );
         self.worth_sending(now)
@@ -124,7 +140,7 @@ impl ReplicaLoads {
     /// should go out now.
     pub fn stream_down(&mut self, stream: usize, now: Instant) -> bool {
         if let Some(gone) = self.by_stream.remove(&stream) {
-            self.waiting_since.remove(&gone.replica_id);
+            self.waiting.remove(&gone.replica_id);
         }
         self.worth_sending(now)
     }
@@ -187,7 +203,7 @@ impl ReplicaLoads {
                 hold: h
                     .in_flight
                     .max(self.may_obey(&h.replica_id, h.acked_seq, limit)),
-                waiting_since: self.waiting_since.get(&h.replica_id).copied(),
+                waiting_since: self.waiting.get(&h.replica_id).map(|w| w.since),
             })
             .collect();
         let caps = slots::caps(limit.saturating_sub(others), &replicas);
@@ -254,6 +270,7 @@ mod tests {
             seq,
             waiting: false,
             max_concurrency: Some(2),
+            admitted: None,
         }
     }
 
@@ -365,7 +382,16 @@ mod tests {
         assert_eq!(caps(&loads.publish(5, t, None)), [Some(0), Some(2)]);
         // b took it: served; the free slot would go back to a, the first by id, if one freed.
         loads.ack(1, &ack("b", 2, 5), t);
-        assert!(!loads.waiting_since.contains_key("b"));
+        assert!(!loads.waiting.contains_key("b"));
+        // A replica whose request ended and whose next took the slot at once is served too.
+        let mut waits = ack("a", 0, 5);
+        (waits.waiting, waits.admitted) = (true, Some(10));
+        loads.ack(0, &waits, t);
+        assert!(loads.waiting.contains_key("a"));
+        waits.admitted = Some(11);
+        waits.waiting = false;
+        loads.ack(0, &waits, t);
+        assert!(!loads.waiting.contains_key("a"));
     }
 
     #[test]

@@ -23,19 +23,20 @@ pub struct Replica {
 /// every call shares out alike). `limit` is what the proxies may hold together: the node's
 /// `max_concurrency` less what the engine runs for clients of no replica.
 ///
-/// The free slots (the limit less every count) go one each to the replicas waiting for one,
-/// longest waiting first, then evenly, the remainder to the first by id. A cap above a
-/// replica's hold takes room that the holds leave; while there is none it stays at the hold,
-/// and the next call, once lower caps are acknowledged, raises it.
+/// While no replica waits, each keeps what it holds and the free slots (the limit less every
+/// count) are spread evenly, the remainder to the first by id: a request arriving anywhere
+/// usually finds room without asking. Once some wait, those that do not keep what they hold
+/// and the waiting ones split the rest evenly, the remainder to the longest waiting: a waiting
+/// replica holding more than its part is lowered below its count, so that the slots its
+/// requests free go to the others instead of to its own next request (which would take them
+/// first: it needs no round trip). A cap above a replica's hold takes room that the holds
+/// leave; while there is none it stays at the hold, and the next call, once lower caps are
+/// acknowledged and counts have fallen, raises it.
 pub fn caps(limit: u32, replicas: &[Replica]) -> Vec<u32> {
     let n = replicas.len();
     if n == 0 {
         return Vec::new();
     }
-    let used = replicas
-        .iter()
-        .fold(0u32, |sum, r| sum.saturating_add(r.in_flight));
-    let mut free = limit.saturating_sub(used);
     let mut waiters: Vec<(Instant, usize)> = replicas
         .iter()
         .enumerate()
@@ -43,17 +44,23 @@ pub fn caps(limit: u32, replicas: &[Replica]) -> Vec<u32> {
         .collect();
     waiters.sort();
     let mut target: Vec<u32> = replicas.iter().map(|r| r.in_flight).collect();
-    for &(_, i) in &waiters {
-        if free == 0 {
-            break;
+    if waiters.is_empty() {
+        let used = replicas
+            .iter()
+            .fold(0u32, |sum, r| sum.saturating_add(r.in_flight));
+        let free = limit.saturating_sub(used);
+        for (rank, t) in target.iter_mut().enumerate() {
+            *t = t.saturating_add(part(free, n, rank));
         }
-        target[i] += 1;
-        free -= 1;
-    }
-    let count = u32::try_from(n).unwrap_or(u32::MAX);
-    for (i, t) in target.iter_mut().enumerate() {
-        let extra = u32::from(u32::try_from(i).unwrap_or(u32::MAX) < free % count);
-        *t = t.saturating_add(free / count + extra);
+    } else {
+        let settled = replicas
+            .iter()
+            .filter(|r| r.waiting_since.is_none())
+            .fold(0u32, |sum, r| sum.saturating_add(r.in_flight));
+        let pool = limit.saturating_sub(settled);
+        for (rank, (_, i)) in waiters.iter().enumerate() {
+            target[*i] = part(pool, waiters.len(), rank);
+        }
     }
 
     let held = replicas
@@ -74,6 +81,13 @@ pub fn caps(limit: u32, replicas: &[Replica]) -> Vec<u32> {
         room -= give;
     }
     caps
+}
+
+/// The `rank`th of `parts` even parts of `total`, the remainder to the first ranks.
+fn part(total: u32, parts: usize, rank: usize) -> u32 {
+    let parts = u32::try_from(parts).unwrap_or(u32::MAX).max(1);
+    let rank = u32::try_from(rank).unwrap_or(u32::MAX);
+    total / parts + u32::from(rank < total % parts)
 }
 
 #[cfg(test)]
@@ -124,6 +138,26 @@ mod tests {
         assert_eq!(caps(2, &replicas), [0, 1, 0], "not before a acknowledges");
         acknowledge(&mut replicas, &first);
         assert_eq!(caps(2, &replicas), [0, 1, 1]);
+    }
+
+    #[test]
+    fn a_waiting_replica_holding_more_than_its_part_gives_the_rest_up() {
+        let t = Instant::now();
+        // a holds both slots and waits for more; b waits longer and holds none.
+        let mut replicas = [settled(2, 2), settled(0, 0)];
+        replicas[0].waiting_since = Some(t + Duration::from_millis(5));
+        replicas[1].waiting_since = Some(t);
+        let first = caps(2, &replicas);
+        assert_eq!(
+            first,
+            [1, 0],
+            "a lowered below its count; no room for b yet"
+        );
+        // One of a's requests ends: a may not take its slot again, and once it says so the
+        // slot is b's.
+        replicas[0].in_flight = 1;
+        acknowledge(&mut replicas, &first);
+        assert_eq!(caps(2, &replicas), [1, 1]);
     }
 
     #[test]

@@ -231,6 +231,7 @@ async fn session(
                         seq: ack.seq,
                         waiting: ack.waiting,
                         max_concurrency: ack.max_concurrency,
+                        admitted: ack.admitted,
                     };
                     let send_now = feedback.loads.lock().ack(
                         feedback.index,

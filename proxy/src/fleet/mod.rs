@@ -47,6 +47,9 @@ pub struct NodeState {
     best_clean: Mutex<HashMap<String, f64>>,
     /// Requests this replica has on the node: exact, and what it admits against.
     in_flight: AtomicU32,
+    /// Requests this replica has admitted here since it started (the reporter tells a
+    /// replica that was served from one that still waits by it).
+    admitted: std::sync::atomic::AtomicU64,
     /// Requests the other proxy replicas have on it, as the node's reporter last said.
     others_in_flight: AtomicU32,
     /// This replica's count changed: its telemetry stream tells the reporter.
@@ -321,7 +324,9 @@ impl NodeState {
                 (n < room).then_some(n + 1)
             })
             .is_ok();
-        if !reserved {
+        if reserved {
+            self.admitted.fetch_add(1, Ordering::Relaxed);
+        } else {
             if cap.granted.is_some() {
                 // Tell the reporter: it serves waiting replicas first.
                 self.waiting_for_cap.store(true, Ordering::Release);
@@ -352,6 +357,11 @@ impl NodeState {
         self.note_occupancy(Instant::now());
         self.own_load_changed.notify_one();
         self.slot_freed.notify_waiters();
+    }
+
+    /// Requests admitted here since start.
+    pub fn admitted(&self) -> u64 {
+        self.admitted.load(Ordering::Relaxed)
     }
 
     /// Whether a request was refused by the cap since the last call (the ack that says so

@@ -107,6 +107,7 @@ async fn pump(
             in_flight: own(),
             waiting: node.as_ref().is_some_and(|n| n.take_waiting_for_cap()),
             max_concurrency: configured.as_ref().map(|n| n.config.max_concurrency),
+            admitted: node.as_ref().map(|n| n.admitted()),
         };
         let refresh_asked = async {
             match &node {
