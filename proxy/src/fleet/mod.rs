@@ -7,6 +7,7 @@ pub mod health;
 pub mod load;
 pub mod model_name;
 mod power;
+pub mod queue;
 pub mod residency;
 mod share;
 mod telemetry;
@@ -603,8 +604,8 @@ pub struct Fleet {
     view: ArcSwap<FleetView>,
     changed: Notify,
     slot_freed: Arc<Notify>,
-    /// Requests now waiting for a free slot.
-    pub waiting: AtomicU32,
+    /// Requests now waiting for a free slot, in order.
+    pub queue: Arc<queue::WaitQueue>,
     replica_id: ReplicaId,
     /// When a sample last named another replica.
     peers_seen: Mutex<Option<Instant>>,

@@ -2,7 +2,6 @@
 //! the first one's slot taken; when every node that could serve is full, a bounded wait for a
 //! slot. Answers 404 and 503 itself, in the client protocol's shape.
 
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use pingora::proxy::Session;
@@ -40,6 +39,9 @@ impl Relay {
         // Armed only once every node is full (the common request never registers): after
         // arming, one more look, so a slot freed between that look and the wait still wakes us.
         let mut slot_freed = None;
+        let queue = &self.state.fleet.queue;
+        // Held while this request waits its turn (`fleet/queue.rs`).
+        let mut ticket: Option<crate::fleet::queue::Ticket> = None;
         loop {
             let ranking = self.state.ranking.load_full();
             let Some(route) = ranking.routes.route(model) else {
@@ -56,18 +58,28 @@ impl Relay {
                 unavailable(session, shape, &message).await?;
                 return Ok(None);
             }
+            // Only the first in line for the model tries; a new request goes behind those
+            // already waiting.
+            let my_turn = match &ticket {
+                Some(t) => t.is_first(),
+                None => !queue.anyone_waits_for(&route.model),
+            };
             let now = Instant::now();
             let mut request = RouteRequest::new(model, routing, now);
             request.waited = now.saturating_duration_since(arrived);
             request.replica = self.state.fleet.replica_hash_if_shared(now);
-            let chosen = policy::choose(
-                policy,
-                &request,
-                route,
-                routing.exploration_share,
-                MAX_ATTEMPTS,
-                &mut rand::rng(),
-            );
+            let chosen = if my_turn {
+                policy::choose(
+                    policy,
+                    &request,
+                    route,
+                    routing.exploration_share,
+                    MAX_ATTEMPTS,
+                    &mut rand::rng(),
+                )
+            } else {
+                Vec::new()
+            };
             for (at, i) in chosen.iter().enumerate() {
                 let node = &route.nodes[*i];
                 // Filled up since the look: the next one.
@@ -82,6 +94,10 @@ impl Relay {
                     .iter()
                     .map(|i| route.nodes[*i].clone())
                     .collect();
+                if ticket.take().is_some() {
+                    // The next in line may find a slot too.
+                    self.state.fleet.slot_freed().notify_waiters();
+                }
                 return Ok(Some(Selection {
                     model: route.model.clone(),
                     first: node.clone(),
@@ -96,8 +112,7 @@ impl Relay {
                 slot_freed = Some(notified);
                 continue;
             };
-            let waiting = &self.state.fleet.waiting;
-            let queue_full = waiting.load(Ordering::Relaxed) >= routing.queue_limit;
+            let queue_full = ticket.is_none() && queue.len() >= routing.queue_limit as usize;
             let left = deadline.saturating_duration_since(Instant::now());
             if queue_full || left.is_zero() {
                 let why = if queue_full {
@@ -128,9 +143,10 @@ impl Relay {
                 unavailable(session, shape, &message).await?;
                 return Ok(None);
             }
-            waiting.fetch_add(1, Ordering::Relaxed);
+            if ticket.is_none() {
+                ticket = Some(queue.join(&route.model));
+            }
             let _ = tokio::time::timeout(left, armed).await;
-            waiting.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
