@@ -8,12 +8,15 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
 #[derive(Debug, Default)]
 pub struct WaitQueue {
     inner: Mutex<Inner>,
+    /// The number waiting, read without the lock: nearly every request finds none.
+    len: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -40,6 +43,7 @@ impl WaitQueue {
         let number = inner.next;
         inner.next += 1;
         inner.waiting.insert(number, model.clone());
+        self.len.store(inner.waiting.len(), Ordering::Release);
         Ticket {
             queue: self.clone(),
             number,
@@ -49,12 +53,12 @@ impl WaitQueue {
 
     /// Whether any request waits for `model`: a new one goes behind it.
     pub fn anyone_waits_for(&self, model: &str) -> bool {
-        self.inner.lock().waiting.values().any(|m| &**m == model)
+        self.len() > 0 && self.inner.lock().waiting.values().any(|m| &**m == model)
     }
 
     /// Requests waiting, for every model.
     pub fn len(&self) -> usize {
-        self.inner.lock().waiting.len()
+        self.len.load(Ordering::Acquire)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -75,7 +79,9 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.queue.inner.lock().waiting.remove(&self.number);
+        let mut inner = self.queue.inner.lock();
+        inner.waiting.remove(&self.number);
+        self.queue.len.store(inner.waiting.len(), Ordering::Release);
     }
 }
 
