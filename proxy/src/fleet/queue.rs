@@ -53,7 +53,7 @@ impl WaitQueue {
 
     /// Whether any request waits for `model`: a new one goes behind it.
     pub fn anyone_waits_for(&self, model: &str) -> bool {
-        self.len() > 0 && self.inner.lock().waiting.values().any(|m| &**m == model)
+        !self.is_empty() && self.inner.lock().waiting.values().any(|m| &**m == model)
     }
 
     /// Requests waiting, for every model.
