@@ -274,6 +274,24 @@ mod tests {
         }
     }
 
+    /// Replicas a and b with these counts, each having acknowledged message 1 (with caps).
+    fn two_that_acknowledged(a: u32, b: u32, max_concurrency: u32, t: Instant) -> ReplicaLoads {
+        let mut loads = ReplicaLoads::new(EXPIRY);
+        for seq in [0, 1] {
+            if seq == 1 {
+                loads.publish(1, t, None);
+            }
+            for (stream, (id, n)) in [("a", a), ("b", b)].into_iter().enumerate() {
+                let heard = ReplicaAck {
+                    max_concurrency: Some(max_concurrency),
+                    ..ack(id, n, seq)
+                };
+                loads.ack(stream, &heard, t);
+            }
+        }
+        loads
+    }
+
     fn counts(entries: &[Entry]) -> Vec<(&str, u32)> {
         entries
             .iter()
@@ -359,12 +377,7 @@ mod tests {
     #[test]
     fn a_slot_moves_to_a_waiting_replica_only_after_the_holder_acknowledges() {
         let t = Instant::now();
-        let mut loads = ReplicaLoads::new(EXPIRY);
-        loads.ack(0, &ack("a", 0, 0), t);
-        loads.ack(1, &ack("b", 1, 0), t);
-        loads.publish(1, t, None);
-        loads.ack(0, &ack("a", 0, 1), t);
-        loads.ack(1, &ack("b", 1, 1), t);
+        let mut loads = two_that_acknowledged(0, 1, 2, t);
         // a holds the free slot, b the other.
         assert_eq!(caps(&loads.publish(2, t, None)), [Some(1), Some(1)]);
         loads.ack(0, &ack("a", 0, 2), t);
@@ -397,16 +410,7 @@ mod tests {
     #[test]
     fn what_the_engine_runs_for_others_is_taken_from_the_shared_limit() {
         let t = Instant::now();
-        let mut loads = ReplicaLoads::new(EXPIRY);
-        let four = |id, seq| ReplicaAck {
-            max_concurrency: Some(4),
-            ..ack(id, 0, seq)
-        };
-        loads.ack(0, &four("a", 0), t);
-        loads.ack(1, &four("b", 0), t);
-        loads.publish(1, t, None);
-        loads.ack(0, &four("a", 1), t);
-        loads.ack(1, &four("b", 1), t);
+        let mut loads = two_that_acknowledged(0, 0, 4, t);
         // Two requests reached the engine around the proxies.
         assert_eq!(caps(&loads.publish(2, t, Some(2))), [Some(1), Some(1)]);
     }
@@ -414,12 +418,7 @@ mod tests {
     #[test]
     fn a_replica_left_out_of_a_capped_message_takes_nothing_until_it_is_in_one() {
         let t = Instant::now();
-        let mut loads = ReplicaLoads::new(EXPIRY);
-        loads.ack(0, &ack("a", 0, 0), t);
-        loads.ack(1, &ack("b", 0, 0), t);
-        loads.publish(1, t, None);
-        loads.ack(0, &ack("a", 0, 1), t);
-        loads.ack(1, &ack("b", 0, 1), t);
+        let mut loads = two_that_acknowledged(0, 0, 2, t);
         loads.publish(2, t, None);
         // c read message 2, which did not name it: it holds cap 0.
         loads.ack(2, &ack("c", 0, 2), t);

@@ -938,32 +938,26 @@ mod tests {
         drop(two);
     }
 
-    fn load(c: &[(&str, u32)]) -> ReportedLoad {
+    fn report(c: impl IntoIterator<Item = (&'static str, u32, Option<u32>)>) -> ReportedLoad {
         ReportedLoad {
             replicas: c
-                .iter()
-                .map(|(id, n)| ReplicaReport {
+                .into_iter()
+                .map(|(id, in_flight, cap)| ReplicaReport {
                     id: id.to_string(),
-                    in_flight: *n,
-                    cap: None,
+                    in_flight,
+                    cap,
                 })
                 .collect(),
             engine: None,
         }
     }
 
-    fn capped(c: &[(&str, u32, u32)]) -> ReportedLoad {
-        ReportedLoad {
-            replicas: c
-                .iter()
-                .map(|(id, n, cap)| ReplicaReport {
-                    id: id.to_string(),
-                    in_flight: *n,
-                    cap: Some(*cap),
-                })
-                .collect(),
-            engine: None,
-        }
+    fn load(c: &[(&'static str, u32)]) -> ReportedLoad {
+        report(c.iter().map(|(id, n)| (*id, *n, None)))
+    }
+
+    fn capped(c: &[(&'static str, u32, u32)]) -> ReportedLoad {
+        report(c.iter().map(|(id, n, cap)| (*id, *n, Some(*cap))))
     }
 
     #[test]

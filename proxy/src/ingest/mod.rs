@@ -94,8 +94,10 @@ async fn pump(
     let counters = &state.metrics.telemetry;
     loop {
         // Looked up each time: a reload may have replaced the node.
-        let configured = state.fleet.view().get(node_id).cloned();
-        let node = configured.as_ref().map(|n| n.state.clone());
+        let view = state.fleet.view();
+        let configured = view.get(node_id);
+        let node = configured.map(|n| n.state.clone());
+        let max_concurrency = configured.map(|n| n.config.max_concurrency);
         let own = || node.as_ref().map(|n| n.own_in_flight());
         let replica_id = state.fleet.replica_id().to_owned();
         // Built after the message it acknowledges is applied: the count it carries is read
@@ -106,7 +108,7 @@ async fn pump(
             replica_id: replica_id.clone(),
             in_flight: own(),
             waiting: node.as_ref().is_some_and(|n| n.take_waiting_for_cap()),
-            max_concurrency: configured.as_ref().map(|n| n.config.max_concurrency),
+            max_concurrency,
             admitted: node.as_ref().map(|n| n.admitted()),
         };
         let refresh_asked = async {
