@@ -90,8 +90,10 @@ def proxy_toml(policy: str, api: str, nodes: list[tuple[NodeSpec, str]], routing
 class Fleet:
     """One fresh fleet. `start()` returns once every node is ranked by the proxy."""
 
-    def __init__(self, bin_dir: Path, policy: str, time_scale: float, routing_extra: str = ""):
+    def __init__(self, bin_dir: Path, policy: str, time_scale: float, routing_extra: str = "",
+                 probe_streams: str | None = None):
         self.bin = bin_dir
+        self.probe_streams = probe_streams
         self.policy = policy
         self.time_scale = time_scale
         self.routing_extra = routing_extra
@@ -162,12 +164,13 @@ class Fleet:
         for spec in NODES:
             url = self.node_urls[spec.id]
             memory = ["--model-memory", f"{spec.memory_gb}GB"] if spec.memory_gb else []
+            streams = ["--probe-streams", self.probe_streams] if self.probe_streams else []
             self._spawn(f"reporter-{spec.id}", [
                 str(self.bin / "wes-reporter"), "--node-id", spec.id,
                 "--proxy", f"http://{telemetry}", "--ollama", url, "--sensor", "command",
                 "--sensor-command", f"curl -sf --max-time 1 {url}/wes-sim/state",
                 "--interval", "1s", "--probe-model", spec.models[0], "--probe-interval", "10m",
-                *memory,
+                *memory, *streams,
             ], env={"WES_REPORTER_TOKEN": f"bench-{spec.id}"})
 
         deadline = time.monotonic() + rank_timeout_s

@@ -55,6 +55,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, help="seeds arrivals, lengths and models (default 42)")
     p.add_argument("--routing-extra", default="",
                    help="extra TOML lines for the proxy's [routing] table, e.g. 'hysteresis = 0.1'")
+    p.add_argument("--probe-streams",
+                   help="the reporters' --probe-streams, e.g. 2,4,8 (default: the reporter's)")
     p.add_argument("--bin-dir", type=Path, default=REPO / "target" / "release",
                    help="where wes-proxy, wes-reporter and wes-sim-node are")
     p.add_argument("--out", type=Path,
@@ -151,7 +153,8 @@ def run_scenario(a: argparse.Namespace, scenario: Scenario, report) -> None:
     meta = {
         "scenario": scenario.name, "workload": dataclasses.asdict(workload), "grace_s": grace,
         "time_scale": scenario.time_scale, "heat": dataclasses.asdict(heat) if heat else None,
-        "routing_extra": a.routing_extra, "nodes": [dataclasses.asdict(n) for n in scenario.nodes],
+        "routing_extra": a.routing_extra,
+        "probe_streams": a.probe_streams, "nodes": [dataclasses.asdict(n) for n in scenario.nodes],
         "model": scenario.nodes[0].models[0],
     }
     if not a.report_only:
@@ -165,7 +168,8 @@ def run_scenario(a: argparse.Namespace, scenario: Scenario, report) -> None:
             base, extra = policy_and_extra(policy, a.routing_extra)
             # The oracle's fleet runs the proxy and reporters too (same probes, same load on
             # the machine); its requests bypass the proxy.
-            f = Fleet(a.bin_dir, "top" if base == "oracle" else base, scenario.time_scale, extra)
+            f = Fleet(a.bin_dir, "top" if base == "oracle" else base, scenario.time_scale, extra,
+                      a.probe_streams)
             ok = False
             try:
                 f.start()

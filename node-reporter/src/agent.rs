@@ -2,7 +2,7 @@
 //! model list and the probe feeding the sampler from their own tasks.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
@@ -333,9 +333,10 @@ async fn probe_loop(
     }
 }
 
-/// The probe as `streams` generations started together: their decode rates summed, and the
-/// mean power of the samples taken while they ran (none if the run was shorter than the
-/// sample interval: a reading from before or after would be another load's).
+/// The probe as `streams` generations started together: the node's throughput over them
+/// ([`aggregate_tok_s`]), and the mean power of the samples taken while they ran (none if the
+/// run was shorter than the sample interval: a reading from before or after would be another
+/// load's).
 async fn probe_load(
     client: &OllamaClient,
     model: &str,
@@ -344,7 +345,11 @@ async fn probe_load(
 ) -> Result<ProbeLoad, String> {
     let mut samples = samples.clone();
     samples.mark_unchanged();
-    let runs = (0..streams).map(|_| client.probe(model, Duration::from_secs(120)));
+    let started = Instant::now();
+    let runs = (0..streams).map(|_| async {
+        let result = client.probe(model, Duration::from_secs(120)).await;
+        (result, started.elapsed())
+    });
     let mut run = std::pin::pin!(futures::future::join_all(runs));
     let mut readings = Vec::new();
     let results = loop {
@@ -360,10 +365,17 @@ async fn probe_load(
             }
         }
     };
-    let mut tok_s = 0.0;
-    for r in results {
-        tok_s += r?.tok_s;
+    let mut streamed = Vec::with_capacity(results.len());
+    for (result, done) in results {
+        let result = result?;
+        streamed.push(Streamed {
+            tokens: result.tokens,
+            decode: Duration::from_secs_f64(result.seconds),
+            done,
+        });
     }
+    let tok_s = aggregate_tok_s(&streamed)
+        .ok_or_else(|| format!("probe of {streams} streams: too few tokens to time"))?;
     // The first reading may have been taken as the streams started: it counts only when it
     // is all there is.
     let during = if readings.len() > 1 {
@@ -377,6 +389,32 @@ async fn probe_load(
         tok_s,
         watts,
     })
+}
+
+/// One stream of a load probe: its tokens, its decode time (first token to last), and when it
+/// ended, from the start of the probe.
+#[derive(Debug, Clone, Copy)]
+struct Streamed {
+    tokens: u64,
+    decode: Duration,
+    done: Duration,
+}
+
+/// The node's decode throughput over streams started together: the tokens decoded after each
+/// stream's first, over the time from the earliest first token to the latest end. Where every
+/// stream runs at once this is the sum of their rates; where the engine has fewer slots than
+/// streams (Ollama with `OLLAMA_NUM_PARALLEL=1`, llama-server with fewer `--parallel` slots),
+/// the queued streams run after the others and the sum of rates would count each slot's rate
+/// several times over.
+fn aggregate_tok_s(streams: &[Streamed]) -> Option<f64> {
+    let start = streams
+        .iter()
+        .map(|s| s.done.saturating_sub(s.decode))
+        .min()?;
+    let end = streams.iter().map(|s| s.done).max()?;
+    let seconds = end.saturating_sub(start).as_secs_f64();
+    let tokens: u64 = streams.iter().map(|s| s.tokens.saturating_sub(1)).sum();
+    (seconds > 0.0 && tokens > 0).then(|| tokens as f64 / seconds)
 }
 
 /// Keeps one result per model, the newest.
@@ -412,4 +450,40 @@ impl PowerDuring {
 
 fn energy_at(sample: Option<&Sample>) -> Option<(f64, i64)> {
     sample.and_then(|s| s.energy_joules.map(|e| (e, s.timestamp_unix_ms)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(tokens: u64, decode_s: f64, done_s: f64) -> Streamed {
+        Streamed {
+            tokens,
+            decode: Duration::from_secs_f64(decode_s),
+            done: Duration::from_secs_f64(done_s),
+        }
+    }
+
+    #[test]
+    fn streams_run_together_add_their_rates() {
+        // Four streams, each 33 tokens over the same second: 32 tok/s each.
+        let together: Vec<_> = (0..4).map(|_| stream(33, 1.0, 1.2)).collect();
+        let tok_s = aggregate_tok_s(&together).unwrap();
+        assert!((tok_s - 128.0).abs() < 1e-9, "{tok_s}");
+    }
+
+    #[test]
+    fn streams_an_engine_queues_count_one_slot_once() {
+        // One slot: the second stream decodes after the first, each at 32 tok/s. The sum of
+        // their rates would say 64.
+        let queued = [stream(33, 1.0, 1.2), stream(33, 1.0, 2.3)];
+        let tok_s = aggregate_tok_s(&queued).unwrap();
+        assert!(tok_s < 33.0 && tok_s > 28.0, "{tok_s}");
+    }
+
+    #[test]
+    fn nothing_to_time_is_no_rate() {
+        assert_eq!(aggregate_tok_s(&[]), None);
+        assert_eq!(aggregate_tok_s(&[stream(1, 0.0, 0.5)]), None);
+    }
 }

@@ -71,7 +71,7 @@ pub struct ReporterFlags {
     #[arg(long, value_parser = humantime::parse_duration, global = true)]
     pub probe_interval: Option<Duration>,
     /// After the single-stream probe, the same probe as this many streams at once, each
-    /// count in turn (default 2,4): the node's throughput under load before traffic shows it.
+    /// count in turn (default 2,4,8): the node's throughput under load before traffic shows it.
     #[arg(long, value_delimiter = ',', global = true)]
     pub probe_streams: Option<Vec<u32>>,
     /// How often the engine's model list is read (default 5s); a proxy that changed it
@@ -267,7 +267,7 @@ impl ReporterConfig {
         let probe_streams = flags
             .probe_streams
             .or(file.probe_streams)
-            .unwrap_or_else(|| vec![2, 4]);
+            .unwrap_or_else(|| vec![2, 4, 8]);
         if let Some(bad) = probe_streams.iter().find(|n| !(2..=16).contains(*n)) {
             anyhow::bail!("probe_streams: {bad} streams; each count must be from 2 to 16");
         }
@@ -403,9 +403,9 @@ mod tests {
     }
 
     #[test]
-    fn probe_streams_default_to_two_and_four_and_are_bounded() {
+    fn probe_streams_default_to_two_four_and_eight_and_are_bounded() {
         let c = ReporterConfig::merge(ReporterFile::default(), flags()).unwrap();
-        assert_eq!(c.probe_streams, [2, 4]);
+        assert_eq!(c.probe_streams, [2, 4, 8]);
         let file: ReporterFile = toml::from_str("probe_streams = []").unwrap();
         assert!(
             ReporterConfig::merge(file, flags())

@@ -200,7 +200,7 @@ async fn scenario(score: &str) {
     );
 
     let api = proxy.api.to_string();
-    // Cold: no traffic yet, but the reporters' probes at 2 and 4 streams drew a curve. Eight
+    // Cold: no traffic yet, but the reporters' probes at 2, 4 and 8 streams drew a curve. Eight
     // requests at once: one stream's figures would send all eight to solo (it stays the better
     // one at every load it has not been seen at); the probed curves send most to the batcher.
     let http = reqwest::Client::new();
