@@ -453,6 +453,7 @@ fn energy_at(sample: Option<&Sample>) -> Option<(f64, i64)> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
