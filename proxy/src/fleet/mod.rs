@@ -371,6 +371,11 @@ impl NodeState {
         self.waiting_for_cap.swap(false, Ordering::AcqRel)
     }
 
+    /// Whether the reporter grants this replica a cap here: other replicas share the node.
+    pub fn shares_slots(&self) -> bool {
+        self.cap.lock().granted.is_some()
+    }
+
     /// Resolves once this replica's count here changed since the last call.
     pub async fn own_load_changed(&self) {
         self.own_load_changed.notified().await;

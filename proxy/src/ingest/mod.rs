@@ -5,7 +5,7 @@ mod validate;
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -18,8 +18,14 @@ use wes_proto::{Ack, Sample};
 pub use validate::{Refusal, validate};
 
 /// Least time between two load acks on one stream: a burst of requests starting and ending
-/// is told as the count it leaves, not as every step.
-const LOAD_ACK_SPACING: std::time::Duration = std::time::Duration::from_millis(1);
+/// is told as the count it leaves, not as every step. Where replicas share the node, the
+/// reporter's caps wait on these counts, so they go out at once.
+const SHARED_LOAD_ACK_SPACING: Duration = Duration::from_millis(1);
+
+/// A lone replica's count only corrects the engine's own figure in the next sample (one per
+/// interval, a second by default): a count 20 ms late is as good, and at thousands of
+/// requests a second an ack per millisecond cost the proxy and the reporter a wake-up each.
+const LONE_LOAD_ACK_SPACING: Duration = Duration::from_millis(20);
 
 use crate::state::AppState;
 
@@ -132,7 +138,12 @@ async fn pump(
                 continue;
             }
             () = load_changed => {
-                tokio::time::sleep(LOAD_ACK_SPACING).await;
+                let spacing = if node.as_ref().is_some_and(|n| n.shares_slots()) {
+                    SHARED_LOAD_ACK_SPACING
+                } else {
+                    LONE_LOAD_ACK_SPACING
+                };
+                tokio::time::sleep(spacing).await;
                 if acks.send(Ok(ack(0, false))).await.is_err() {
                     return Ok(());
                 }
