@@ -91,9 +91,10 @@ class Fleet:
     """One fresh fleet. `start()` returns once every node is ranked by the proxy."""
 
     def __init__(self, bin_dir: Path, policy: str, time_scale: float, routing_extra: str = "",
-                 probe_streams: str | None = None):
+                 probe_streams: str | None = None, thermal_check: str | None = None):
         self.bin = bin_dir
         self.probe_streams = probe_streams
+        self.thermal_check = thermal_check
         self.policy = policy
         self.time_scale = time_scale
         self.routing_extra = routing_extra
@@ -165,12 +166,13 @@ class Fleet:
             url = self.node_urls[spec.id]
             memory = ["--model-memory", f"{spec.memory_gb}GB"] if spec.memory_gb else []
             streams = ["--probe-streams", self.probe_streams] if self.probe_streams else []
+            check = ["--thermal-check", self.thermal_check] if self.thermal_check else []
             self._spawn(f"reporter-{spec.id}", [
                 str(self.bin / "wes-reporter"), "--node-id", spec.id,
                 "--proxy", f"http://{telemetry}", "--ollama", url, "--sensor", "command",
                 "--sensor-command", f"curl -sf --max-time 1 {url}/wes-sim/state",
                 "--interval", "1s", "--probe-model", spec.models[0], "--probe-interval", "10m",
-                *memory, *streams,
+                *memory, *streams, *check,
             ], env={"WES_REPORTER_TOKEN": f"bench-{spec.id}"})
 
         deadline = time.monotonic() + rank_timeout_s

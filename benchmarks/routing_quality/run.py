@@ -57,6 +57,9 @@ def parse_args() -> argparse.Namespace:
                    help="extra TOML lines for the proxy's [routing] table, e.g. 'hysteresis = 0.1'")
     p.add_argument("--probe-streams",
                    help="the reporters' --probe-streams, e.g. 2,4,8 (default: the reporter's)")
+    p.add_argument("--thermal-check",
+                   help="the reporters' --thermal-check, e.g. 250ms (default: the reporter's, off "
+                        "for the command sensor the fleet uses)")
     p.add_argument("--bin-dir", type=Path, default=REPO / "target" / "release",
                    help="where wes-proxy, wes-reporter and wes-sim-node are")
     p.add_argument("--out", type=Path,
@@ -154,7 +157,7 @@ def run_scenario(a: argparse.Namespace, scenario: Scenario, report) -> None:
         "scenario": scenario.name, "workload": dataclasses.asdict(workload), "grace_s": grace,
         "time_scale": scenario.time_scale, "heat": dataclasses.asdict(heat) if heat else None,
         "routing_extra": a.routing_extra,
-        "probe_streams": a.probe_streams, "nodes": [dataclasses.asdict(n) for n in scenario.nodes],
+        "probe_streams": a.probe_streams, "thermal_check": a.thermal_check, "nodes": [dataclasses.asdict(n) for n in scenario.nodes],
         "model": scenario.nodes[0].models[0],
     }
     if not a.report_only:
@@ -169,7 +172,7 @@ def run_scenario(a: argparse.Namespace, scenario: Scenario, report) -> None:
             # The oracle's fleet runs the proxy and reporters too (same probes, same load on
             # the machine); its requests bypass the proxy.
             f = Fleet(a.bin_dir, "top" if base == "oracle" else base, scenario.time_scale, extra,
-                      a.probe_streams)
+                      a.probe_streams, a.thermal_check)
             ok = False
             try:
                 f.start()
