@@ -156,8 +156,8 @@ def run_scenario(a: argparse.Namespace, scenario: Scenario, report) -> None:
     meta = {
         "scenario": scenario.name, "workload": dataclasses.asdict(workload), "grace_s": grace,
         "time_scale": scenario.time_scale, "heat": dataclasses.asdict(heat) if heat else None,
-        "routing_extra": a.routing_extra,
-        "probe_streams": a.probe_streams, "thermal_check": a.thermal_check, "nodes": [dataclasses.asdict(n) for n in scenario.nodes],
+        "routing_extra": a.routing_extra, "probe_streams": a.probe_streams,
+        "thermal_check": a.thermal_check, "nodes": [dataclasses.asdict(n) for n in scenario.nodes],
         "model": scenario.nodes[0].models[0],
     }
     if not a.report_only:
