@@ -115,11 +115,10 @@ impl AppState {
             return;
         };
         let (idle, measured) = (split.idle_joules, split.measured_joules);
-        let entries = self
+        let sums = self
             .usage
             .record(&node.config, &node.id, split, unix_ms(), &self.limits);
-        self.metrics
-            .record_usage(&node.id, &entries, idle, measured);
+        self.metrics.record_usage(&node.id, &sums, idle, measured);
     }
 
     /// Settles the ended requests of nodes that fell silent, and folds old ledger buckets.
@@ -129,10 +128,10 @@ impl AppState {
         for node in &view.nodes {
             let settled = node.state.abandon_energy_if_silent(now);
             if !settled.is_empty() {
-                let entries =
+                let sums =
                     self.usage
                         .settle(&node.config, &node.id, settled, unix_ms(), &self.limits);
-                self.metrics.record_usage(&node.id, &entries, 0.0, 0.0);
+                self.metrics.record_usage(&node.id, &sums, 0.0, 0.0);
             }
         }
         self.usage.fold_old(unix_ms());

@@ -56,7 +56,7 @@ impl LineSplitter {
                 rest = &rest[1..];
             }
         }
-        while let Some(i) = rest.iter().position(|&b| b == b'\n' || b == b'\r') {
+        while let Some(i) = memchr::memchr2(b'\n', b'\r', rest) {
             let line = &rest[..i];
             let cr = rest[i] == b'\r';
             rest = &rest[i + 1..];

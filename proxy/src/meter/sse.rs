@@ -78,7 +78,7 @@ impl Event {
             Some(b'{') => return tally.frame(line, at),
             Some(_) => {}
         }
-        let (name, value) = match line.iter().position(|&b| b == b':') {
+        let (name, value) = match memchr::memchr(b':', line) {
             Some(i) => {
                 let v = &line[i + 1..];
                 (&line[..i], v.strip_prefix(b" ").unwrap_or(v))

@@ -101,26 +101,58 @@ impl WholeJson {
     pub(crate) fn feed(&mut self, chunk: &[u8], tally: &mut Tally) {
         let mut i = 0;
         while i < chunk.len() {
-            if !self.keeping {
-                // Inside a skipped value only quotes, backslashes and brackets move the state,
-                // so jump to the next one instead of stepping through every byte.
-                let next = match self.state {
-                    State::Nested if !self.in_string => chunk[i..]
-                        .iter()
-                        .position(|b| matches!(b, b'"' | b'{' | b'}' | b'[' | b']')),
-                    State::Nested | State::Text if !self.escape => {
-                        chunk[i..].iter().position(|b| matches!(b, b'"' | b'\\'))
-                    }
-                    State::Broken => None,
-                    _ => Some(0),
-                };
-                match next {
-                    Some(n) => i += n,
-                    None => return,
-                }
+            // Most bytes (a key's, a string's, a number's, a skipped value's) move no state:
+            // they are taken as one run, and only the byte that ends the run is stepped.
+            let run = self.inert_run(&chunk[i..]);
+            if run > 0 {
+                self.absorb(&chunk[i..i + run], tally);
+                i += run;
+                continue;
             }
             if self.step(chunk[i], tally) {
                 i += 1;
+            }
+        }
+    }
+
+    /// How many bytes at the start of `rest` leave the state as it is.
+    fn inert_run(&self, rest: &[u8]) -> usize {
+        let until = |found: Option<usize>| found.unwrap_or(rest.len());
+        match self.state {
+            State::Broken => rest.len(),
+            // The byte after a backslash is stepped alone.
+            _ if self.escape => 0,
+            State::InKey | State::Text => until(memchr::memchr2(b'"', b'\\', rest)),
+            State::Nested if self.in_string => until(memchr::memchr2(b'"', b'\\', rest)),
+            State::Nested => until(
+                rest.iter()
+                    .position(|b| matches!(b, b'"' | b'{' | b'}' | b'[' | b']')),
+            ),
+            State::Scalar => until(
+                rest.iter()
+                    .position(|&b| is_ws(b) || b == b',' || b == b'}'),
+            ),
+            _ => 0,
+        }
+    }
+
+    /// Takes a run of bytes that move no state: a key's are noted, a kept value's copied.
+    fn absorb(&mut self, run: &[u8], tally: &mut Tally) {
+        match self.state {
+            State::Broken => {}
+            State::InKey => {
+                let room = KEY_MAX - self.key_len;
+                let taken = run.len().min(room);
+                self.key[self.key_len..self.key_len + taken].copy_from_slice(&run[..taken]);
+                self.key_len += taken;
+                if run.len() > room {
+                    self.key_plain = false;
+                }
+            }
+            _ => {
+                if self.keeping && !push_bounded(&mut self.kept, run, KEPT_CAP) {
+                    self.drop_member(tally);
+                }
             }
         }
     }

@@ -288,11 +288,12 @@ impl Metrics {
         }
     }
 
-    /// Settled ledger entries of one node, and its interval's idle and measured energy.
+    /// One node's settled requests, summed per key and model, and its interval's idle and
+    /// measured energy.
     pub fn record_usage(
         &self,
         node: &Arc<str>,
-        entries: &[crate::usage::Entry],
+        sums: &crate::usage::KeyModelTotals,
         idle_joules: f64,
         measured_joules: f64,
     ) {
@@ -307,22 +308,22 @@ impl Metrics {
                 .get_or_create(&node_label)
                 .inc_by(measured_joules);
         }
-        for e in entries {
+        for ((key, model), t) in sums {
             let labels = KeyModelNode {
-                key: e.key.clone().map_or_else(|| self.no_key.clone(), Label),
-                model: Label(e.model.clone()),
+                key: key.clone().map_or_else(|| self.no_key.clone(), Label),
+                model: Label(model.clone()),
                 node: Label(node.clone()),
             };
             self.usage_requests
                 .get_or_create(&labels)
-                .inc_by(e.requests);
+                .inc_by(t.requests);
             self.usage_input_tokens
                 .get_or_create(&labels)
-                .inc_by(e.input_tokens);
+                .inc_by(t.input_tokens);
             self.usage_output_tokens
                 .get_or_create(&labels)
-                .inc_by(e.output_tokens);
-            self.usage_energy.get_or_create(&labels).inc_by(e.joules);
+                .inc_by(t.output_tokens);
+            self.usage_energy.get_or_create(&labels).inc_by(t.joules);
         }
     }
 

@@ -121,16 +121,36 @@ struct Bucket {
     pairs: HashMap<(Arc<str>, Arc<str>), Totals>,
 }
 
-impl Bucket {
-    fn add_entry(&mut self, e: &Entry) {
-        let t = Totals::of(e);
-        self.keys.entry(e.key.clone()).or_default().add(&t);
-        self.models.entry(e.model.clone()).or_default().add(&t);
-        self.nodes.entry(e.node.clone()).or_default().served.add(&t);
-        self.pairs
-            .entry((e.node.clone(), e.model.clone()))
+/// Totals per (key, model).
+pub type KeyModelTotals = HashMap<(Option<Arc<str>>, Arc<str>), Totals>;
+
+/// Sums entries per (key, model). A sample settles many requests of few kinds: each sum is
+/// then booked once (ledger, metrics) instead of once per request.
+pub fn sum_per_key_and_model(entries: &[Entry]) -> KeyModelTotals {
+    let mut sums = KeyModelTotals::new();
+    for e in entries {
+        sums.entry((e.key.clone(), e.model.clone()))
             .or_default()
-            .add(&t);
+            .add(&Totals::of(e));
+    }
+    sums
+}
+
+impl Bucket {
+    fn add_totals(
+        &mut self,
+        key: &Option<Arc<str>>,
+        model: &Arc<str>,
+        node: &Arc<str>,
+        t: &Totals,
+    ) {
+        self.keys.entry(key.clone()).or_default().add(t);
+        self.models.entry(model.clone()).or_default().add(t);
+        self.nodes.entry(node.clone()).or_default().served.add(t);
+        self.pairs
+            .entry((node.clone(), model.clone()))
+            .or_default()
+            .add(t);
     }
 
     fn add(&mut self, o: &Bucket) {
@@ -179,7 +199,16 @@ impl Ledger {
     }
 
     pub fn add(&mut self, e: &Entry) {
-        self.bucket(e.at_unix_ms).add_entry(e);
+        self.bucket(e.at_unix_ms)
+            .add_totals(&e.key, &e.model, &e.node, &Totals::of(e));
+    }
+
+    /// One node's requests settled at one time, summed (`sum_per_key_and_model`).
+    pub fn add_sums(&mut self, node: &Arc<str>, at_unix_ms: u64, sums: &KeyModelTotals) {
+        let bucket = self.bucket(at_unix_ms);
+        for ((key, model), t) in sums {
+            bucket.add_totals(key, model, node, t);
+        }
     }
 
     /// A node's energy over one interval: `idle_joules` of it with nothing in flight.

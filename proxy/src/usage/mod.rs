@@ -14,7 +14,10 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
-pub use self::ledger::{Entry, Ledger, MeasuredJoules, NodeTotals, Report, Totals};
+pub use self::ledger::{
+    Entry, KeyModelTotals, Ledger, MeasuredJoules, NodeTotals, Report, Totals,
+    sum_per_key_and_model,
+};
 use self::log::{Line, Writer};
 use crate::access::Limiter;
 use crate::config::NodeConfig;
@@ -76,7 +79,7 @@ impl Usage {
         split: Split<RequestFacts>,
         now_unix_ms: u64,
         limits: &Limiter,
-    ) -> Vec<Entry> {
+    ) -> KeyModelTotals {
         if split.measured_joules > 0.0 {
             self.ledger.lock().add_node_energy(
                 node_id,
@@ -94,7 +97,8 @@ impl Usage {
         self.settle(node, node_id, split.settled, now_unix_ms, limits)
     }
 
-    /// Books settled requests: the ledger, the log, the keys' energy budgets.
+    /// Books settled requests: the ledger, the log, the keys' energy budgets. Returns their
+    /// sums per key and model, for the metrics.
     pub fn settle(
         &self,
         node: &NodeConfig,
@@ -102,9 +106,9 @@ impl Usage {
         settled: Vec<Settled<RequestFacts>>,
         now_unix_ms: u64,
         limits: &Limiter,
-    ) -> Vec<Entry> {
+    ) -> KeyModelTotals {
         if settled.is_empty() {
-            return Vec::new();
+            return KeyModelTotals::new();
         }
         let now = Instant::now();
         let entries: Vec<Entry> = settled
@@ -130,16 +134,14 @@ impl Usage {
                 }
             })
             .collect();
-        {
-            let mut ledger = self.ledger.lock();
-            for e in &entries {
-                ledger.add(e);
+        let sums = sum_per_key_and_model(&entries);
+        self.ledger.lock().add_sums(node_id, now_unix_ms, &sums);
+        if self.log.is_some() {
+            for e in entries {
+                self.append(&Line::Request(e));
             }
         }
-        for e in &entries {
-            self.append(&Line::Request(e.clone()));
-        }
-        entries
+        sums
     }
 
     fn pend_node_energy(&self, node: &Arc<str>, at_unix_ms: u64, idle: f64, measured: f64) {
