@@ -4,15 +4,23 @@
 //! of a whole body. One schema covers every endpoint because the shapes do not overlap (Ollama
 //! puts text in `response` (a string) or `message`, OpenAI in `choices`, OpenAI's Responses
 //! API and Anthropic's Messages API in a top-level `delta`), so a request labelled with the
-//! wrong endpoint still meters. Text is never copied out: the visitors below only note whether
-//! a field is non-empty, and serde_json skips every other field without allocating.
+//! wrong endpoint still meters. Text is never copied out: the readers below only note whether
+//! a field is non-empty, and every other field is skipped (`scan.rs`).
+//!
+//! The schema's rules are serde's, as a derived `Deserialize` with `#[serde(default)]` reads
+//! it (the first version of this file, kept as `frame/reference.rs` and checked against in
+//! the tests): a field may be missing, a known field twice is an error, an `Option` of a
+//! struct is `null` or that struct, and a struct may also come as an array of its fields in
+//! order. The leaf types (`Present`, `Num`, `Flag`) take any value, so one odd field cannot
+//! cost a token.
 
-use serde::Deserialize;
-use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use std::fmt;
+use super::scan::{Malformed, Read, Reader, Token};
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
+#[cfg(test)]
+mod reference;
+
+#[derive(Debug, Default)]
+#[cfg_attr(test, derive(serde::Deserialize), serde(default))]
 pub(crate) struct Frame {
     // Ollama /api/generate (a string); the Responses API's events carry the response object
     // here instead, with its usage.
@@ -21,7 +29,7 @@ pub(crate) struct Frame {
     // object with `text`, `thinking` or `partial_json`).
     delta: TopDelta,
     // The event type of the Responses and Anthropic streams.
-    #[serde(rename = "type")]
+    #[cfg_attr(test, serde(rename = "type"))]
     kind: EventKind,
     thinking: Present,
     // Ollama /api/chat.
@@ -42,6 +50,14 @@ pub(crate) struct Frame {
 }
 
 impl Frame {
+    /// Reads one frame; `None` when the bytes are not one the schema accepts.
+    pub(crate) fn read(bytes: &[u8]) -> Option<Frame> {
+        let mut r = Reader::new(bytes);
+        let frame = read_struct(&mut r).ok()?;
+        r.end().ok()?;
+        Some(frame)
+    }
+
     /// Token chunks in this frame: servers send one token per chunk, and one per choice when a
     /// request asks for several choices.
     pub(crate) fn output_chunks(&self) -> u64 {
@@ -73,8 +89,8 @@ impl Frame {
 
 /// An Ollama chat `message` or an OpenAI `delta`: reasoning and tool calls are generated
 /// tokens too, and the node spends the same energy on them.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
+#[derive(Debug, Default)]
+#[cfg_attr(test, derive(serde::Deserialize), serde(default))]
 struct Delta {
     content: Present,
     thinking: Present,
@@ -97,16 +113,16 @@ impl Delta {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
+#[derive(Debug, Default)]
+#[cfg_attr(test, derive(serde::Deserialize), serde(default))]
 struct Choice {
     delta: Option<Delta>,
     text: Present,
     finish_reason: Present,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
+#[derive(Debug, Default)]
+#[cfg_attr(test, derive(serde::Deserialize), serde(default))]
 pub(crate) struct Usage {
     pub(crate) completion_tokens: Num,
     pub(crate) prompt_tokens: Num,
@@ -125,6 +141,15 @@ impl Usage {
     }
 }
 
+#[derive(Debug, Default)]
+#[cfg_attr(test, derive(serde::Deserialize), serde(default))]
+pub(crate) struct Timings {
+    pub(crate) predicted_n: Num,
+    pub(crate) predicted_ms: Num,
+    pub(crate) predicted_per_second: Num,
+    pub(crate) prompt_n: Num,
+}
+
 /// Ollama's `response` text, or the Responses API's response object (only its usage read).
 #[derive(Debug, Default)]
 pub(crate) struct ResponseField {
@@ -132,53 +157,10 @@ pub(crate) struct ResponseField {
     pub(crate) usage: Option<Usage>,
 }
 
-impl<'de> Deserialize<'de> for ResponseField {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize, Default)]
-        #[serde(default)]
-        struct Object {
-            usage: Option<Usage>,
-        }
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = ResponseField;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string or a response object")
-            }
-            fn visit_str<E>(self, v: &str) -> Result<ResponseField, E> {
-                Ok(ResponseField {
-                    text: !v.is_empty(),
-                    usage: None,
-                })
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ResponseField, A::Error> {
-                let o = Object::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
-                Ok(ResponseField {
-                    text: false,
-                    usage: o.usage,
-                })
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<ResponseField, A::Error> {
-                drain_seq(seq).map(|_| ResponseField::default())
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<ResponseField, E> {
-                Ok(ResponseField::default())
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<ResponseField, E> {
-                Ok(ResponseField::default())
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<ResponseField, E> {
-                Ok(ResponseField::default())
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<ResponseField, E> {
-                Ok(ResponseField::default())
-            }
-            fn visit_unit<E>(self) -> Result<ResponseField, E> {
-                Ok(ResponseField::default())
-            }
-        }
-        d.deserialize_any(V)
-    }
+/// The Responses API's response object, as far as the meter reads it.
+#[derive(Debug, Default)]
+struct ResponseObject {
+    usage: Option<Usage>,
 }
 
 /// A top-level `delta` that carries output: a non-empty string (the Responses API's text,
@@ -187,49 +169,12 @@ impl<'de> Deserialize<'de> for ResponseField {
 #[derive(Debug, Default, Clone, Copy)]
 struct TopDelta(bool);
 
-impl<'de> Deserialize<'de> for TopDelta {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize, Default)]
-        #[serde(default)]
-        struct Object {
-            text: Present,
-            thinking: Present,
-            partial_json: Present,
-        }
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = TopDelta;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a delta")
-            }
-            fn visit_str<E>(self, v: &str) -> Result<TopDelta, E> {
-                Ok(TopDelta(!v.is_empty()))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<TopDelta, A::Error> {
-                let o = Object::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
-                Ok(TopDelta(o.text.0 || o.thinking.0 || o.partial_json.0))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<TopDelta, A::Error> {
-                drain_seq(seq).map(|_| TopDelta(false))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<TopDelta, E> {
-                Ok(TopDelta(false))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<TopDelta, E> {
-                Ok(TopDelta(false))
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<TopDelta, E> {
-                Ok(TopDelta(false))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<TopDelta, E> {
-                Ok(TopDelta(false))
-            }
-            fn visit_unit<E>(self) -> Result<TopDelta, E> {
-                Ok(TopDelta(false))
-            }
-        }
-        d.deserialize_any(V)
-    }
+/// Anthropic's delta object.
+#[derive(Debug, Default)]
+struct DeltaObject {
+    text: Present,
+    thinking: Present,
+    partial_json: Present,
 }
 
 /// The `type` of a typed stream event, as far as the meter cares: whether it ends the answer.
@@ -241,55 +186,6 @@ enum EventKind {
     Completed,
 }
 
-impl<'de> Deserialize<'de> for EventKind {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = EventKind;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an event type")
-            }
-            fn visit_str<E>(self, v: &str) -> Result<EventKind, E> {
-                Ok(match v {
-                    "response.completed" | "message_stop" => EventKind::Completed,
-                    _ => EventKind::Other,
-                })
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<EventKind, A::Error> {
-                drain_map(map).map(|_| EventKind::Other)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<EventKind, A::Error> {
-                drain_seq(seq).map(|_| EventKind::Other)
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<EventKind, E> {
-                Ok(EventKind::Other)
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<EventKind, E> {
-                Ok(EventKind::Other)
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<EventKind, E> {
-                Ok(EventKind::Other)
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<EventKind, E> {
-                Ok(EventKind::Other)
-            }
-            fn visit_unit<E>(self) -> Result<EventKind, E> {
-                Ok(EventKind::Other)
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub(crate) struct Timings {
-    pub(crate) predicted_n: Num,
-    pub(crate) predicted_ms: Num,
-    pub(crate) predicted_per_second: Num,
-    pub(crate) prompt_n: Num,
-}
-
 /// `choices` folded while parsing, so a frame needs no `Vec`.
 #[derive(Debug, Default)]
 struct Choices {
@@ -297,170 +193,256 @@ struct Choices {
     finished: bool,
 }
 
-impl<'de> Deserialize<'de> for Choices {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Choices;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an array of choices")
-            }
-            fn visit_unit<E>(self) -> Result<Choices, E> {
-                Ok(Choices::default())
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Choices, A::Error> {
-                let mut all = Choices::default();
-                while let Some(c) = seq.next_element::<Choice>()? {
-                    let output = c.text.0 || c.delta.as_ref().is_some_and(Delta::has_output);
-                    all.output += u64::from(output);
-                    all.finished |= c.finish_reason.0;
-                }
-                Ok(all)
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
 /// Whether a value carries anything: a non-empty string, array or object. `null`, `""`,
 /// scalars and empty containers do not, which is how servers spell "no text in this chunk".
 #[derive(Debug, Default, Clone, Copy)]
 struct Present(bool);
-
-impl<'de> Deserialize<'de> for Present {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Present;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Present, E> {
-                Ok(Present(!v.is_empty()))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Present, E> {
-                Ok(Present(false))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Present, E> {
-                Ok(Present(false))
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Present, E> {
-                Ok(Present(false))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Present, E> {
-                Ok(Present(false))
-            }
-            fn visit_unit<E>(self) -> Result<Present, E> {
-                Ok(Present(false))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Present, A::Error> {
-                drain_seq(seq).map(|n| Present(n > 0))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Present, A::Error> {
-                drain_map(map).map(|n| Present(n > 0))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
 
 /// A number where one is expected; any other type reads as absent rather than failing the
 /// whole frame, so one odd field cannot cost a token.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Num(pub(crate) Option<f64>);
 
-impl<'de> Deserialize<'de> for Num {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Num;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a number")
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<Num, E> {
-                Ok(Num(Some(v as f64)))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<Num, E> {
-                Ok(Num(Some(v as f64)))
-            }
-            fn visit_f64<E>(self, v: f64) -> Result<Num, E> {
-                Ok(Num(Some(v)))
-            }
-            fn visit_str<E>(self, _: &str) -> Result<Num, E> {
-                Ok(Num(None))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Num, E> {
-                Ok(Num(None))
-            }
-            fn visit_unit<E>(self) -> Result<Num, E> {
-                Ok(Num(None))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Num, A::Error> {
-                drain_seq(seq).map(|_| Num(None))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Num, A::Error> {
-                drain_map(map).map(|_| Num(None))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
 /// `true` only for JSON `true`; anything else is not a completion signal.
 #[derive(Debug, Default, Clone, Copy)]
 struct Flag(bool);
 
-impl<'de> Deserialize<'de> for Flag {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Flag;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a boolean")
-            }
-            fn visit_bool<E>(self, v: bool) -> Result<Flag, E> {
-                Ok(Flag(v))
-            }
-            fn visit_str<E>(self, _: &str) -> Result<Flag, E> {
-                Ok(Flag(false))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Flag, E> {
-                Ok(Flag(false))
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Flag, E> {
-                Ok(Flag(false))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Flag, E> {
-                Ok(Flag(false))
-            }
-            fn visit_unit<E>(self) -> Result<Flag, E> {
-                Ok(Flag(false))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Flag, A::Error> {
-                drain_seq(seq).map(|_| Flag(false))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Flag, A::Error> {
-                drain_map(map).map(|_| Flag(false))
+/// A struct of the schema: its fields' JSON names in declaration order, and how each reads.
+trait Schema: Default {
+    const FIELDS: &'static [&'static str];
+    fn read_field(&mut self, index: usize, r: &mut Reader<'_>) -> Read<()>;
+}
+
+/// Declares a struct's fields once, in order: name, field, reader.
+macro_rules! schema {
+    ($ty:ty { $($name:literal => $field:ident: $read:expr),* $(,)? }) => {
+        impl Schema for $ty {
+            const FIELDS: &'static [&'static str] = &[$($name),*];
+            fn read_field(&mut self, index: usize, r: &mut Reader<'_>) -> Read<()> {
+                let mut i = 0;
+                $(
+                    if index == i {
+                        self.$field = $read(r)?;
+                        return Ok(());
+                    }
+                    i += 1;
+                )*
+                let _ = i;
+                r.skip()
             }
         }
-        d.deserialize_any(V)
+    };
+}
+
+schema!(Frame {
+    "response" => response: response_field,
+    "delta" => delta: top_delta,
+    "type" => kind: event_kind,
+    "thinking" => thinking: present,
+    "message" => message: read_option,
+    "choices" => choices: choices,
+    "done" => done: flag,
+    "eval_count" => eval_count: num,
+    "eval_duration" => eval_duration: num,
+    "prompt_eval_count" => prompt_eval_count: num,
+    "prompt_eval_duration" => prompt_eval_duration: num,
+    "total_duration" => total_duration: num,
+    "usage" => usage: read_option,
+    "timings" => timings: read_option,
+    "error" => error: error_value,
+});
+
+schema!(Delta {
+    "content" => content: present,
+    "thinking" => thinking: present,
+    "reasoning" => reasoning: present,
+    "reasoning_content" => reasoning_content: present,
+    "tool_calls" => tool_calls: present,
+    "function_call" => function_call: present,
+    "usage" => usage: read_option,
+});
+
+schema!(Choice {
+    "delta" => delta: read_option,
+    "text" => text: present,
+    "finish_reason" => finish_reason: present,
+});
+
+schema!(Usage {
+    "completion_tokens" => completion_tokens: num,
+    "prompt_tokens" => prompt_tokens: num,
+    "output_tokens" => output_tokens: num,
+    "input_tokens" => input_tokens: num,
+});
+
+schema!(Timings {
+    "predicted_n" => predicted_n: num,
+    "predicted_ms" => predicted_ms: num,
+    "predicted_per_second" => predicted_per_second: num,
+    "prompt_n" => prompt_n: num,
+});
+
+schema!(ResponseObject {
+    "usage" => usage: read_option,
+});
+
+schema!(DeltaObject {
+    "text" => text: present,
+    "thinking" => thinking: present,
+    "partial_json" => partial_json: present,
+});
+
+/// A struct from an object; a known field twice is an error, unknown ones are skipped.
+fn read_members<T: Schema>(r: &mut Reader<'_>) -> Read<T> {
+    let mut out = T::default();
+    let mut seen = 0u32;
+    r.members(
+        |r, key| match T::FIELDS.iter().position(|f| f.as_bytes() == key) {
+            Some(i) if seen & (1 << i) != 0 => Err(Malformed),
+            Some(i) => {
+                seen |= 1 << i;
+                out.read_field(i, r)
+            }
+            None => r.skip(),
+        },
+    )?;
+    Ok(out)
+}
+
+/// A struct from an object, or from an array of its fields in order (missing ones default).
+fn read_struct<T: Schema>(r: &mut Reader<'_>) -> Read<T> {
+    match r.peek()? {
+        Token::Object => read_members(r),
+        Token::Array => {
+            let mut out = T::default();
+            let mut i = 0;
+            r.elements(|r| {
+                if i == T::FIELDS.len() {
+                    return Err(Malformed);
+                }
+                out.read_field(i, r)?;
+                i += 1;
+                Ok(())
+            })?;
+            Ok(out)
+        }
+        _ => Err(Malformed),
     }
 }
 
-fn drain_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<u64, A::Error> {
-    let mut n = 0;
-    while seq.next_element::<IgnoredAny>()?.is_some() {
-        n += 1;
+fn read_option<T: Schema>(r: &mut Reader<'_>) -> Read<Option<T>> {
+    if r.peek()? == Token::Null {
+        r.literal()?;
+        return Ok(None);
     }
-    Ok(n)
+    read_struct(r).map(Some)
 }
 
-fn drain_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<u64, A::Error> {
-    let mut n = 0;
-    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {
-        n += 1;
+/// Reads any value; whether it carries anything (`Present`).
+fn carries(r: &mut Reader<'_>) -> Read<bool> {
+    Ok(match r.peek()? {
+        Token::String => !r.string()?.is_empty(),
+        Token::Number => {
+            r.number()?;
+            false
+        }
+        Token::True | Token::False | Token::Null => {
+            r.literal()?;
+            false
+        }
+        Token::Array => r.elements(|r| r.skip())? > 0,
+        Token::Object => r.members(|r, _| r.skip())? > 0,
+    })
+}
+
+fn present(r: &mut Reader<'_>) -> Read<Present> {
+    carries(r).map(Present)
+}
+
+fn num(r: &mut Reader<'_>) -> Read<Num> {
+    if r.peek()? == Token::Number {
+        return r.number().map(|n| Num(Some(n)));
     }
-    Ok(n)
+    carries(r).map(|_| Num(None))
+}
+
+fn flag(r: &mut Reader<'_>) -> Read<Flag> {
+    if r.peek()? == Token::True {
+        r.literal()?;
+        return Ok(Flag(true));
+    }
+    carries(r).map(|_| Flag(false))
+}
+
+fn event_kind(r: &mut Reader<'_>) -> Read<EventKind> {
+    if r.peek()? == Token::String {
+        return Ok(match &*r.string()? {
+            b"response.completed" | b"message_stop" => EventKind::Completed,
+            _ => EventKind::Other,
+        });
+    }
+    carries(r).map(|_| EventKind::Other)
+}
+
+fn top_delta(r: &mut Reader<'_>) -> Read<TopDelta> {
+    match r.peek()? {
+        Token::String => Ok(TopDelta(!r.string()?.is_empty())),
+        Token::Object => {
+            let o: DeltaObject = read_members(r)?;
+            Ok(TopDelta(o.text.0 || o.thinking.0 || o.partial_json.0))
+        }
+        _ => carries(r).map(|_| TopDelta(false)),
+    }
+}
+
+fn response_field(r: &mut Reader<'_>) -> Read<ResponseField> {
+    match r.peek()? {
+        Token::String => Ok(ResponseField {
+            text: !r.string()?.is_empty(),
+            usage: None,
+        }),
+        Token::Object => {
+            let o: ResponseObject = read_members(r)?;
+            Ok(ResponseField {
+                text: false,
+                usage: o.usage,
+            })
+        }
+        _ => carries(r).map(|_| ResponseField::default()),
+    }
+}
+
+fn choices(r: &mut Reader<'_>) -> Read<Choices> {
+    let mut all = Choices::default();
+    match r.peek()? {
+        Token::Null => {
+            r.literal()?;
+        }
+        Token::Array => {
+            r.elements(|r| {
+                let c: Choice = read_struct(r)?;
+                let output = c.text.0 || c.delta.as_ref().is_some_and(Delta::has_output);
+                all.output += u64::from(output);
+                all.finished |= c.finish_reason.0;
+                Ok(())
+            })?;
+        }
+        _ => return Err(Malformed),
+    }
+    Ok(all)
+}
+
+/// Errors are rare and their text is logged whole: the value is parsed as it is.
+fn error_value(r: &mut Reader<'_>) -> Read<Option<serde_json::Value>> {
+    if r.peek()? == Token::Null {
+        r.literal()?;
+        return Ok(None);
+    }
+    let start = r.position();
+    r.skip()?;
+    serde_json::from_slice(&r.bytes()[start..r.position()])
+        .map(Some)
+        .map_err(|_| Malformed)
 }
 
 /// The human-readable part of an error value: OpenAI and llama.cpp nest it as
@@ -505,9 +487,10 @@ fn truncate(mut s: String) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn frame(s: &str) -> Frame {
-        serde_json::from_str(s).unwrap()
+        Frame::read(s.as_bytes()).unwrap()
     }
 
     #[test]
@@ -591,5 +574,151 @@ mod tests {
         );
         let long = "é".repeat(ERROR_TEXT_MAX);
         assert!(error_text(&serde_json::Value::String(long)).unwrap().len() <= ERROR_TEXT_MAX);
+    }
+
+    /// Everything the meter takes from a frame, comparable across the two readers.
+    type Summary = (u64, bool, Vec<Option<f64>>, Vec<(Option<f64>, Option<f64>)>);
+
+    fn summary(f: &Frame) -> Summary {
+        let mut nums = vec![
+            f.eval_count.0,
+            f.eval_duration.0,
+            f.prompt_eval_count.0,
+            f.prompt_eval_duration.0,
+            f.total_duration.0,
+        ];
+        if let Some(t) = &f.timings {
+            nums.extend([
+                t.predicted_n.0,
+                t.predicted_ms.0,
+                t.predicted_per_second.0,
+                t.prompt_n.0,
+            ]);
+        }
+        nums.push(f.error.as_ref().map(|e| e.to_string().len() as f64));
+        let usages = f.usages().map(|u| (u.output().0, u.prompt().0)).collect();
+        (f.output_chunks(), f.finished(), nums, usages)
+    }
+
+    /// Both readers accept `bytes` or both refuse it, and agree on what they accept.
+    fn agree(bytes: &[u8]) -> Result<(), String> {
+        let ours = Frame::read(bytes).map(|f| summary(&f));
+        let serde = serde_json::from_slice::<Frame>(bytes)
+            .ok()
+            .map(|f| summary(&f));
+        if ours == serde {
+            Ok(())
+        } else {
+            Err(format!(
+                "{:?}: ours {ours:?}, serde's {serde:?}",
+                String::from_utf8_lossy(bytes)
+            ))
+        }
+    }
+
+    const KEYS: &[&str] = &[
+        "response",
+        "delta",
+        "type",
+        "thinking",
+        "message",
+        "choices",
+        "done",
+        "eval_count",
+        "eval_duration",
+        "prompt_eval_count",
+        "total_duration",
+        "usage",
+        "timings",
+        "error",
+        "content",
+        "reasoning",
+        "tool_calls",
+        "text",
+        "partial_json",
+        "finish_reason",
+        "completion_tokens",
+        "prompt_tokens",
+        "output_tokens",
+        "input_tokens",
+        "predicted_n",
+        "predicted_per_second",
+        "message",
+        "id",
+        "con\\u0074ent",
+    ];
+
+    const SCALARS: &[&str] = &[
+        "null",
+        "true",
+        "false",
+        "0",
+        "-3",
+        "12",
+        "2.5",
+        "1e3",
+        "18446744073709551616",
+        "1e999",
+        r#""""#,
+        r#""a""#,
+        r#""response.completed""#,
+        r#""message_stop""#,
+        r#""message\u005fstop""#,
+        r#""\n""#,
+        r#""é""#,
+    ];
+
+    /// JSON text (not a `Value`, which would drop repeated keys) over the schema's names.
+    fn json() -> impl Strategy<Value = String> {
+        let leaf = proptest::sample::select(SCALARS).prop_map(str::to_owned);
+        leaf.prop_recursive(5, 48, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|items| format!("[{}]", items.join(","))),
+                proptest::collection::vec((proptest::sample::select(KEYS), inner), 0..6).prop_map(
+                    |members| {
+                        let members: Vec<String> = members
+                            .iter()
+                            .map(|(k, v)| format!("\"{k}\":{v}"))
+                            .collect();
+                        format!("{{{}}}", members.join(","))
+                    }
+                ),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        #[test]
+        fn the_reader_agrees_with_serde(text in json()) {
+            agree(text.as_bytes()).map_err(TestCaseError::fail)?;
+        }
+
+        #[test]
+        fn the_reader_refuses_what_serde_refuses(text in json(), cut in 0usize..400, junk in 0u8..128) {
+            let bytes = text.as_bytes();
+            let cut = cut.min(bytes.len());
+            agree(&bytes[..cut]).map_err(TestCaseError::fail)?;
+            let mut changed = bytes.to_vec();
+            if let Some(b) = changed.get_mut(cut) {
+                *b = junk;
+            }
+            agree(&changed).map_err(TestCaseError::fail)?;
+        }
+    }
+
+    #[test]
+    fn every_fixture_line_reads_as_serde_reads_it() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/meter/fixtures");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let body = std::fs::read(entry.unwrap().path()).unwrap();
+            agree(&body).unwrap();
+            for line in body.split(|&b| b == b'\n') {
+                let line = line.strip_prefix(b"data: ").unwrap_or(line);
+                agree(line).unwrap();
+            }
+        }
     }
 }

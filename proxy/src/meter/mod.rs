@@ -17,6 +17,7 @@
 mod frame;
 pub(crate) mod lines;
 mod ndjson;
+mod scan;
 mod sse;
 mod tally;
 mod whole;

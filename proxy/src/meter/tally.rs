@@ -57,9 +57,9 @@ impl Tally {
 
     /// Parses one frame; a frame that is not a JSON object is a parse error and nothing else.
     pub(crate) fn frame(&mut self, bytes: &[u8], at: Instant) {
-        match serde_json::from_slice::<Frame>(bytes) {
-            Ok(f) => self.apply(&f, at),
-            Err(_) => self.parse_error(),
+        match Frame::read(bytes) {
+            Some(f) => self.apply(&f, at),
+            None => self.parse_error(),
         }
     }
 

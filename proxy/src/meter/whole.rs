@@ -118,12 +118,18 @@ impl WholeJson {
     /// How many bytes at the start of `rest` leave the state as it is.
     fn inert_run(&self, rest: &[u8]) -> usize {
         let until = |found: Option<usize>| found.unwrap_or(rest.len());
+        // Keys and values here are short: a plain loop beats a vectorised search's setup.
+        let in_string = || {
+            rest.iter()
+                .take_while(|&&c| c != b'"' && c != b'\\')
+                .count()
+        };
         match self.state {
             State::Broken => rest.len(),
             // The byte after a backslash is stepped alone.
             _ if self.escape => 0,
-            State::InKey | State::Text => until(memchr::memchr2(b'"', b'\\', rest)),
-            State::Nested if self.in_string => until(memchr::memchr2(b'"', b'\\', rest)),
+            State::InKey | State::Text => in_string(),
+            State::Nested if self.in_string => in_string(),
             State::Nested => until(
                 rest.iter()
                     .position(|b| matches!(b, b'"' | b'{' | b'}' | b'[' | b']')),
