@@ -178,11 +178,11 @@ if command -v perf >/dev/null 2>&1; then
     echo
   fi
 fi
-if grep -qE "WARN|ERROR" "$work/proxy.log"; then
+if grep -qE "WARN|ERROR" "$work/wes-proxy.log"; then
   echo "wes-proxy warnings and errors during the run (first 10):"
   echo
   echo '```'
-  grep -E "WARN|ERROR" "$work/proxy.log" | head -10 | cut -c1-200
+  grep -E "WARN|ERROR" "$work/wes-proxy.log" | head -10 | cut -c1-200
   echo '```'
   echo
 fi
