@@ -10,6 +10,7 @@ pub mod admin;
 pub mod config;
 pub mod fleet;
 pub mod ingest;
+pub(crate) mod json;
 pub mod manage;
 pub mod meter;
 pub mod metrics;

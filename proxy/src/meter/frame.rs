@@ -14,7 +14,7 @@
 //! order. The leaf types (`Present`, `Num`, `Flag`) take any value, so one odd field cannot
 //! cost a token.
 
-use super::scan::{Malformed, Read, Reader, Token};
+use crate::json::{Malformed, Read, Reader, Token};
 
 #[cfg(test)]
 mod reference;
@@ -54,6 +54,32 @@ impl Frame {
     pub(crate) fn read(bytes: &[u8]) -> Option<Frame> {
         let mut r = Reader::new(bytes);
         let frame = read_struct(&mut r).ok()?;
+        r.end().ok()?;
+        Some(frame)
+    }
+
+    /// Reads the top-level members of one JSON object that `pick` chooses (it gets each key,
+    /// borrowed unless it had escapes) as a frame's fields; the others are checked and skipped.
+    /// `None` when the bytes are not one JSON object or a picked member does not read.
+    pub(crate) fn read_picked(
+        bytes: &[u8],
+        mut pick: impl FnMut(&std::borrow::Cow<'_, [u8]>) -> bool,
+    ) -> Option<Frame> {
+        let mut r = Reader::new(bytes);
+        let mut frame = Frame::default();
+        r.members(|r, key| {
+            if !pick(key) {
+                return r.skip();
+            }
+            match Frame::FIELDS
+                .iter()
+                .position(|f| f.as_bytes() == key.as_ref())
+            {
+                Some(i) => frame.read_field(i, r),
+                None => r.skip(),
+            }
+        })
+        .ok()?;
         r.end().ok()?;
         Some(frame)
     }
@@ -297,7 +323,7 @@ fn read_members<T: Schema>(r: &mut Reader<'_>) -> Read<T> {
     let mut out = T::default();
     let mut seen = 0u32;
     r.members(
-        |r, key| match T::FIELDS.iter().position(|f| f.as_bytes() == key) {
+        |r, key| match T::FIELDS.iter().position(|f| f.as_bytes() == key.as_ref()) {
             Some(i) if seen & (1 << i) != 0 => Err(Malformed),
             Some(i) => {
                 seen |= 1 << i;

@@ -17,7 +17,6 @@
 mod frame;
 pub(crate) mod lines;
 mod ndjson;
-mod scan;
 mod sse;
 mod tally;
 mod whole;
@@ -241,6 +240,21 @@ impl Meter {
             Decoder::Ndjson(d) => d.feed(chunk, at, &mut self.tally),
             Decoder::Sse(d) => d.feed(chunk, at, &mut self.tally),
             Decoder::Whole(d) => d.feed(chunk, &mut self.tally),
+        }
+    }
+
+    /// Observes the chunk that ends the body (Pingora says which one does). A whole JSON body
+    /// that is only this chunk is read at once rather than scanned.
+    pub fn feed_final(&mut self, chunk: &[u8], at: Instant) {
+        if chunk.is_empty() {
+            return;
+        }
+        match &mut self.decoder {
+            Decoder::Whole(d) => {
+                self.tally.bytes(chunk.len(), at);
+                d.feed_final(chunk, at, &mut self.tally);
+            }
+            _ => self.feed(chunk, at),
         }
     }
 

@@ -63,7 +63,7 @@ impl Tally {
         }
     }
 
-    fn apply(&mut self, f: &Frame, at: Instant) {
+    pub(crate) fn apply(&mut self, f: &Frame, at: Instant) {
         let chunks = f.output_chunks();
         if self.counts_output && chunks > 0 {
             self.tokens = self.tokens.saturating_add(chunks);

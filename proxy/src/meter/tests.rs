@@ -58,7 +58,8 @@ fn run(p: Protocol, f: Framing, body: &[u8], cuts: &[usize]) -> MeterReport {
         m.feed(&body[from..cut], t0 + MS * j);
         from = cut;
     }
-    m.feed(&body[from..], t0 + MS * (j + 1));
+    // As the relay feeds it: the last chunk is known to end the body.
+    m.feed_final(&body[from..], t0 + MS * (j + 1));
     m.finish(t0 + MS * (j + 2))
 }
 
@@ -742,4 +743,23 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn a_whole_body_in_its_final_chunk_is_read_at_once() {
+    let fx = fixture("ollama_generate.json");
+    let t0 = Instant::now();
+    let mut m = Meter::new(fx.protocol, fx.framing, t0);
+    m.feed_final(fx.body, t0 + MS);
+    // Nothing was copied aside, as the scan copies the kept members.
+    assert_eq!(m.buffered_bytes(), 0);
+    let read = m.finish(t0 + MS * 2);
+    let scanned = run_bytewise(fx.protocol, fx.framing, fx.body);
+    assert_eq!(untimed(read.clone()), untimed(scanned));
+    assert!(read.done && read.tokens > 0);
+    // After other chunks it is scanned.
+    let mut m = Meter::new(fx.protocol, fx.framing, t0);
+    m.feed(&fx.body[..1], t0);
+    m.feed_final(&fx.body[1..], t0 + MS);
+    assert!(m.buffered_bytes() > 0);
 }

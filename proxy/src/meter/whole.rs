@@ -4,9 +4,16 @@
 //! while the meter needs only a few top-level members: the counts and `error`. So this tracks
 //! just enough JSON structure to find top-level members, copies the wanted ones into a small
 //! object, and parses that once at the end. Memory stays at [`KEPT_CAP`] whatever the body size.
+//!
+//! Most such bodies arrive in one chunk, and that chunk is known to end the body: it is read in
+//! one pass of the strict reader instead (`read_whole`), with the same result. Where that
+//! reader refuses the body, the scan runs after all, so that a body it cannot read (cut off,
+//! malformed in a member that is not kept) meters exactly as before.
 
+use super::frame::Frame;
 use super::lines::push_bounded;
 use super::tally::Tally;
+use std::borrow::Cow;
 use std::time::Instant;
 
 /// Top-level members worth keeping; everything else is skipped unread.
@@ -70,6 +77,8 @@ pub(crate) struct WholeJson {
     /// Length of `kept` after the last complete member; a cut-off member is rolled back to it.
     committed: usize,
     closed: bool,
+    /// Some bytes were scanned: a final chunk is no longer the whole body.
+    fed: bool,
 }
 
 fn is_ws(b: u8) -> bool {
@@ -91,6 +100,7 @@ impl WholeJson {
             kept: Vec::new(),
             committed: 0,
             closed: false,
+            fed: false,
         }
     }
 
@@ -98,7 +108,25 @@ impl WholeJson {
         self.kept.capacity()
     }
 
+    /// The chunk that ends the body, arrived at `at`. When it is the whole body, it is read at
+    /// once; the kept members count as the scan would have found them.
+    pub(crate) fn feed_final(&mut self, chunk: &[u8], at: Instant, tally: &mut Tally) {
+        // Within the cap, no kept member can overflow it (they are a part of the body), so
+        // the scan would drop none.
+        if !self.fed
+            && chunk.len() <= KEPT_CAP
+            && let Some(frame) = read_whole(chunk)
+        {
+            tally.apply(&frame, at);
+            self.fed = true;
+            self.close();
+            return;
+        }
+        self.feed(chunk, tally);
+    }
+
     pub(crate) fn feed(&mut self, chunk: &[u8], tally: &mut Tally) {
+        self.fed = true;
         let mut i = 0;
         while i < chunk.len() {
             // Most bytes (a key's, a string's, a number's, a skipped value's) move no state:
@@ -348,4 +376,21 @@ impl WholeJson {
         self.state = State::Broken;
         tally.parse_error();
     }
+}
+
+/// A whole body in one pass: the first of each kept member, as the scan keeps them (a key with
+/// escapes is not one); `None` when the strict reader refuses the body.
+fn read_whole(body: &[u8]) -> Option<Frame> {
+    let mut seen = 0u8;
+    Frame::read_picked(body, |key| {
+        let Cow::Borrowed(key) = key else {
+            return false;
+        };
+        let Some(i) = KEPT.iter().position(|k| k == key) else {
+            return false;
+        };
+        let first = seen & (1 << i) == 0;
+        seen |= 1 << i;
+        first
+    })
 }

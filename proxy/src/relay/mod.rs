@@ -150,8 +150,10 @@ pub struct RelayCtx {
     attempt: Option<Attempt>,
     /// Holds the node's slot while the request is on it; settles its circuit.
     guard: Option<InFlightGuard>,
-    /// Set for requests Pingora proxies itself; `None` in subrequests.
-    failover: Option<Failover>,
+    /// Set for requests Pingora proxies itself; `None` in subrequests. Boxed, like the meter:
+    /// Pingora keeps the context inline in each request's future and moves that future whole,
+    /// so every byte here is copied several times per request; one allocation is cheaper.
+    failover: Option<Box<Failover>>,
     /// When the attempt went upstream.
     sent_at: Option<Instant>,
     /// The node's in-flight history then, for the concurrency the answer was made at.
@@ -162,7 +164,7 @@ pub struct RelayCtx {
     /// The request found its model cold on the node (not loaded): its TTFT holds the load.
     sent_cold: bool,
     /// Watches the node's response for tokens, once its header has arrived.
-    meter: Option<Meter>,
+    meter: Option<Box<Meter>>,
     /// The current attempt is in the metrics already (it failed before answering).
     recorded: bool,
     /// The client key the request presented (`None` while the API is open).
@@ -386,11 +388,11 @@ impl ProxyHttp for Relay {
                 .get(http::header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok());
             let framing = meter::framing_for(protocol, Some(attempt.stream), content_type);
-            ctx.meter = Some(Meter::new(
+            ctx.meter = Some(Box::new(Meter::new(
                 protocol,
                 framing,
                 ctx.sent_at.unwrap_or_else(Instant::now),
-            ));
+            )));
         }
         Ok(())
     }
@@ -399,11 +401,15 @@ impl ProxyHttp for Relay {
         &self,
         _session: &mut Session,
         body: &mut Option<bytes::Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RelayCtx,
     ) -> pingora::Result<Option<Duration>> {
         if let (Some(meter), Some(chunk)) = (ctx.meter.as_mut(), body.as_ref()) {
-            meter.feed(chunk, Instant::now());
+            if end_of_stream {
+                meter.feed_final(chunk, Instant::now());
+            } else {
+                meter.feed(chunk, Instant::now());
+            }
             if let Some(share) = &ctx.energy {
                 share.share.credit_to(meter.tokens_so_far());
             }
@@ -688,13 +694,13 @@ impl Relay {
             return Ok(true);
         }
         // Within the retry buffer: Pingora proxies it, and replays the buffer on a retry.
-        ctx.failover = Some(Failover {
+        ctx.failover = Some(Box::new(Failover {
             next: selection.rest.into(),
             failures: Vec::new(),
             advance: false,
             blame: Blame::default(),
             current: selection.first,
-        });
+        }));
         ctx.guard = Some(selection.guard);
         ctx.attempt = Some(template);
         Ok(false)
