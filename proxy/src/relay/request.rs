@@ -235,12 +235,13 @@ pub fn facts(body: &[u8]) -> Result<RequestFacts<'_>, BodyProblem> {
 fn read_fields(body: &[u8]) -> Option<Fields<'_>> {
     use crate::json::{Malformed, Read, Reader, Token};
     fn text<'a>(r: &mut Reader<'a>) -> Read<Option<Text<'a>>> {
-        if r.peek()? == Token::Null {
-            r.literal()?;
-            return Ok(None);
-        }
-        if r.peek()? != Token::String {
-            return Err(Malformed);
+        match r.peek()? {
+            Token::Null => {
+                r.literal()?;
+                return Ok(None);
+            }
+            Token::String => {}
+            _ => return Err(Malformed),
         }
         let text = match r.string()? {
             Cow::Borrowed(b) => Cow::Borrowed(std::str::from_utf8(b).map_err(|_| Malformed)?),
