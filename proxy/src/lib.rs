@@ -21,3 +21,9 @@ pub mod score;
 pub mod server;
 pub mod state;
 pub mod usage;
+
+/// The map for lookups on the request path (node ids, model names, metric label pairs).
+/// SipHash, std's default, cost more per request than the lookups' callers; foldhash is
+/// seeded per process, and these maps' keys come from config or from what nodes report, so
+/// its weaker flooding resistance does not matter here.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

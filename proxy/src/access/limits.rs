@@ -1,7 +1,7 @@
 //! Each key's limits as budgets (`budget`), kept across reloads by key id: a reload that
 //! changes a limit keeps what the key has spent, one that removes the key drops its budgets.
 
-use std::collections::HashMap;
+use crate::FastMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -80,7 +80,7 @@ fn sync(slot: &mut Option<Budget>, size: Option<f64>, period: Duration, now: Ins
 
 #[derive(Default)]
 pub struct Limiter {
-    keys: Mutex<HashMap<Arc<str>, KeyBudgets>>,
+    keys: Mutex<FastMap<Arc<str>, KeyBudgets>>,
 }
 
 impl Limiter {

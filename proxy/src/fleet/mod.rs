@@ -12,7 +12,7 @@ pub mod residency;
 mod share;
 mod telemetry;
 
-use std::collections::HashMap;
+use crate::FastMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -39,13 +39,13 @@ use crate::config::NodeConfig;
 pub struct NodeState {
     /// Shared, not copied: every ranking rebuild reads every node's (model list included).
     telemetry: Mutex<Option<Arc<Telemetry>>>,
-    probes: Mutex<HashMap<String, ProbeObservation>>,
+    probes: Mutex<FastMap<String, ProbeObservation>>,
     /// Measured by the proxy on relayed responses, per model.
-    relayed: Mutex<HashMap<String, RateEstimate>>,
+    relayed: Mutex<FastMap<String, RateEstimate>>,
     power: Mutex<PowerEstimate>,
     /// Per model, the best tok/s per watt seen under Normal thermal state: the node's clean
     /// baseline (PUE is the site's, applied by the ranking).
-    best_clean: Mutex<HashMap<String, f64>>,
+    best_clean: Mutex<FastMap<String, f64>>,
     /// Requests this replica has on the node: exact, and what it admits against.
     in_flight: AtomicU32,
     /// Requests this replica has admitted here since it started (the reporter tells a
@@ -63,19 +63,19 @@ pub struct NodeState {
     /// concurrency a stream or a sample ran at.
     occupancy: Mutex<load::Occupancy>,
     /// Per model, per-stream decode rates by concurrency (`load`).
-    load: Mutex<HashMap<String, load::LoadCurve>>,
+    load: Mutex<FastMap<String, load::LoadCurve>>,
     /// Power by the number of requests in flight when each sample arrived.
     power_by_load: Mutex<load::PowerCurve>,
     /// A management call changed what the node holds: its reporter is told on its stream.
     models_refresh: Notify,
     /// Per model, times to first token by the in-flight count each request was sent at.
-    ttft: Mutex<HashMap<String, load::TtftCurve>>,
+    ttft: Mutex<FastMap<String, load::TtftCurve>>,
     /// Per model, when this proxy last sent a request that found it cold (`residency`).
-    warming: Mutex<HashMap<String, Instant>>,
+    warming: Mutex<FastMap<String, Instant>>,
     /// Per model, the smoothed seconds a cold load took here.
-    load_seconds: Mutex<HashMap<String, f64>>,
+    load_seconds: Mutex<FastMap<String, f64>>,
     /// Per model, the smoothed output tokens of a relayed request.
-    request_tokens: Mutex<HashMap<String, f64>>,
+    request_tokens: Mutex<FastMap<String, f64>>,
     /// The node's measured energy, split among the requests in flight on it (`energy`).
     energy: Mutex<energy::NodeEnergy<energy::RequestFacts>>,
     pub health: NodeHealth,
@@ -84,7 +84,7 @@ pub struct NodeState {
 }
 
 /// Folds `value` into `model`'s smoothed average, allocating the key only the first time.
-fn smooth_into(map: &mut HashMap<String, f64>, model: &str, value: f64) {
+fn smooth_into(map: &mut FastMap<String, f64>, model: &str, value: f64) {
     match map.get_mut(model) {
         Some(v) => *v = residency::smooth(Some(*v), value),
         None => {
@@ -96,8 +96,8 @@ fn smooth_into(map: &mut HashMap<String, f64>, model: &str, value: f64) {
 /// The rate a model is scored on: the proxy's own measurement while it is fresh, else the
 /// reporter's newest probe. One rule for the score and for the clean baseline.
 fn current_rate(
-    relayed: &HashMap<String, RateEstimate>,
-    probes: &HashMap<String, ProbeObservation>,
+    relayed: &FastMap<String, RateEstimate>,
+    probes: &FastMap<String, ProbeObservation>,
     model: &str,
     now: Instant,
 ) -> Option<(f64, RateSource)> {
@@ -112,7 +112,7 @@ impl NodeState {
         self.telemetry.lock().clone()
     }
 
-    pub fn probes(&self) -> HashMap<String, ProbeObservation> {
+    pub fn probes(&self) -> FastMap<String, ProbeObservation> {
         self.probes.lock().clone()
     }
 
@@ -594,7 +594,7 @@ fn peer_address(url: &str) -> &str {
 #[derive(Debug, Default)]
 pub struct FleetView {
     pub nodes: Vec<FleetNode>,
-    by_id: HashMap<String, usize>,
+    by_id: FastMap<String, usize>,
 }
 
 impl FleetView {

@@ -6,7 +6,7 @@
 mod attempt;
 mod node_gauges;
 
-use std::collections::HashMap;
+use crate::FastMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -117,7 +117,7 @@ pub struct Metrics {
     duration: HistogramFamily,
     tokens_per_request: HistogramFamily,
     /// Every pair seen, so that an attempt costs one lookup, not one per family.
-    pairs: RwLock<HashMap<NodeModel, Arc<PairSeries>>>,
+    pairs: RwLock<FastMap<NodeModel, Arc<PairSeries>>>,
     usage_requests: Family<KeyModelNode, Counter>,
     usage_input_tokens: Family<KeyModelNode, Counter>,
     usage_output_tokens: Family<KeyModelNode, Counter>,

@@ -6,7 +6,7 @@
 //! while it stays within `hysteresis` of the best, so two near-equal nodes do not swap places
 //! (and cold caches) on every sample's jitter.
 
-use std::collections::HashMap;
+use crate::FastMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -24,7 +24,7 @@ const SCAN: usize = 16;
 #[derive(Default)]
 pub struct Top {
     /// Model → the node it went to last.
-    last: Mutex<HashMap<String, Arc<str>>>,
+    last: Mutex<FastMap<String, Arc<str>>>,
 }
 
 impl Policy for Top {

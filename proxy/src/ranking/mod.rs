@@ -13,6 +13,7 @@ mod node_score;
 mod residency;
 pub mod table;
 
+use crate::FastMap;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
@@ -118,7 +119,8 @@ impl Ranking {
             });
             entries.push(RankEntry::new(node, telemetry, scored, reason));
         }
-        let mut routes = HashMap::with_capacity(eligible.len() + excluded.len());
+        let mut routes =
+            FastMap::with_capacity_and_hasher(eligible.len() + excluded.len(), Default::default());
         for (model, nodes) in eligible {
             let why = excluded.remove(&model).unwrap_or_default();
             let name: Arc<str> = Arc::from(model.as_str());

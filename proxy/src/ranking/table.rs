@@ -3,8 +3,8 @@
 //! 250 ms) and published with it, so that a request's peer choice reads a ready list and
 //! touches only the few nodes it considers: a handful of atomic loads, not a pass over the fleet.
 
+use crate::FastMap;
 use std::cmp::Ordering;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -122,11 +122,11 @@ fn by_wes(a: &RouteNode, b: &RouteNode) -> Ordering {
 
 #[derive(Debug, Default)]
 pub struct RoutingTable {
-    models: HashMap<String, ModelRoute>,
+    models: FastMap<String, ModelRoute>,
 }
 
 impl RoutingTable {
-    pub(super) fn new(models: HashMap<String, ModelRoute>) -> Self {
+    pub(super) fn new(models: FastMap<String, ModelRoute>) -> Self {
         RoutingTable { models }
     }
 

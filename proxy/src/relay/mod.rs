@@ -19,7 +19,8 @@ mod select;
 
 pub use self::request::read_json_body;
 
-use std::collections::{HashMap, VecDeque};
+use crate::FastMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,7 +60,7 @@ pub struct Relay {
     replica_header: Option<http::HeaderValue>,
     /// Every policy, built once: some remember (round-robin's turn, top's last choice), and a
     /// reload that switches policy back and forth finds that memory where it left it.
-    policies: HashMap<PolicyName, Box<dyn Policy>>,
+    policies: FastMap<PolicyName, Box<dyn Policy>>,
 }
 
 impl Relay {

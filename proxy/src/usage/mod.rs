@@ -7,7 +7,7 @@
 pub mod ledger;
 mod log;
 
-use std::collections::HashMap;
+use crate::FastMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -37,7 +37,7 @@ pub struct Usage {
     ledger: Mutex<Ledger>,
     log: Option<Mutex<Writer>>,
     log_path: Option<PathBuf>,
-    pending: Mutex<HashMap<Arc<str>, PendingNode>>,
+    pending: Mutex<FastMap<Arc<str>, PendingNode>>,
 }
 
 impl Usage {
@@ -47,7 +47,7 @@ impl Usage {
             ledger: Mutex::new(Ledger::default()),
             log: None,
             log_path: None,
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::default(),
         }
     }
 
@@ -63,7 +63,7 @@ impl Usage {
             ledger: Mutex::new(ledger),
             log: Some(Mutex::new(Writer::open(path)?)),
             log_path: Some(path.into()),
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::default(),
         })
     }
 
