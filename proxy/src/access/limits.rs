@@ -1,13 +1,13 @@
 //! Each key's limits as budgets (`budget`), kept across reloads by key id: a reload that
 //! changes a limit keeps what the key has spent, one that removes the key drops its budgets.
 
-use crate::FastMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
 use super::budget::Budget;
+use crate::FastMap;
 use crate::config::{KeyConfig, KeyLimits};
 
 const MINUTE: Duration = Duration::from_secs(60);

@@ -12,7 +12,6 @@ pub mod residency;
 mod share;
 mod telemetry;
 
-use crate::FastMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -30,6 +29,7 @@ pub use power::PowerEstimate;
 pub use share::{ReplicaReport, ReportedLoad};
 pub use telemetry::{LoadedModel, ProbeLoad, ProbeObservation, Residency, Telemetry};
 
+use crate::FastMap;
 use crate::config::NodeConfig;
 
 /// The live state of one node, shared by ingest, the router and the admin listener. Written by

@@ -6,7 +6,6 @@
 mod attempt;
 mod node_gauges;
 
-use crate::FastMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -19,6 +18,7 @@ use prometheus_client::registry::Registry;
 
 pub use attempt::{ErrorKind, Outcome};
 
+use crate::FastMap;
 use crate::ranking::Ranking;
 
 /// Seconds. From fast local GPUs (tens of ms) to a cold model load on a small box (tens of s).

@@ -6,7 +6,6 @@
 //! while it stays within `hysteresis` of the best, so two near-equal nodes do not swap places
 //! (and cold caches) on every sample's jitter.
 
-use crate::FastMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -14,6 +13,7 @@ use parking_lot::Mutex;
 use rand::RngCore;
 
 use super::{ModelRoute, Policy, RouteRequest, fill};
+use crate::FastMap;
 
 /// Usable measured nodes looked at per pick, best at the last rebuild first: a node further
 /// down would need its score at the current load to have overtaken 16 others since the last

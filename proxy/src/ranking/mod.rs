@@ -13,7 +13,6 @@ mod node_score;
 mod residency;
 pub mod table;
 
-use crate::FastMap;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,6 +22,7 @@ pub use history::{History, NodeSeries, Point};
 pub use node_score::NodeScore;
 pub use table::{ModelRoute, RouteNode, RoutingTable};
 
+use crate::FastMap;
 use crate::config::{HealthConfig, RoutingConfig};
 use crate::fleet::FleetView;
 

@@ -3,11 +3,11 @@
 //! 250 ms) and published with it, so that a request's peer choice reads a ready list and
 //! touches only the few nodes it considers: a handful of atomic loads, not a pass over the fleet.
 
-use crate::FastMap;
 use std::cmp::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::FastMap;
 use crate::fleet::NodeState;
 
 /// One node as a candidate for one model.

@@ -19,7 +19,6 @@ mod select;
 
 pub use self::request::read_json_body;
 
-use crate::FastMap;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +34,7 @@ use self::blame::{Blame, Verdict};
 use self::request::{BodyProblem, TooLarge};
 use self::respond::ErrorShape;
 use self::route::{Endpoint, LocalAnswer, Route};
+use crate::FastMap;
 use crate::access::{self, Denied};
 use crate::config::KeyConfig;
 use crate::fleet::InFlightGuard;

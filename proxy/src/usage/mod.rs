@@ -7,7 +7,6 @@
 pub mod ledger;
 mod log;
 
-use crate::FastMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,6 +18,7 @@ pub use self::ledger::{
     sum_per_key_and_model,
 };
 use self::log::{Line, Writer};
+use crate::FastMap;
 use crate::access::Limiter;
 use crate::config::NodeConfig;
 use crate::fleet::energy::{RequestFacts, Settled, Split};
