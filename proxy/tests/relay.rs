@@ -156,6 +156,15 @@ async fn streams_from_the_top_node_with_its_header() {
         .await
         .unwrap();
     assert_eq!(response.headers()["x-wes-node"], "b");
+    // Written with Ollama's default tag, it is the same model.
+    let response = http
+        .post(api(&f.proxy, "/api/generate"))
+        .json(&json!({"model": "only-b:latest", "prompt": "x", "stream": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-wes-node"], "b");
 
     let tags: Value = http
         .get(api(&f.proxy, "/api/tags"))

@@ -184,6 +184,13 @@ mod tests {
             ..(*k).clone()
         };
         assert!(open.allows("qwen3:8b"));
+        let latest = KeyConfig {
+            models: Some(vec!["llama3.2:latest".into(), "qwen3".into()]),
+            ..(*k).clone()
+        };
+        assert!(latest.allows("llama3.2"));
+        assert!(latest.allows("qwen3:latest"));
+        assert!(!latest.allows("qwen3:8b"));
     }
 
     #[test]

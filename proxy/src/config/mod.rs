@@ -81,10 +81,13 @@ pub struct KeyConfig {
 }
 
 impl KeyConfig {
+    /// Whether the key may use `model` (`llama3.2` and `llama3.2:latest` are one model).
     pub fn allows(&self, model: &str) -> bool {
-        self.models
-            .as_ref()
-            .is_none_or(|models| models.iter().any(|m| m == model))
+        self.models.as_ref().is_none_or(|models| {
+            models
+                .iter()
+                .any(|m| crate::fleet::model_name::same(m, model))
+        })
     }
 }
 
@@ -209,7 +212,17 @@ impl PowerBasis {
 impl RoutingConfig {
     /// The policy for `model`: its override, else the default.
     pub fn policy_for(&self, model: &str) -> PolicyName {
-        self.model_policy.get(model).copied().unwrap_or(self.policy)
+        if self.model_policy.is_empty() {
+            return self.policy;
+        }
+        self.model_policy
+            .get(model)
+            .or_else(|| {
+                let other = crate::fleet::model_name::other_spelling(model)?;
+                self.model_policy.get(other.as_ref())
+            })
+            .copied()
+            .unwrap_or(self.policy)
     }
 }
 
@@ -371,6 +384,21 @@ mod tests {
     use super::defaults::threads as default_threads;
     use super::validate::check_node_url;
     use super::*;
+
+    #[test]
+    fn a_model_policy_applies_to_both_spellings_of_its_name() {
+        use crate::policy::PolicyName;
+        let mut routing = RoutingConfig::default();
+        let other = if routing.policy == PolicyName::RoundRobin {
+            PolicyName::Top
+        } else {
+            PolicyName::RoundRobin
+        };
+        routing.model_policy.insert("llama3.2:latest".into(), other);
+        assert_eq!(routing.policy_for("llama3.2"), other);
+        assert_eq!(routing.policy_for("llama3.2:latest"), other);
+        assert_eq!(routing.policy_for("llama3.2:3b"), routing.policy);
+    }
 
     const GOOD: &str = r#"
 [listen]

@@ -130,9 +130,13 @@ impl RoutingTable {
         RoutingTable { models }
     }
 
-    /// The route for `model`; `None` when no configured node reports holding it.
+    /// The route for `model`, or for its other spelling (`llama3.2` is `llama3.2:latest`);
+    /// `None` when no configured node reports holding it.
     pub fn route(&self, model: &str) -> Option<&ModelRoute> {
-        self.models.get(model)
+        self.models.get(model).or_else(|| {
+            let other = crate::fleet::model_name::other_spelling(model)?;
+            self.models.get(other.as_ref())
+        })
     }
 }
 
@@ -166,6 +170,15 @@ mod tests {
         assert!(fleet.record(id, t, probes).is_some());
     }
 
+    fn rank(fleet: &Fleet) -> Ranking {
+        Ranking::build(
+            &fleet.view(),
+            &RoutingConfig::default(),
+            &HealthConfig::default(),
+            Instant::now(),
+        )
+    }
+
     #[test]
     fn per_model_sorted_with_exclusions_and_cumulative_weights() {
         let fleet = Fleet::new(&[node("a"), node("b"), node("c"), node("hot"), node("new")]);
@@ -175,12 +188,7 @@ mod tests {
         report(&fleet, "hot", ThermalState::Critical, Some(900.0));
         report(&fleet, "new", ThermalState::Normal, None);
         fleet.set_draining("a", false);
-        let ranking = Ranking::build(
-            &fleet.view(),
-            &RoutingConfig::default(),
-            &HealthConfig::default(),
-            Instant::now(),
-        );
+        let ranking = rank(&fleet);
         let table = &ranking.routes;
         let m = table.route("m").unwrap();
         let ids: Vec<_> = m.nodes.iter().map(|n| &*n.id).collect();
@@ -196,16 +204,34 @@ mod tests {
     }
 
     #[test]
+    fn a_name_without_its_latest_tag_finds_the_tagged_model_and_back() {
+        let fleet = Fleet::new(&[node("a"), node("b")]);
+        let mut t = Telemetry::for_test(10.0);
+        t.models = Some(vec![
+            "llama3.2:latest".into(),
+            "qwen".into(),
+            "phi:3b".into(),
+        ]);
+        assert!(fleet.record("a", t, Vec::new()).is_some());
+        let ranking = rank(&fleet);
+        let table = &ranking.routes;
+        assert_eq!(&*table.route("llama3.2").unwrap().model, "llama3.2:latest");
+        assert_eq!(
+            &*table.route("llama3.2:latest").unwrap().model,
+            "llama3.2:latest"
+        );
+        assert_eq!(&*table.route("qwen:latest").unwrap().model, "qwen");
+        // Another tag is another model.
+        assert!(table.route("phi").is_none());
+        assert!(table.route("llama3.2:3b").is_none());
+    }
+
+    #[test]
     fn a_model_held_only_by_excluded_nodes_has_an_empty_route_with_reasons() {
         let fleet = Fleet::new(&[node("a")]);
         report(&fleet, "a", ThermalState::Normal, Some(1.0));
         fleet.set_draining("a", true);
-        let ranking = Ranking::build(
-            &fleet.view(),
-            &RoutingConfig::default(),
-            &HealthConfig::default(),
-            Instant::now(),
-        );
+        let ranking = rank(&fleet);
         let table = &ranking.routes;
         let m = table.route("m").unwrap();
         assert!(m.nodes.is_empty());
