@@ -215,13 +215,7 @@ impl RoutingConfig {
         if self.model_policy.is_empty() {
             return self.policy;
         }
-        self.model_policy
-            .get(model)
-            .or_else(|| {
-                let other = crate::fleet::model_name::other_spelling(model)?;
-                self.model_policy.get(other.as_ref())
-            })
-            .copied()
+        crate::fleet::model_name::find(model, |name| self.model_policy.get(name).copied())
             .unwrap_or(self.policy)
     }
 }

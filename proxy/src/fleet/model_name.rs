@@ -12,9 +12,15 @@ pub fn same(a: &str, b: &str) -> bool {
         }
 }
 
+/// What `get` finds under `name`, else under its other spelling: the one rule for looking a
+/// client's model name up in anything keyed by the names nodes list (or an operator wrote).
+pub fn find<T>(name: &str, get: impl Fn(&str) -> Option<T>) -> Option<T> {
+    get(name).or_else(|| get(other_spelling(name)?.as_ref()))
+}
+
 /// The same model written the other way (`llama3.2` ↔ `llama3.2:latest`); `None` for a name
-/// with another tag. A lookup by a client's name tries it where the name itself is not found.
-pub fn other_spelling(name: &str) -> Option<std::borrow::Cow<'_, str>> {
+/// with another tag. Only looked up where the name itself is not found.
+fn other_spelling(name: &str) -> Option<std::borrow::Cow<'_, str>> {
     match tag_of(name) {
         None => Some(std::borrow::Cow::Owned(format!("{name}:latest"))),
         Some("latest") => name.strip_suffix(":latest").map(std::borrow::Cow::Borrowed),

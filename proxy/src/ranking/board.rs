@@ -202,13 +202,28 @@ mod tests {
     }
 
     fn build(fleet: &Fleet) -> RankingSnapshot {
+        build_as(fleet, "m")
+    }
+
+    fn build_as(fleet: &Fleet, model: &str) -> RankingSnapshot {
         RankingSnapshot::build_for_model(
             &fleet.view(),
             &RoutingConfig::default(),
             &HealthConfig::default(),
             Instant::now(),
-            "m",
+            model,
         )
+    }
+
+    #[test]
+    fn a_per_model_board_finds_the_model_under_either_spelling() {
+        let fleet = Fleet::new(&[node("a", 1.0)]);
+        report(&fleet, "a", 0.6, ThermalState::Normal, 108.9);
+        let snap = build_as(&fleet, "m:latest");
+        assert_eq!(snap.nodes.len(), 1);
+        // Scored on the node's rate for `m`: the name it lists.
+        assert!((snap.nodes[0].wes.raw.unwrap() - 108.9 / 0.6).abs() < 1e-9);
+        assert!(build_as(&fleet, "m:7b").nodes.is_empty());
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub use table::{ModelRoute, RouteNode, RoutingTable};
 
 use crate::FastMap;
 use crate::config::{HealthConfig, RoutingConfig};
-use crate::fleet::FleetView;
+use crate::fleet::{FleetView, model_name};
 
 /// What one rebuild publishes.
 #[derive(Debug, Default)]
@@ -170,12 +170,13 @@ impl RankingSnapshot {
             let telemetry = node.state.telemetry();
             let telemetry = telemetry.as_deref();
             let held = telemetry.and_then(|t| t.models.as_deref()).unwrap_or(&[]);
-            if !held.iter().any(|m| m == model) {
+            // Under the node's own spelling of the name, as routing finds it.
+            let Some(held_as) = held.iter().find(|m| model_name::same(m, model)) else {
                 continue;
-            }
+            };
             let reason =
                 eligibility::unavailable_reason(telemetry, &node.state, routing, health, now);
-            let scored = node_score::score(node, telemetry, model, routing, now);
+            let scored = node_score::score(node, telemetry, held_as, routing, now);
             let scored = scored.tok_s.is_some().then_some(scored);
             entries.push(RankEntry::new(node, telemetry, scored, reason));
         }

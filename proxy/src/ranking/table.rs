@@ -133,10 +133,7 @@ impl RoutingTable {
     /// The route for `model`, or for its other spelling (`llama3.2` is `llama3.2:latest`);
     /// `None` when no configured node reports holding it.
     pub fn route(&self, model: &str) -> Option<&ModelRoute> {
-        self.models.get(model).or_else(|| {
-            let other = crate::fleet::model_name::other_spelling(model)?;
-            self.models.get(other.as_ref())
-        })
+        crate::fleet::model_name::find(model, |name| self.models.get(name))
     }
 }
 
