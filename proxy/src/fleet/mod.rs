@@ -6,6 +6,7 @@ mod estimate;
 pub mod health;
 pub mod load;
 pub mod model_name;
+pub mod peer;
 mod power;
 pub mod queue;
 pub mod residency;
@@ -25,6 +26,7 @@ use wes_proto::ThermalState;
 pub use estimate::{HALF_LIFE, RateEstimate};
 pub use health::{Admission, Circuit, NodeHealth};
 pub use load::{LoadModel, OccupancyMark};
+pub use peer::Peer;
 pub use power::PowerEstimate;
 pub use share::{ReplicaReport, ReportedLoad};
 pub use telemetry::{LoadedModel, ProbeLoad, ProbeObservation, Residency, Telemetry};
@@ -577,8 +579,8 @@ pub struct FleetNode {
     pub config: NodeConfig,
     /// `config.id`, shared: routes and requests carry it without copying.
     pub id: Arc<str>,
-    /// `host:port` of the node's Ollama, from its url.
-    pub peer: Arc<str>,
+    /// `host:port` of the node's Ollama, from its url, and the address it resolves to.
+    pub peer: Arc<Peer>,
     /// The id as a response header value (`X-WES-Node`), built once, not per response.
     pub header: http::HeaderValue,
     pub state: Arc<NodeState>,
@@ -716,7 +718,7 @@ impl Fleet {
             view.by_id.insert(config.id.clone(), view.nodes.len());
             view.nodes.push(FleetNode {
                 id: Arc::from(config.id.as_str()),
-                peer: Arc::from(peer_address(&config.url)),
+                peer: Arc::new(Peer::new(peer_address(&config.url))),
                 // Validated ids are plain ASCII, always a valid header value.
                 header: http::HeaderValue::from_str(&config.id)
                     .unwrap_or_else(|_| http::HeaderValue::from_static("?")),

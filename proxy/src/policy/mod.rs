@@ -228,7 +228,7 @@ pub(crate) mod testing {
         }
         RouteNode {
             id: Arc::from(id),
-            peer: Arc::from("127.0.0.1:1"),
+            peer: Arc::new(crate::fleet::Peer::new("127.0.0.1:1")),
             header: http::HeaderValue::from_static("test"),
             state,
             max_concurrency: 4,

@@ -8,15 +8,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::FastMap;
-use crate::fleet::NodeState;
+use crate::fleet::{NodeState, Peer};
 
 /// One node as a candidate for one model.
 #[derive(Debug, Clone)]
 pub struct RouteNode {
     /// Shared with the fleet view: a request carries it without copying.
     pub id: Arc<str>,
-    /// `host:port` of the node's Ollama.
-    pub peer: Arc<str>,
+    /// Where the node's Ollama is.
+    pub peer: Arc<Peer>,
     /// The id as an `X-WES-Node` header value.
     pub header: http::HeaderValue,
     pub state: Arc<NodeState>,
@@ -193,7 +193,7 @@ mod tests {
         assert_eq!(ids, ["b", "c", "a", "new"]);
         assert_eq!(m.measured, 3);
         assert_eq!(m.cumulative_wes, [30.0, 46.0, 56.0]);
-        assert_eq!(&*m.nodes[0].peer, "127.0.0.1:1");
+        assert_eq!(m.nodes[0].peer.authority(), "127.0.0.1:1");
         assert_eq!(m.excluded, ["hot: thermal state Critical is excluded"]);
         // No one measured "other": all unmeasured, by id.
         assert_eq!(table.route("other").unwrap().measured, 0);

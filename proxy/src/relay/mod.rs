@@ -37,8 +37,8 @@ use self::route::{Endpoint, LocalAnswer, Route};
 use crate::FastMap;
 use crate::access::{self, Denied};
 use crate::config::KeyConfig;
-use crate::fleet::InFlightGuard;
 use crate::fleet::energy::{RequestFacts, ShareHandle};
+use crate::fleet::{InFlightGuard, Peer};
 use crate::manage;
 use crate::meter::{self, Meter};
 use crate::metrics::{ErrorKind, Outcome};
@@ -92,7 +92,7 @@ impl Relay {
 #[derive(Debug, Clone)]
 pub struct Attempt {
     pub node_id: Arc<str>,
-    pub peer: Arc<str>,
+    pub peer: Arc<Peer>,
     pub node_header: http::HeaderValue,
     pub endpoint: Endpoint,
     pub model: Arc<str>,
@@ -116,20 +116,15 @@ impl Attempt {
     }
 }
 
-/// `host:port` to an address. Pingora's `HttpPeer::new` would resolve a host name with a
-/// blocking lookup on the request's thread and panic when it fails; an IP literal (the common
-/// case) is only parsed, a name is looked up off the runtime's threads.
-async fn resolve(peer: &str) -> pingora::Result<std::net::SocketAddr> {
-    if let Ok(addr) = peer.parse() {
-        return Ok(addr);
-    }
-    let found = tokio::net::lookup_host(peer).await.map_err(|e| {
-        pingora::Error::because(ErrorType::ConnectNoRoute, format!("resolving {peer}"), e)
-    })?;
-    found.into_iter().next().ok_or_else(|| {
-        pingora::Error::explain(
+/// The node's address. Pingora's `HttpPeer::new` would resolve a host name with a blocking
+/// lookup on the request's thread and panic when it fails; `Peer` looks names up off the
+/// runtime's threads and keeps the answer (`fleet/peer.rs`).
+async fn resolve(peer: &Arc<Peer>, now: Instant) -> pingora::Result<std::net::SocketAddr> {
+    peer.address(now).await.map_err(|e| {
+        pingora::Error::because(
             ErrorType::ConnectNoRoute,
-            format!("{peer} resolves to no address"),
+            format!("resolving {}", peer.authority()),
+            e,
         )
     })
 }
@@ -334,7 +329,7 @@ impl ProxyHttp for Relay {
         let attempt = ctx.attempt.as_ref().ok_or_else(|| {
             pingora::Error::explain(ErrorType::InternalError, "no node chosen for this request")
         })?;
-        let addr = match resolve(&attempt.peer).await {
+        let addr = match resolve(&attempt.peer, Instant::now()).await {
             Ok(addr) => addr,
             Err(mut e) => {
                 // Like a refused connection: the next node, if there is one.
@@ -343,6 +338,7 @@ impl ProxyHttp for Relay {
                 return Err(e);
             }
         };
+        // After the lookup: a node's first request may wait on the resolver.
         let now = Instant::now();
         ctx.sent_at = Some(now);
         ctx.sent_mark = ctx.guard.as_ref().map(|g| g.state().occupancy_mark(now));
@@ -541,6 +537,9 @@ impl ProxyHttp for Relay {
         ctx: &mut RelayCtx,
         mut e: Box<pingora::Error>,
     ) -> Box<pingora::Error> {
+        if let Some(attempt) = &ctx.attempt {
+            attempt.peer.forget();
+        }
         // In a subrequest the parent replays on the next node; Pingora must not retry it here.
         let retry = ctx.failover.is_some() && self.attempt_failed(ctx, &e);
         e.set_retry(retry);
