@@ -44,8 +44,11 @@ start_bench_fleet() {
 
 # One more wes-proxy (NAME, BINARY) in front of $node, with its own reporter: a second build
 # measured beside the first in the same run. Sets api_port, proxy_pid and admin.
+# WES_BENCH_NODE_HOST=NAME configures the node by that host name (e.g. localhost) instead
+# of its IP, to measure the cost of name resolution on the request path.
 start_bench_proxy() { # name binary
-  local name=$1 binary=$2 telemetry
+  local name=$1 binary=$2 telemetry node_url="http://$node"
+  if [ -n "${WES_BENCH_NODE_HOST:-}" ]; then node_url="http://$WES_BENCH_NODE_HOST:${node##*:}"; fi
   api_port=$(free_port)
   cat >"$work/$name.toml" <<TOML
 [listen]
@@ -58,7 +61,7 @@ policy = "top"
 stale_after = "1h"
 [[nodes]]
 id = "bench-node"
-url = "http://$node"
+url = "$node_url"
 token = "bench-token"
 max_concurrency = 100000
 TOML

@@ -8,6 +8,8 @@
 # WES_PROXY_B=/path/to/another/wes-proxy adds that build as a target `wes-proxy-b`, so that a
 # change is measured against the build before it in the same run (copy the old binary aside
 # before rebuilding).
+# WES_BENCH_NODE_HOST=localhost configures wes-proxy's node by host name instead of its IP
+# (Pingora alone always gets the IP).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source benchmarks/common.sh
