@@ -751,6 +751,28 @@ async fn a_node_whose_host_name_does_not_resolve_is_failed_over_not_fatal() {
     );
 }
 
+#[tokio::test]
+async fn a_lone_node_addressed_as_localhost_is_relayed() {
+    // The node listens on 127.0.0.1 only, as Ollama does. Where `localhost` also resolves to
+    // `::1` first (most systems), the first request is refused there and retried on the next
+    // address: alone, the node has no other node to fail over to.
+    let port = fake_node("local").await.port();
+    let f = fleet(
+        &[("local", format!("http://localhost:{port}"), 10.0)],
+        "[health]\nactive_checks = false\n",
+    )
+    .await;
+    wait_api_up(&f.proxy).await;
+    let http = reqwest::Client::new();
+    for prompt in ["a", "b", "c"] {
+        let response = generate(&http, &f.proxy, prompt).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-wes-node"], "local");
+    }
+    let ranking = f.proxy.ranking().await;
+    assert_eq!(ranking["nodes"][0]["healthy"], true, "{ranking}");
+}
+
 /// `POST /api/generate` for m1, not streamed.
 async fn generate(http: &reqwest::Client, proxy: &Proxy, prompt: &str) -> reqwest::Response {
     http.post(api(proxy, "/api/generate"))

@@ -138,6 +138,8 @@ struct Failover {
     blame: Blame,
     /// The node the request is on now, for the blame rule.
     current: RouteNode,
+    /// Connections refused on one of the current node's addresses and retried on the next.
+    address_retries: usize,
 }
 
 #[derive(Default)]
@@ -533,12 +535,21 @@ impl ProxyHttp for Relay {
     fn fail_to_connect(
         &self,
         _session: &mut Session,
-        _peer: &HttpPeer,
+        peer: &HttpPeer,
         ctx: &mut RelayCtx,
         mut e: Box<pingora::Error>,
     ) -> Box<pingora::Error> {
-        if let Some(attempt) = &ctx.attempt {
-            attempt.peer.forget();
+        if let (Some(attempt), Some(addr)) = (&ctx.attempt, peer._address.as_inet()) {
+            let another = attempt.peer.connect_failed(*addr);
+            // The node's other address, once per address: the same node again, and nothing
+            // counted against it yet.
+            if let (true, Some(failover)) = (another, ctx.failover.as_mut())
+                && failover.address_retries + 1 < attempt.peer.addresses()
+            {
+                failover.address_retries += 1;
+                e.set_retry(true);
+                return e;
+            }
         }
         // In a subrequest the parent replays on the next node; Pingora must not retry it here.
         let retry = ctx.failover.is_some() && self.attempt_failed(ctx, &e);
@@ -700,6 +711,7 @@ impl Relay {
             advance: false,
             blame: Blame::default(),
             current: selection.first,
+            address_retries: 0,
         }));
         ctx.guard = Some(selection.guard);
         ctx.attempt = Some(template);
@@ -783,6 +795,7 @@ impl Relay {
             ctx.attempt = ctx.attempt.as_ref().map(|a| a.on(&node));
             ctx.recorded = false;
             failover.current = node;
+            failover.address_retries = 0;
             return Ok(());
         }
         let mut e = pingora::Error::explain(
