@@ -5,10 +5,11 @@
 //! search list applies, as in Kubernetes) in front of every request. An answer is now reused
 //! for [`FRESH_FOR`]; after that, the request that finds it old still goes to the address it
 //! has while one lookup renews it in the background, so requests wait on the resolver only for
-//! a node's first request and after a refused connection. An IP literal is never looked up.
+//! a node's first request and after a failed connection to a name's only address. An IP
+//! literal is never looked up.
 //!
 //! A name may have several addresses (`localhost` is `::1` and `127.0.0.1` on most systems,
-//! and Ollama listens on `127.0.0.1` only): requests go to one, and a refused connection moves
+//! and Ollama listens on `127.0.0.1` only): requests go to one, and a failed connection moves
 //! them to the next, so the relay can retry the same node there (`Peer::connect_failed`).
 
 use std::future::Future;
@@ -156,7 +157,7 @@ impl Peer {
     fn renewed(&self, answer: io::Result<Box<[SocketAddr]>>, at: Instant) {
         let kept = self.found.load_full();
         let next = match (answer, kept) {
-            // The same addresses keep the one requests go to: a refused one stays passed over.
+            // The same addresses keep the one requests go to: a failed one stays passed over.
             (Ok(addrs), Some(kept)) if addrs == kept.addrs => Some(kept.again(at)),
             (Ok(addrs), _) => Some(Found::new(addrs, at)),
             // The resolver failing says nothing about the node: keep its addresses, and ask
