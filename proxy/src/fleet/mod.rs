@@ -579,7 +579,7 @@ pub struct FleetNode {
     pub config: NodeConfig,
     /// `config.id`, shared: routes and requests carry it without copying.
     pub id: Arc<str>,
-    /// `host:port` of the node's Ollama, from its url, and the address it resolves to.
+    /// `host:port` of the node's Ollama, from its url, and the addresses it resolves to.
     pub peer: Arc<Peer>,
     /// The id as a response header value (`X-WES-Node`), built once, not per response.
     pub header: http::HeaderValue,

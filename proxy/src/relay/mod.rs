@@ -119,8 +119,8 @@ impl Attempt {
 /// The node's address. Pingora's `HttpPeer::new` would resolve a host name with a blocking
 /// lookup on the request's thread and panic when it fails; `Peer` looks names up off the
 /// runtime's threads and keeps the answer (`fleet/peer.rs`).
-async fn resolve(peer: &Arc<Peer>, now: Instant) -> pingora::Result<std::net::SocketAddr> {
-    peer.address(now).await.map_err(|e| {
+async fn resolve(peer: &Arc<Peer>) -> pingora::Result<std::net::SocketAddr> {
+    peer.address().await.map_err(|e| {
         pingora::Error::because(
             ErrorType::ConnectNoRoute,
             format!("resolving {}", peer.authority()),
@@ -138,7 +138,7 @@ struct Failover {
     blame: Blame,
     /// The node the request is on now, for the blame rule.
     current: RouteNode,
-    /// Connections refused on one of the current node's addresses and retried on the next.
+    /// Failed connections to one of the current node's addresses, retried on the next.
     address_retries: usize,
 }
 
@@ -331,7 +331,7 @@ impl ProxyHttp for Relay {
         let attempt = ctx.attempt.as_ref().ok_or_else(|| {
             pingora::Error::explain(ErrorType::InternalError, "no node chosen for this request")
         })?;
-        let addr = match resolve(&attempt.peer, Instant::now()).await {
+        let addr = match resolve(&attempt.peer).await {
             Ok(addr) => addr,
             Err(mut e) => {
                 // Like a refused connection: the next node, if there is one.
