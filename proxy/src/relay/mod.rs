@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType, RetryType};
@@ -156,8 +156,8 @@ pub struct RelayCtx {
     sent_at: Option<Instant>,
     /// The node's in-flight history then, for the concurrency the answer was made at.
     sent_mark: Option<crate::fleet::OccupancyMark>,
-    /// The node's in-flight count when the request was sent, its own included: the load its
-    /// time to first token is filed under.
+    /// The node's in-flight count as the request's header went out, its own included: the load
+    /// its time to first token is filed under.
     sent_in_flight: Option<u32>,
     /// The request found its model cold on the node (not loaded): its TTFT holds the load.
     sent_cold: bool,
@@ -344,7 +344,6 @@ impl ProxyHttp for Relay {
         let now = Instant::now();
         ctx.sent_at = Some(now);
         ctx.sent_mark = ctx.guard.as_ref().map(|g| g.state().occupancy_mark(now));
-        ctx.sent_in_flight = ctx.guard.as_ref().map(|g| g.state().in_flight());
         ctx.sent_cold = ctx
             .guard
             .as_ref()
@@ -366,6 +365,24 @@ impl ProxyHttp for Relay {
         peer.options.connection_timeout = Some(Duration::from_secs(2));
         peer.options.total_connection_timeout = Some(Duration::from_secs(3));
         Ok(Box::new(peer))
+    }
+
+    /// Reads the node's load as late as the request can: once its connection exists, just before
+    /// its header goes out. Read at `upstream_peer`, a request still connecting could be overtaken
+    /// by a later one on a pooled connection, and the pair filed swapped: the slow wait under one
+    /// request fewer than the node held. The monotone fit pools such a pair, so a load the target
+    /// allows looked too slow; `slo` stopped sending it and so never measured it again. Read here,
+    /// the count holds every request ahead of this one at the node (slots are held until the
+    /// answer is relayed), so it errs, if at all, by counting one that has not arrived yet: an
+    /// optimistic error, which the next request at that load measures away.
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_request: &mut RequestHeader,
+        ctx: &mut RelayCtx,
+    ) -> pingora::Result<()> {
+        ctx.sent_in_flight = ctx.guard.as_ref().map(|g| g.state().in_flight());
+        Ok(())
     }
 
     async fn upstream_response_filter(
