@@ -7,27 +7,11 @@ use clap::{Parser, Subcommand};
 use wes_proxy::config::Config;
 
 #[cfg(feature = "mimalloc")]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+mod allocator;
 
-/// mimalloc commits its arenas eagerly (untouched pages cost nothing), but where transparent
-/// huge pages are on (`always`, as on Debian's kernels) the kernel backs each touched part of
-/// an arena with a 2 MiB page, and the resident set grows with the arenas rather than with what
-/// is used: 5,000 held streams took 875 MiB against 274 MiB on the system allocator, and
-/// 268 MiB with THP off for the process (docs/benchmarks/latency.md). mimalloc turns THP off
-/// itself only when told before its first allocation (`MIMALLOC_ALLOW_THP=0`), which is before
-/// `main`; the flag also binds pages not yet touched in arenas mapped already.
-#[cfg(all(feature = "mimalloc", target_os = "linux"))]
-fn keep_allocator_off_huge_pages() {
-    // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory of ours.
-    let refused = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } != 0;
-    if refused {
-        eprintln!(
-            "wes-proxy: could not turn transparent huge pages off for the process: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: allocator::MiMalloc = allocator::MiMalloc;
 
 #[derive(Parser)]
 #[command(
@@ -51,7 +35,7 @@ enum Command {
 
 fn main() -> ExitCode {
     #[cfg(all(feature = "mimalloc", target_os = "linux"))]
-    keep_allocator_off_huge_pages();
+    allocator::keep_off_huge_pages();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::CheckConfig { path }) => check_config(&path),
