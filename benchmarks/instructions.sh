@@ -46,13 +46,17 @@ if [ -n "${WES_PROXY_B:-}" ]; then
   start_bench_proxy wes-proxy-b "$work/wes-proxy-b-cg"
   targets+=("wes-proxy-b=$api_port@$proxy_pid")
 fi
-under_callgrind pingora "$bin/wes-bench"
-pingora_port=$(free_port)
-"$work/pingora-cg" bare-pingora --listen "127.0.0.1:$pingora_port" --upstream "$node" \
-  >"$work/pingora.out" 2>"$work/pingora.log" &
-pids+=($!)
-address_from "$work/pingora.out" "bare-pingora listening on" 120 >/dev/null
-targets+=("pingora=$pingora_port@$!")
+# Pingora alone, and Pingora reading the body before it chooses (what any model router must do);
+# Pingora alone goes last: it is the floor each row is divided by.
+for floor in pingora-read-body pingora; do
+  under_callgrind "$floor" "$bin/wes-bench"
+  port=$(free_port)
+  "$work/$floor-cg" bare-pingora --listen "127.0.0.1:$port" --upstream "$node" \
+    $([ "$floor" = pingora-read-body ] && echo --read-body) >"$work/$floor.out" 2>"$work/$floor.log" &
+  pids+=($!)
+  address_from "$work/$floor.out" "bare-pingora listening on" 120 >/dev/null
+  targets+=("$floor=$port@$!")
+done
 
 # COUNT calls of one endpoint on one keep-alive connection, each read to its end; fails on any
 # status but 200, so a count never includes error answers.
@@ -142,6 +146,8 @@ echo
 echo "Callgrind, $requests calls per endpoint on one keep-alive connection, instructions per call."
 echo "Whole process: everything the proxy ran meanwhile. Request path: Pingora's \`process_new\`,"
 echo "inclusive. Hooks: wes-proxy's, inclusive (async hooks: the poll of the future each returns)."
+echo "pingora: Pingora with no hooks of ours; pingora-read-body: the same, reading the request body"
+echo "before it chooses the peer, as any router on the body's model must."
 [ -n "${WES_PROXY_B:-}" ] && echo "wes-proxy-b: \`$WES_PROXY_B\`."
 echo
 echo "| endpoint | proxy | whole process | against Pingora alone | request path | $(printf '%s | ' "${hooks[@]}")"
@@ -165,7 +171,7 @@ for endpoint in "/api/generate:$generate" "/v1/chat/completions:$chat" "/v1/chat
     total=$(per_request "$dump")
     line="| \`$label\` | $name | $total | $(awk -v w="${total%k}" -v b="${floor%k}" 'BEGIN { printf "%.3f×", w / b }') | $(per_request "$dump" process_new) |"
     for hook in "${hooks[@]}"; do
-      if [ "$name" = pingora ]; then line+=" – |"; else line+=" $(per_request "$dump" "ProxyHttp>::$hook") |"; fi
+      if [[ $name = pingora* ]]; then line+=" – |"; else line+=" $(per_request "$dump" "ProxyHttp>::$hook") |"; fi
     done
     echo "$line"
     origins+=("| \`$label\` | $name | $total | $(by_origin "$dump") |")
