@@ -809,13 +809,23 @@ async fn relayed_requests_reach_the_metrics() {
     let _ = failed.text().await;
 
     let metrics_url = format!("http://{}/metrics", proxy.admin);
+    // The failed attempt's series appear at 0 when it is first recorded, and a scrape during
+    // the recording can read its request before the count and its error after: wait for a
+    // scrape that holds both.
     let metrics = wait_for(
         Duration::from_secs(5),
         "both requests in /metrics",
         || async {
             let text = reqwest::get(&metrics_url).await.ok()?.text().await.ok()?;
-            text.contains("wes_node_requests_total{node=\"solo\",model=\"broken:1b\"}")
-                .then_some(text)
+            let counted = |series: &str| {
+                text.lines()
+                    .any(|l| l.strip_prefix(series).is_some_and(|v| v != " 0"))
+            };
+            (counted("wes_node_requests_total{node=\"solo\",model=\"broken:1b\"}")
+                && counted(
+                    "wes_node_request_errors_total{node=\"solo\",model=\"broken:1b\",kind=\"status\"}",
+                ))
+            .then_some(text)
         },
     )
     .await;
@@ -875,7 +885,7 @@ async fn relayed_requests_reach_the_metrics() {
         );
     }
     let attempts = value(&format!("wes_node_requests_total{{{bad}}}"));
-    assert!(attempts >= 1.0);
+    assert!(attempts >= 1.0, "{metrics}");
     assert_eq!(
         value(&format!(
             "wes_node_request_errors_total{{{bad},kind=\"status\"}}"
